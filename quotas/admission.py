@@ -1,0 +1,344 @@
+"""Admission: a pure decision over a snapshot, fair across SMEs (DRF) and FIFO-by-priority within one.
+
+How the broker uses it (Kueue's shape): read a :class:`Snapshot` (free cluster capacity, each SME's quota,
+use and credit) and the queued jobs, call :func:`decide`, then write the admitted jobs' holds in one
+conditional write; a failed write or backend submit rolls that job back to the queue. Nothing here does I/O.
+
+Fairness. Across SMEs the next job comes from the SME with the lowest *dominant share*: the largest, over CPU,
+GPU and memory, of ``in_use / cluster_total`` (Dominant Resource Fairness, Ghodsi et al. 2011). Shares are
+compared exactly: with ``D = lcm`` of the non-zero cluster totals, ``share * D`` is an integer, so a heap
+keyed by that integer ranks SMEs without floats and without Fraction arithmetic in the hot loop. Ties go
+to the SME whose next job was submitted first, then to the smaller org id. After each admission the SME's
+share is recomputed and it re-enters the heap, so one pass admits as many jobs as fit while staying fair.
+
+Within one SME jobs go by priority (higher first), then submission time (FIFO), then job id.
+
+Backfill (Kueue's BestEffortFIFO). A job that does not fit now waits with a reason and the pass moves on to
+the SME's next job and to other SMEs, so a large job does not idle the cluster. Everything a pass changes only
+shrinks (free capacity, quota room, credit), so a job that failed once in a pass cannot fit later in the same
+pass: every job is examined exactly once and a pass costs O(n log m) for n jobs from m SMEs.
+
+Reasons, checked in this order: ``running_jobs`` (the SME runs as many jobs as its quota allows), ``quota``
+(the job would take the SME over its resource quota), ``credit`` (its covered share exceeds the SME's voucher
+credit, or its co-payment its co-payment headroom), ``capacity`` (the cluster has no room now).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from fractions import Fraction
+
+from quotas.errors import InvalidInput
+from quotas.quota import Quota, QuotaExceeded
+from quotas.resources import Resources
+
+OrgId = str
+"""An organisation (SME) identifier."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    """One SME as admission sees it.
+
+    ``in_use`` and ``running_jobs`` count its admitted and running jobs; ``available_credit`` is the voucher
+    credit it can still hold (grants minus holds), ``copay_headroom`` its co-payment limit minus outstanding
+    co-payment holds.
+    """
+
+    quota: Quota
+    in_use: Resources
+    running_jobs: int
+    available_credit: int
+    copay_headroom: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a decision needs: free ``capacity`` now, each SME's state, and the cluster's total size."""
+
+    capacity: Resources
+    tenants: Mapping[OrgId, TenantState]
+    cluster_total: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """A job waiting for admission, with the two shares its hold would reserve.
+
+    ``max_cost_covered`` is drawn from voucher credit and ``max_cost_copay`` from co-payment headroom
+    (``quotas.pricing.quote`` computes both at submission).
+    """
+
+    job_id: str
+    org_id: OrgId
+    resources: Resources
+    priority: int
+    submitted_ms: int
+    max_cost_covered: int
+    max_cost_copay: int
+
+    @property
+    def max_cost(self) -> int:
+        """The job's whole maximum cost (covered share plus co-payment)."""
+        return self.max_cost_covered + self.max_cost_copay
+
+
+class Verdict(StrEnum):
+    """What admission decided for one job in one pass."""
+
+    ADMIT = "admit"
+    WAIT = "wait"
+
+
+class WaitReason(StrEnum):
+    """Why a job waits (stable values, shown to the SME)."""
+
+    RUNNING_JOBS = "running_jobs"
+    QUOTA = "quota"
+    CREDIT = "credit"
+    CAPACITY = "capacity"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict for one job: admit, or wait with a reason."""
+
+    job: QueuedJob
+    verdict: Verdict
+    reason: WaitReason | None = None
+
+    @property
+    def admitted(self) -> bool:
+        """True when the job was admitted in this pass."""
+        return self.verdict is Verdict.ADMIT
+
+
+_ADMIT = Verdict.ADMIT
+_WAIT = Verdict.WAIT
+
+
+class DominantShare:
+    """Exact DRF shares as integers: ``key(use) / denominator`` is the dominant share of ``use``.
+
+    Resources the cluster has none of are ignored (no job needing them can fit anyway).
+    """
+
+    __slots__ = ("_w_cpu", "_w_gpu", "_w_mem", "denominator")
+
+    def __init__(self, cluster_total: Resources) -> None:
+        totals = (cluster_total.milli_cpu, cluster_total.gpus, cluster_total.memory_mib)
+        self.denominator = math.lcm(*(t for t in totals if t > 0)) if any(totals) else 1
+        self._w_cpu, self._w_gpu, self._w_mem = (self.denominator // t if t else 0 for t in totals)
+
+    def key(self, milli_cpu: int, gpus: int, memory_mib: int) -> int:
+        """Return ``dominant_share * denominator`` for the given use (an exact integer)."""
+        return max(milli_cpu * self._w_cpu, gpus * self._w_gpu, memory_mib * self._w_mem)
+
+    def share(self, use: Resources) -> Fraction:
+        """Return the dominant share of ``use`` as an exact fraction."""
+        return Fraction(self.key(use.milli_cpu, use.gpus, use.memory_mib), self.denominator)
+
+
+def dominant_share(in_use: Resources, cluster_total: Resources) -> Fraction:
+    """The DRF dominant share of ``in_use``: max over resources of ``in_use / cluster_total``, exactly."""
+    return DominantShare(cluster_total).share(in_use)
+
+
+def _job_order(job: QueuedJob) -> tuple[int, int, str]:
+    return (-job.priority, job.submitted_ms, job.job_id)
+
+
+def _group_by_org(queue: Iterable[QueuedJob]) -> dict[OrgId, list[QueuedJob]]:
+    """Group jobs per SME, each list in priority-then-FIFO order."""
+    groups: dict[OrgId, list[QueuedJob]] = {}
+    for job in queue:
+        group = groups.get(job.org_id)
+        if group is None:
+            groups[job.org_id] = [job]
+        else:
+            group.append(job)
+    for group in groups.values():
+        if len(group) > 1:
+            group.sort(key=_job_order)
+    return groups
+
+
+class _Tenant:
+    """Mutable working copy of one SME's state during a pass."""
+
+    __slots__ = (
+        "copay",
+        "cpu",
+        "credit",
+        "gpu",
+        "jobs",
+        "max_cpu",
+        "max_gpu",
+        "max_mem",
+        "max_running",
+        "mem",
+        "next",
+        "running",
+    )
+
+    def __init__(self, state: TenantState, jobs: list[QueuedJob]) -> None:
+        limits = state.quota.max_resources
+        self.cpu, self.gpu, self.mem = state.in_use.milli_cpu, state.in_use.gpus, state.in_use.memory_mib
+        self.max_cpu, self.max_gpu, self.max_mem = limits.milli_cpu, limits.gpus, limits.memory_mib
+        self.running = state.running_jobs
+        self.max_running = state.quota.max_running_jobs
+        self.credit = state.available_credit
+        self.copay = state.copay_headroom
+        self.jobs = jobs
+        self.next = 0
+
+
+def _tenants(snapshot: Snapshot, groups: dict[OrgId, list[QueuedJob]]) -> dict[OrgId, _Tenant]:
+    tenants: dict[OrgId, _Tenant] = {}
+    for org_id, jobs in groups.items():
+        state = snapshot.tenants.get(org_id)
+        if state is None:
+            raise InvalidInput(
+                f"queued job {jobs[0].job_id} belongs to {org_id}, which the snapshot does not know"
+            )
+        tenants[org_id] = _Tenant(state, jobs)
+    return tenants
+
+
+def order_queue(queue: Iterable[QueuedJob], snapshot: Snapshot) -> list[QueuedJob]:
+    """Return the queue in fair order: the order jobs would be admitted if every one of them fitted.
+
+    Same ranking as :func:`decide` (lowest dominant share first, each job's resources counted as admitted
+    before the next pick; within an SME priority then FIFO) but ignoring capacity, quota and credit. Use it to
+    show queue positions.
+    """
+    groups = _group_by_org(queue)
+    tenants = _tenants(snapshot, groups)
+    drf = DominantShare(snapshot.cluster_total)
+    heap = [(drf.key(t.cpu, t.gpu, t.mem), t.jobs[0].submitted_ms, org) for org, t in tenants.items()]
+    heapq.heapify(heap)
+    ordered: list[QueuedJob] = []
+    while heap:
+        _, _, org = heapq.heappop(heap)
+        tenant = tenants[org]
+        job = tenant.jobs[tenant.next]
+        tenant.next += 1
+        ordered.append(job)
+        res = job.resources
+        tenant.cpu += res.milli_cpu
+        tenant.gpu += res.gpus
+        tenant.mem += res.memory_mib
+        if tenant.next < len(tenant.jobs):
+            key = drf.key(tenant.cpu, tenant.gpu, tenant.mem)
+            heapq.heappush(heap, (key, tenant.jobs[tenant.next].submitted_ms, org))
+    return ordered
+
+
+def decide(snapshot: Snapshot, queue: Iterable[QueuedJob]) -> list[Decision]:
+    """Decide one admission pass: a :class:`Decision` for every queued job, in the order they were considered.
+
+    Admitted jobs are those that fit their SME's running-job limit, resource quota, voucher credit and
+    co-payment headroom, and the free cluster capacity, each counted after the admissions before it in this
+    pass. Never raises for a job that does not fit (it waits, with a reason); raises :class:`InvalidInput`
+    only for a job whose SME is missing from the snapshot.
+    """
+    groups = _group_by_org(queue)
+    tenants = _tenants(snapshot, groups)
+    drf = DominantShare(snapshot.cluster_total)
+    free = snapshot.capacity
+    free_cpu, free_gpu, free_mem = free.milli_cpu, free.gpus, free.memory_mib
+    heap = [(drf.key(t.cpu, t.gpu, t.mem), t.jobs[0].submitted_ms, org) for org, t in tenants.items()]
+    heapq.heapify(heap)
+    decisions: list[Decision] = []
+    append = decisions.append
+    while heap:
+        _, _, org = heapq.heappop(heap)
+        tenant = tenants[org]
+        jobs = tenant.jobs
+        while tenant.next < len(jobs):
+            job = jobs[tenant.next]
+            tenant.next += 1
+            if tenant.running >= tenant.max_running:
+                append(Decision(job, _WAIT, WaitReason.RUNNING_JOBS))
+                continue
+            res = job.resources
+            cpu, gpu, mem = res.milli_cpu, res.gpus, res.memory_mib
+            if (
+                tenant.cpu + cpu > tenant.max_cpu
+                or tenant.gpu + gpu > tenant.max_gpu
+                or (tenant.mem + mem > tenant.max_mem)
+            ):
+                append(Decision(job, _WAIT, WaitReason.QUOTA))
+                continue
+            if job.max_cost_covered > tenant.credit or job.max_cost_copay > tenant.copay:
+                append(Decision(job, _WAIT, WaitReason.CREDIT))
+                continue
+            if cpu > free_cpu or gpu > free_gpu or mem > free_mem:
+                append(Decision(job, _WAIT, WaitReason.CAPACITY))
+                continue
+            append(Decision(job, _ADMIT))
+            free_cpu -= cpu
+            free_gpu -= gpu
+            free_mem -= mem
+            tenant.cpu += cpu
+            tenant.gpu += gpu
+            tenant.mem += mem
+            tenant.running += 1
+            tenant.credit -= job.max_cost_covered
+            tenant.copay -= job.max_cost_copay
+            if tenant.next < len(jobs):
+                key = drf.key(tenant.cpu, tenant.gpu, tenant.mem)
+                heapq.heappush(heap, (key, jobs[tenant.next].submitted_ms, org))
+            break
+    return decisions
+
+
+def admitted(decisions: Sequence[Decision]) -> list[QueuedJob]:
+    """The jobs a pass admitted, in admission order (what the hold write needs)."""
+    return [d.job for d in decisions if d.verdict is Verdict.ADMIT]
+
+
+def check_submittable(
+    job: QueuedJob, quota: Quota, queued_count: int, cluster_total: Resources | None = None
+) -> None:
+    """Refuse at submission a job that could never be admitted, instead of letting it queue forever.
+
+    Raises :class:`QuotaExceeded` when the job asks for more than the SME's whole quota (or than the whole
+    cluster, when ``cluster_total`` is given), when its co-payment exceeds the SME's co-payment limit, when
+    the quota allows no running jobs, or when the SME already has ``max_queued_jobs`` jobs queued
+    (``queued_count`` excludes this job). Raises :class:`InvalidInput` for a job that asks for no resources.
+    """
+    res = job.resources
+    if res.is_zero:
+        raise InvalidInput(f"job {job.job_id} asks for no resources; ask for at least some CPU or memory")
+    if not res.fits_in(quota.max_resources):
+        raise QuotaExceeded(
+            f"job {job.job_id} asks for {_fmt(res)} but the quota of {job.org_id} allows at most "
+            f"{_fmt(quota.max_resources)} at once; ask for less or ask an operator to raise the quota"
+        )
+    if cluster_total is not None and not res.fits_in(cluster_total):
+        raise QuotaExceeded(
+            f"job {job.job_id} asks for {_fmt(res)} but the whole cluster has {_fmt(cluster_total)}; "
+            "ask for less"
+        )
+    if quota.max_running_jobs == 0:
+        raise QuotaExceeded(f"the quota of {job.org_id} allows no running jobs; ask an operator to raise it")
+    if job.max_cost_copay > quota.copay_limit:
+        raise QuotaExceeded(
+            f"job {job.job_id} needs a co-payment hold of {job.max_cost_copay} credits but the co-payment "
+            f"limit of {job.org_id} is {quota.copay_limit}; shorten max runtime, use fewer resources "
+            "or ask an operator to raise the limit"
+        )
+    if queued_count >= quota.max_queued_jobs:
+        raise QuotaExceeded(
+            f"{job.org_id} already has {queued_count} queued jobs, the most its quota allows "
+            f"({quota.max_queued_jobs}); wait for some to start or cancel some"
+        )
+
+
+def _fmt(res: Resources) -> str:
+    return f"{res.milli_cpu} milli-CPU, {res.gpus} GPU, {res.memory_mib} MiB"
