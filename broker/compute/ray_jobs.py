@@ -1,0 +1,263 @@
+"""Jobs on an existing Ray cluster through Ray's Job Submission API (backend kind ``ray``).
+
+Decisions recorded here:
+
+* **Auth.** Ray 2.60 clusters enforce token auth. The broker holds the token and sends it explicitly as an
+  ``Authorization: Bearer`` header on every dashboard request; it never relies on ``RAY_AUTH_*`` variables
+  of its own process, and never puts the token into a job's entrypoint, ``runtime_env`` or metadata (a
+  launch whose ``env`` names a ``RAY_AUTH*`` variable is refused).
+* **Idempotency.** The submission id is the launch name. ``start`` first asks whether the job exists and a
+  lost race ("already exists") is treated as success, so two calls never run two jobs.
+* **Interpreter.** When ``interpreter_dir`` is given (the local embedded cluster runs the broker's venv),
+  ``runtime_env.env_vars.PATH`` puts it first (``<dir>:${PATH}``; Ray expands ``${PATH}`` on the worker), so
+  a ``python …`` entrypoint runs the intended interpreter. A ``pip`` runtime env still wins: Ray activates
+  its virtualenv after applying ``env_vars``, and that virtualenv sees the same site-packages.
+* **Times.** ``start_ms``/``end_ms`` are Ray's ``JobDetails.start_time``/``end_time`` (ms). Ray sets
+  ``start_time`` when the job is accepted, so metering includes runtime-env setup; ``start_ms`` is only
+  reported once the job is RUNNING or finished.
+* **Capacity.** Summed ``resources_total`` of ALIVE nodes from the dashboard's state API
+  (``/api/v0/nodes`` via :class:`ray.util.state.StateApiClient`): plain HTTP with the same token, no
+  ``ray.init()`` and no joining the cluster.
+* **Max runtime.** Not enforced here (the broker stops jobs at their deadline); :meth:`stop` always works.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from quotas.errors import InvalidInput
+from quotas.resources import Resources
+
+from .base import (
+    DEFAULT_LOG_BYTES,
+    NOT_FOUND_STATUS,
+    BackendError,
+    BackendState,
+    BackendStatus,
+    JobLaunch,
+    tail_bytes,
+)
+
+_MIB = 1024 * 1024
+_HTTP_STATUS = re.compile(r"status code (\d{3})")
+_RAY_STATES = {
+    "PENDING": BackendState.PENDING,
+    "RUNNING": BackendState.RUNNING,
+    "SUCCEEDED": BackendState.SUCCEEDED,
+    "FAILED": BackendState.FAILED,
+    "STOPPED": BackendState.STOPPED,
+}
+_FORBIDDEN_ENV = re.compile(r"^(RAY_AUTH|RAY_ADDRESS$|RAY_JOB_ID$)", re.IGNORECASE)
+
+
+def build_runtime_env(launch: JobLaunch, interpreter_dir: Path | None = None) -> dict[str, Any]:
+    """Return the Ray ``runtime_env`` of ``launch``: working dir upload, pip requirements, job env.
+
+    Pure: no I/O. Refuses env variables that would carry or override cluster credentials.
+    """
+    env = dict(launch.env)
+    bad = sorted(k for k in env if _FORBIDDEN_ENV.match(k))
+    if bad:
+        raise InvalidInput(f"job env must not set {', '.join(bad)}: the broker manages cluster access")
+    if interpreter_dir is not None:
+        if "PATH" in env:
+            raise InvalidInput("job env must not set PATH on this cluster: the broker pins the interpreter")
+        env["PATH"] = f"{interpreter_dir}:${{PATH}}"
+    runtime_env: dict[str, Any] = {}
+    if launch.working_dir is not None:
+        runtime_env["working_dir"] = str(launch.working_dir)
+    if launch.requirements:
+        runtime_env["pip"] = list(launch.requirements)
+    if env:
+        runtime_env["env_vars"] = env
+    return runtime_env
+
+
+def entrypoint_resources(resources: Resources) -> dict[str, Any]:
+    """Return the ``entrypoint_num_cpus/gpus/memory`` keyword arguments for ``submit_job`` (pure)."""
+    kwargs: dict[str, Any] = {}
+    if resources.milli_cpu:
+        kwargs["entrypoint_num_cpus"] = resources.milli_cpu / 1000
+    if resources.gpus:
+        kwargs["entrypoint_num_gpus"] = resources.gpus
+    if resources.memory_mib:
+        kwargs["entrypoint_memory"] = resources.memory_mib * _MIB
+    return kwargs
+
+
+def map_ray_status(status: str, start_ms: int | None, end_ms: int | None, message: str) -> BackendStatus:
+    """Translate a Ray job status and its times into a :class:`BackendStatus` (pure)."""
+    state = _RAY_STATES.get(str(status).upper())
+    if state is None:
+        raise BackendError(f"Ray reported an unknown job status {status!r}")
+    start = start_ms if state is not BackendState.PENDING else None
+    end = end_ms if state.is_terminal else None
+    return BackendStatus(state, start, end, message or "")
+
+
+def resources_from_ray(totals: dict[str, float]) -> Resources:
+    """Convert Ray resource totals (CPU count, GPU count, memory bytes) to integer :class:`Resources`.
+
+    Fractions are rounded down: capacity is never over-stated.
+    """
+    cpu = Fraction(str(totals.get("CPU", 0)))
+    gpu = Fraction(str(totals.get("GPU", 0)))
+    mem = Fraction(str(totals.get("memory", 0)))
+    return Resources(milli_cpu=int(cpu * 1000), gpus=int(gpu), memory_mib=int(mem / _MIB))
+
+
+def http_status_of(exc: BaseException) -> int | None:
+    """Return the HTTP status Ray's SDK wrote into its error message (it raises bare RuntimeErrors)."""
+    found = _HTTP_STATUS.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+class RayJobsBackend:
+    """A :class:`~broker.compute.base.ComputeBackend` over ``ray.job_submission.JobSubmissionClient``."""
+
+    kind = "ray"
+
+    def __init__(
+        self,
+        address: str,
+        auth_token: str | None,
+        *,
+        interpreter_dir: Path | None = None,
+        capacity_override: Resources | None = None,
+    ) -> None:
+        """Talk to the Ray dashboard at ``address`` (``http://host:8265``) with ``auth_token``.
+
+        Nothing is contacted until the first call. ``auth_token`` may be ``None`` only for a cluster
+        started with auth disabled. ``capacity_override`` replaces the capacity read from the cluster.
+        """
+        self._address = address
+        self._headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+        self._interpreter_dir = interpreter_dir
+        self._capacity_override = capacity_override
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        """The dashboard address this backend talks to."""
+        return self._address
+
+    # --- ComputeBackend ----------------------------------------------------------------------------
+    def create(self, launch: JobLaunch) -> None:
+        """Validate the launch; Ray has no "created but not started" job, so nothing is sent."""
+        build_runtime_env(launch, self._interpreter_dir)
+
+    def start(self, launch: JobLaunch) -> None:
+        """Submit the job with ``submission_id = launch.name`` unless Ray already has it."""
+        runtime_env = build_runtime_env(launch, self._interpreter_dir)
+        client = self._connect()
+        if self._exists(client, launch.name):
+            return
+        metadata = {**launch.labels, "sbx_job_id": launch.job_id, "sbx_org_id": launch.org_id}
+        try:
+            client.submit_job(
+                entrypoint=launch.entrypoint,
+                submission_id=launch.name,
+                runtime_env=runtime_env,
+                metadata={str(k): str(v) for k, v in metadata.items()},
+                **entrypoint_resources(launch.resources),
+            )
+        except Exception as exc:
+            if self._exists(client, launch.name):  # lost a race with a concurrent start: same job
+                return
+            raise BackendError(f"Ray refused job {launch.name} at {self._address}: {exc}") from exc
+
+    def status(self, name: str) -> BackendStatus:
+        """Return Ray's view of job ``name`` (``NOT_FOUND`` when Ray does not know it)."""
+        client = self._connect()
+        try:
+            info = client.get_job_info(name)
+        except Exception as exc:
+            if http_status_of(exc) == 404:
+                return NOT_FOUND_STATUS
+            raise BackendError(f"cannot read Ray job {name} at {self._address}: {exc}") from exc
+        return map_ray_status(str(info.status), info.start_time, info.end_time, info.message or "")
+
+    def logs(self, name: str, max_bytes: int = DEFAULT_LOG_BYTES) -> str:
+        """Return the tail of the job's driver output (empty for an unknown job)."""
+        client = self._connect()
+        try:
+            text = str(client.get_job_logs(name))
+        except Exception as exc:
+            if http_status_of(exc) == 404:
+                return ""
+            raise BackendError(f"cannot read logs of Ray job {name} at {self._address}: {exc}") from exc
+        return tail_bytes(text, max_bytes)
+
+    def stop(self, name: str) -> None:
+        """Ask Ray to stop job ``name``; finished or unknown jobs are left alone."""
+        client = self._connect()
+        try:
+            client.stop_job(name)
+        except Exception as exc:
+            if http_status_of(exc) == 404:
+                return
+            raise BackendError(f"cannot stop Ray job {name} at {self._address}: {exc}") from exc
+
+    def capacity(self) -> Resources:
+        """Return the summed resources of the cluster's ALIVE nodes (or the configured override)."""
+        if self._capacity_override is not None:
+            return self._capacity_override
+        self._check_open()
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        try:
+            client = StateApiClient(address=self._address, headers=dict(self._headers))
+            nodes = client.list(
+                StateResource.NODES, options=ListApiOptions(limit=10_000), raise_on_missing_output=False
+            )
+        except Exception as exc:
+            raise BackendError(f"cannot read the nodes of the Ray cluster at {self._address}: {exc}") from exc
+        total = Resources()
+        for node in nodes:
+            if str(_field(node, "state")) == "ALIVE":
+                total = total + resources_from_ray(dict(_field(node, "resources_total") or {}))
+        return total
+
+    def close(self) -> None:
+        """Drop the client; jobs on the (external) cluster keep running and stay findable by name."""
+        with self._lock:
+            self._client = None
+            self._closed = True
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"the Ray backend for {self._address} is closed")
+
+    def _connect(self) -> Any:
+        with self._lock:
+            self._check_open()
+            if self._client is None:
+                from ray.job_submission import JobSubmissionClient
+
+                try:
+                    self._client = JobSubmissionClient(self._address, headers=dict(self._headers))
+                except Exception as exc:
+                    raise BackendError(f"cannot reach the Ray dashboard at {self._address}: {exc}") from exc
+            return self._client
+
+    def _exists(self, client: Any, name: str) -> bool:
+        try:
+            client.get_job_info(name)
+        except Exception as exc:
+            if http_status_of(exc) == 404:
+                return False
+            raise BackendError(f"cannot read Ray job {name} at {self._address}: {exc}") from exc
+        return True
+
+
+def _field(record: Any, name: str) -> Any:
+    """Read ``name`` from a state-API record (a dataclass, or a dict in older Ray versions)."""
+    return record.get(name) if isinstance(record, dict) else getattr(record, name, None)

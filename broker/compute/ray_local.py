@@ -1,0 +1,287 @@
+"""The embedded default (backend kind ``ray-local``): a private Ray head started by the broker.
+
+:class:`LocalRayBackend` runs ``ray start --head --block`` as a child process with
+
+* its own short temp dir ``/tmp/ray-sbx-*`` (Ray's socket paths must stay under 108 bytes, so a deep state
+  dir cannot hold it); the state dir keeps ``ray-local.json`` with the head's pid, temp dir and port;
+* free ports picked at start for every Ray listener, the dashboard on 127.0.0.1, usage stats off;
+* token auth on: a fresh random token in ``<temp dir>/auth_token`` (mode 0600), given to the head as
+  ``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH`` (never the token itself in any environment); the broker
+  sends it as a header through :class:`~broker.compute.ray_jobs.RayJobsBackend`. Jobs inherit only the
+  path. They run as the broker's OS user and so could read that file: the embedded mode trusts the
+  machine; production uses KubeRay or a remote cluster.
+
+If the state dir names a head that is still alive (a broker restart), it is adopted, so running jobs stay
+findable by name. :meth:`LocalRayBackend.close` stops the head (SIGTERM to ``ray start``, which stops the
+GCS, raylet, dashboard and workers; SIGKILL to its process group after a grace period), kills any stray
+process still naming the temp dir, and removes the temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+
+from quotas.resources import Resources
+
+from .base import DEFAULT_LOG_BYTES, BackendError, BackendStatus, JobLaunch
+from .ray_jobs import RayJobsBackend
+
+_STATE_FILE = "ray-local.json"
+_PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadInfo:
+    """Where a running local head lives (persisted in the state dir to adopt it after a restart)."""
+
+    pid: int
+    temp_dir: str
+    dashboard_port: int
+
+    @property
+    def address(self) -> str:
+        """The dashboard URL."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def token_path(self) -> Path:
+        """The file that holds the head's auth token."""
+        return Path(self.temp_dir) / "auth_token"
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Return the pids whose command line contains ``text`` (``pgrep -f``), excluding this process."""
+    found = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
+
+
+class LocalRayBackend:
+    """A :class:`~broker.compute.base.ComputeBackend` on a Ray head this object starts and stops."""
+
+    kind = "ray-local"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        num_cpus: int | None = None,
+        *,
+        num_gpus: int | None = None,
+        object_store_mib: int = 256,
+        start_timeout_s: float = 90.0,
+        ray_bin: Path | None = None,
+    ) -> None:
+        """Start (or adopt) the local head; blocks until its dashboard answers (a few seconds)."""
+        self._state_dir = Path(state_dir)
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._ray_bin = ray_bin or Path(sys.executable).with_name("ray")
+        self._num_cpus = num_cpus
+        self._num_gpus = num_gpus
+        self._object_store_mib = object_store_mib
+        self._head: HeadInfo | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._head = self._adopt() or self._start_head(start_timeout_s)
+        self._jobs = RayJobsBackend(
+            self._head.address,
+            self._head.token_path.read_text().strip(),
+            interpreter_dir=Path(sys.executable).parent,
+        )
+        self._wait_ready(start_timeout_s)
+
+    @property
+    def head(self) -> HeadInfo:
+        """The running head (raises once closed)."""
+        if self._head is None:
+            raise BackendError("the local Ray head is stopped")
+        return self._head
+
+    @property
+    def address(self) -> str:
+        """The head's dashboard URL."""
+        return self.head.address
+
+    # --- ComputeBackend: delegate to the Job Submission API -----------------------------------------
+    def create(self, launch: JobLaunch) -> None:
+        """Validate the launch (see :meth:`RayJobsBackend.create`)."""
+        self._jobs.create(launch)
+
+    def start(self, launch: JobLaunch) -> None:
+        """Submit the launch to the local head (idempotent)."""
+        self._jobs.start(launch)
+
+    def status(self, name: str) -> BackendStatus:
+        """Return the job's state on the local head."""
+        return self._jobs.status(name)
+
+    def logs(self, name: str, max_bytes: int = DEFAULT_LOG_BYTES) -> str:
+        """Return the tail of the job's output."""
+        return self._jobs.logs(name, max_bytes)
+
+    def stop(self, name: str) -> None:
+        """Stop the job (idempotent)."""
+        self._jobs.stop(name)
+
+    def capacity(self) -> Resources:
+        """Return the local head's resources."""
+        return self._jobs.capacity()
+
+    def close(self) -> None:
+        """Stop the head and everything it runs, and remove its temp dir (idempotent)."""
+        head, self._head = self._head, None
+        self._jobs.close()
+        if head is None:
+            return
+        self._stop_head(head)
+        (self._state_dir / _STATE_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalRayBackend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- the head process --------------------------------------------------------------------------
+    def _adopt(self) -> HeadInfo | None:
+        """Return the head recorded in the state dir if it is still alive; clean up a dead one."""
+        state = self._state_dir / _STATE_FILE
+        if not state.exists():
+            return None
+        try:
+            head = HeadInfo(**json.loads(state.read_text()))
+        except (ValueError, TypeError):
+            state.unlink(missing_ok=True)
+            return None
+        if head.pid in pids_mentioning(head.temp_dir) and head.token_path.exists():
+            return head
+        self._stop_head(head, signal_head=False)  # the pid may have been reused: only sweep by temp dir
+        state.unlink(missing_ok=True)
+        return None
+
+    def _start_head(self, timeout_s: float) -> HeadInfo:
+        temp_dir = Path(tempfile.mkdtemp(prefix="ray-sbx-", dir="/tmp"))
+        token_path = temp_dir / "auth_token"
+        token_path.touch(mode=0o600)
+        token_path.write_text(secrets.token_hex(32))
+        ports = free_ports(len(_PORT_FLAGS))
+        cmd = [str(self._ray_bin), "start", "--head", "--block", "--disable-usage-stats"]
+        cmd += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
+        cmd += [f"{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports, strict=True)]
+        cmd += [f"--object-store-memory={self._object_store_mib * 1024 * 1024}"]
+        if self._num_cpus is not None:
+            cmd.append(f"--num-cpus={self._num_cpus}")
+        if self._num_gpus is not None:
+            cmd.append(f"--num-gpus={self._num_gpus}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+        env |= {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token_path),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        with open(temp_dir / "head.log", "wb") as log:
+            try:
+                proc = subprocess.Popen(
+                    cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            except OSError as exc:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                raise BackendError(f"cannot run {self._ray_bin}: {exc}") from exc
+        self._proc = proc
+        head = HeadInfo(pid=proc.pid, temp_dir=str(temp_dir), dashboard_port=ports[1])
+        (self._state_dir / _STATE_FILE).write_text(json.dumps(asdict(head)))
+        return head
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Poll until the dashboard answers and the head node is registered; else stop the head, raise."""
+        deadline = time.monotonic() + timeout_s
+        last: BackendError | None = None
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                break
+            try:  # the dashboard answers before the node registers: wait for both
+                self._jobs.status("sbx-readiness-probe")
+                if not self._jobs.capacity().is_zero:
+                    return
+                time.sleep(0.25)
+            except BackendError as exc:
+                last = exc
+                time.sleep(0.25)
+        log = Path(self.head.temp_dir, "head.log")
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        self.close()
+        raise BackendError(f"the local Ray head did not come up in {timeout_s:.0f}s: {last}\n{tail}")
+
+    def _stop_head(self, head: HeadInfo, *, signal_head: bool = True) -> None:
+        """Stop ``ray start`` gracefully, then kill whatever still names its temp dir."""
+        proc, self._proc = self._proc, None
+        if signal_head:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(head.pid, signal.SIGTERM)
+        if proc is not None:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(head.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        elif signal_head:
+            _wait_gone(head.pid, 30)
+        deadline = time.monotonic() + 10
+        while (left := pids_mentioning(head.temp_dir)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    """Wait until ``pid`` (not our child) has exited, SIGKILL it after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
