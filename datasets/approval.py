@@ -16,7 +16,7 @@ from quotas.clock import Clock
 from quotas.errors import Conflict, DomainError, InvalidInput
 
 
-class AccessDenied(DomainError):  # noqa: N818 (the name the API documents)
+class AccessDenied(DomainError):
     """An action is not covered by an approved, unexpired grant for this dataset version and kind."""
 
     code = "access_denied"

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from datasets.approval import Grant
+from datasets.policy import DatasetPolicy
 from quotas.errors import DomainError, InvalidInput
 
 EPSILON_UNITS = 1_000_000
 DELTA_UNITS = 1_000_000_000_000
 
 
-class BudgetExceeded(DomainError):  # noqa: N818 (the design's name)
+class BudgetExceeded(DomainError):
     """A privacy cost does not fit in what is left of a budget (dataset total, grant, or per-SME cap)."""
 
     code = "budget_exceeded"
@@ -158,3 +160,18 @@ def check_fits(requested: PrivacyCost, remaining: PrivacyCost, *, what: str) -> 
             requested=requested,
             remaining=remaining,
         )
+
+
+def dataset_total_budget(policy: DatasetPolicy) -> PrivacyCost:
+    """A dataset's total budget (all SMEs together) as a PrivacyCost."""
+    return PrivacyCost(policy.total_epsilon_micro, policy.total_delta_e12)
+
+
+def dataset_sme_cap(policy: DatasetPolicy) -> PrivacyCost:
+    """A dataset's per-SME cap as a PrivacyCost."""
+    return PrivacyCost(policy.sme_cap_epsilon_micro, policy.sme_cap_delta_e12)
+
+
+def grant_cap(grant: Grant) -> PrivacyCost:
+    """What an approval lets one SME spend on one dataset version, as a PrivacyCost."""
+    return PrivacyCost(grant.epsilon_cap_micro, grant.delta_cap_e12)

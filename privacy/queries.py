@@ -105,8 +105,13 @@ class QuerySpec:
             "epsilon": self.epsilon.to_dict(),
             "column": self.column,
             "group_by": self.group_by,
-            "quantiles": [str(q) for q in self.quantiles],
+            "quantiles": [level_text(q) for q in self.quantiles],
         }
+
+
+def level_text(level: Fraction) -> str:
+    """How a quantile level is written in results and JSON: its shortest float form, e.g. ``0.1``."""
+    return repr(float(level))
 
 
 def _parse_level(value: Fraction | float | str) -> Fraction:
@@ -452,7 +457,7 @@ def _finish_quantile(spec: QuerySpec, policy: DatasetPolicy, bounded: pl.DataFra
     values: dict[str, float] = {}
     for level, part in zip(spec.quantiles, _parts(spec), strict=True):
         chosen = _private_quantile(data, col, level, policy.max_rows_per_unit, part.epsilon_micro)
-        values[str(level)] = chosen / col.scale
+        values[level_text(level)] = chosen / col.scale
     return QueryResult(spec.kind, values, estimate_cost(spec, policy), {}, {})
 
 

@@ -37,19 +37,19 @@ class StorageError(DomainError):
     code = "storage_error"
 
 
-class StorageNotFound(StorageError, NotFound):  # noqa: N818 (the design's name)
+class StorageNotFound(StorageError, NotFound):
     """No object exists under the key."""
 
     code = "not_found"
 
 
-class StorageConflict(StorageError, Conflict):  # noqa: N818 (pairs with StorageNotFound)
+class StorageConflict(StorageError, Conflict):
     """An object exists under the key with different content; objects are immutable."""
 
     code = "object_conflict"
 
 
-class InvalidKey(StorageError):  # noqa: N818 (pairs with StorageNotFound)
+class InvalidKey(StorageError):
     """A key breaks the key rules."""
 
     code = "invalid_key"
