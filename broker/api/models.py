@@ -1,0 +1,93 @@
+"""Request bodies. Unknown fields are refused (no mass assignment of owners, balances or statuses)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Base for request bodies: extra fields are an error, strings are stripped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+ResourceClass = Literal["cpu", "gpu", "memory"]
+
+
+def _cpu_and_memory() -> list[ResourceClass]:
+    return ["cpu", "memory"]
+
+
+def _cpu() -> list[ResourceClass]:
+    return ["cpu"]
+
+
+class OrgCreate(Strict):
+    """Create an organisation."""
+
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["operator", "issuer", "custodian", "sme"]
+    year_budget: int | None = Field(default=None, ge=0, le=2**62)
+    sme_cap: int | None = Field(default=None, ge=0, le=2**62)
+    copay_limit: int = Field(default=0, ge=0, le=2**62)
+
+
+class TokenCreate(Strict):
+    """Create a bearer token."""
+
+    label: str = Field(default="", max_length=200)
+    ttl_s: int | None = Field(default=None, gt=0, le=10 * 365 * 24 * 3600)
+
+
+class ProgrammeSet(Strict):
+    """Set an issuer's programme limits."""
+
+    year_budget: int = Field(ge=0, le=2**62)
+    sme_cap: int = Field(ge=0, le=2**62)
+
+
+class KeyStatusSet(Strict):
+    """Retire or revoke a key."""
+
+    status: Literal["retired", "revoked"]
+
+
+class VoucherIssue(Strict):
+    """Issue a voucher to an SME."""
+
+    sme_org: str = Field(min_length=1, max_length=40)
+    credits: int = Field(gt=0, le=2**53 - 1)
+    coverage_bps: int = Field(ge=1, le=10_000)
+    resources: list[ResourceClass] = Field(default_factory=_cpu_and_memory, min_length=1)
+    valid_from_s: int | None = Field(default=None, ge=0, le=2**53 - 1)
+    valid_until_s: int = Field(gt=0, le=2**53 - 1)
+    credit_expires_s: int = Field(gt=0, le=2**53 - 1)
+
+
+class VoucherRedeem(Strict):
+    """Redeem a voucher token."""
+
+    token: str = Field(min_length=1, max_length=65536)
+
+
+class HoldPlace(Strict):
+    """Place a hold."""
+
+    amount: int = Field(gt=0, le=2**62)
+    resources: list[ResourceClass] = Field(default_factory=_cpu, min_length=1)
+    org_id: str | None = Field(default=None, max_length=40)
+    ttl_s: int | None = Field(default=None, gt=0, le=365 * 24 * 3600)
+
+
+class HoldSettle(Strict):
+    """Settle a hold for its metered cost."""
+
+    cost: int = Field(ge=0, le=2**62)
+
+
+class CopayLimitSet(Strict):
+    """Change an SME's co-payment limit."""
+
+    copay_limit: int = Field(ge=0, le=2**62)

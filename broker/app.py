@@ -1,0 +1,108 @@
+"""The FastAPI application: routes, the error table, body limits, JWKS, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker.api.policy import policy
+from broker.api.routes_core import router as core_router
+from broker.errors import RateLimited, error_body, status_for
+from broker.services.registry import Services
+from quotas.errors import DomainError
+
+log = logging.getLogger("sbx.api")
+
+
+def create_app(services: Services) -> FastAPI:
+    """Build the app over already-built services (the caller owns the container's lifetime)."""
+    app = FastAPI(
+        title="sandbox-broker",
+        version="0.1.0",
+        description="Voucher-paid compute and differentially private data access for SMEs.",
+    )
+    app.state.services = services
+    _install_error_handlers(app)
+    _install_body_limit(app, services.container.settings.max_body_bytes)
+    app.include_router(core_router)
+    for router in _feature_routers():
+        app.include_router(router)
+
+    @app.get("/.well-known/jwks.json", openapi_extra=policy("public"))
+    def jwks_endpoint() -> dict[str, Any]:
+        """Public keys: issuers' voucher keys (active and retired) and the broker's report/audit key."""
+        return services.vouchers.jwks()
+
+    @app.get("/healthz", openapi_extra=policy("public"))
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", openapi_extra=policy("public"))
+    def readyz() -> dict[str, str]:
+        """Readiness: the database answers."""
+        services.container.db.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+        return {"status": "ready"}
+
+    @app.get("/metrics", openapi_extra=policy("public"), include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus exposition of this broker's registry."""
+        return Response(generate_latest(services.container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _feature_routers() -> list[Any]:
+    """Routers of later features (jobs, datasets, reports, dashboard), added as they land."""
+    from broker.api.routes_audit import router as audit_router
+
+    return [audit_router]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return JSONResponse(error_body(exc.code, exc.detail), status_code=status_for(exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: {err.get('msg', 'invalid')}"
+            for err in exc.errors()[:10]
+        )
+        return JSONResponse(error_body("invalid_request", problems), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "the broker failed to handle this request; nothing was changed"),
+            status_code=500,
+        )
+
+
+def _install_body_limit(app: FastAPI, max_bytes: int) -> None:
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            return JSONResponse(
+                error_body("payload_too_large", f"request bodies are limited to {max_bytes} bytes"),
+                status_code=413,
+            )
+        return await call_next(request)

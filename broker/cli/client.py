@@ -1,0 +1,97 @@
+"""The CLI's HTTP client: one place that turns broker errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import httpx
+import typer
+
+
+class CliError(Exception):
+    """A failure the CLI reports as one line on stderr and a non-zero exit."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def fail(message: str, exit_code: int = 1) -> NoReturn:
+    """Print ``error: message`` on stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+class BrokerClient:
+    """Calls the broker's REST API with the caller's bearer token."""
+
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON, or raise :class:`CliError` with the broker's reason."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, json=body, params=clean, headers=headers)
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"cannot reach the broker at {self.url} ({type(exc).__name__}); is `sbx serve` running? "
+                "Set --url or SBX_URL.",
+                exit_code=2,
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                payload = response.json()
+                message = f"{payload['error']}: {payload['detail']}"
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.status_code}"
+            raise CliError(message, exit_code=1)
+        if not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+
+def emit(data: Any, *, as_json: bool, human: str | None = None) -> None:
+    """Print ``data`` as JSON (``--json``) or as the given human text (or a readable default)."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return
+    if human is not None:
+        typer.echo(human)
+        return
+    if isinstance(data, list):
+        for item in data:
+            typer.echo(_line(item))
+        if not data:
+            typer.echo("(none)")
+        return
+    if isinstance(data, dict):
+        for key, value in data.items():
+            typer.echo(f"{key}: {value if not isinstance(value, dict | list) else json.dumps(value)}")
+        return
+    typer.echo(str(data))
+
+
+def _line(item: Any) -> str:
+    if isinstance(item, dict):
+        return "  ".join(f"{k}={v}" for k, v in item.items() if not isinstance(v, dict | list))
+    return str(item)

@@ -1,0 +1,444 @@
+"""``sbx``: the broker's command line. Local commands (init, serve, migrate, demo) act on the state
+directory; every other command talks to a running broker over its REST API with a bearer token."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from broker.cli.client import BrokerClient, CliError, emit, fail
+
+app = typer.Typer(
+    help="sandbox-broker: voucher-paid compute and private data access for SMEs.", no_args_is_help=True
+)
+org_app = typer.Typer(help="Organisations (operators).", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
+issuer_app = typer.Typer(help="Issuer keys and programmes.", no_args_is_help=True)
+key_app = typer.Typer(help="Issuer signing keys (rotation, revocation).", no_args_is_help=True)
+voucher_app = typer.Typer(help="Innovation vouchers.", no_args_is_help=True)
+hold_app = typer.Typer(help="Credit holds (normally placed by jobs).", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(org_app, name="org")
+app.add_typer(token_app, name="token")
+app.add_typer(issuer_app, name="issuer")
+issuer_app.add_typer(key_app, name="key")
+app.add_typer(voucher_app, name="voucher")
+app.add_typer(hold_app, name="hold")
+app.add_typer(audit_app, name="audit")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DAY_S = 24 * 3600
+
+
+@dataclass
+class CliState:
+    """Options shared by every command."""
+
+    url: str
+    token: str | None
+    as_json: bool
+
+    def client(self) -> BrokerClient:
+        """A client for the configured broker."""
+        return BrokerClient(self.url, self.token)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="SBX_URL", help="Broker URL.")] = "http://127.0.0.1:8750",
+    token: Annotated[str | None, typer.Option(envvar="SBX_TOKEN", help="Bearer token.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Global options: where the broker is and who you are."""
+    ctx.obj = CliState(url, token, as_json)
+
+
+def _state(ctx: typer.Context, as_json: bool) -> CliState:
+    state: CliState = ctx.obj
+    if as_json:
+        state.as_json = True
+    return state
+
+
+def _call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: Any) -> tuple[Any, CliState]:
+    state = _state(ctx, as_json)
+    client = state.client()
+    try:
+        return client.call(method, path, **kwargs), state
+    except CliError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        client.close()
+
+
+# -- local commands -------------------------------------------------------------------------------
+@app.command()
+def init(
+    state_dir: Annotated[Path, typer.Option(envvar="SBX_STATE_DIR", help="State directory.")] = Path(".sbx"),
+    operator_name: Annotated[str, typer.Option(help="Name of the first operator organisation.")] = "operator",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the state directory, the broker's Ed25519 key (0600), the schema and the first operator token."""
+    from broker.bootstrap import initialise
+
+    result = initialise(state_dir, operator_name=operator_name)
+    emit(
+        result,
+        as_json=as_json,
+        human=(
+            f"state directory: {result['state_dir']}\nbroker key: {result['broker_key']} (mode 0600)\n"
+            f"database: {result['database']}\noperator token (shown once, keep it secret):\n{result['token']}"
+            if result["token"]
+            else f"state directory {result['state_dir']} was already initialised; nothing changed"
+        ),
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (SBX_DATABASE_URL or the state directory's SQLite)."""
+    from broker.db.migrate import upgrade
+    from broker.settings import Settings
+
+    settings = Settings()
+    upgrade(settings.resolved_database_url)
+    typer.echo("database is at the latest schema")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default SBX_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default SBX_PORT or 8750).")] = None,
+) -> None:
+    """Run the broker (uvicorn) on 127.0.0.1:8750 by default."""
+    from broker.server import run
+
+    run(host=host, port=port)
+
+
+# -- organisations and tokens ---------------------------------------------------------------------
+@org_app.command("create")
+def org_create(
+    ctx: typer.Context,
+    name: str,
+    role: Annotated[str, typer.Option(help="operator, issuer, custodian or sme.")],
+    year_budget: Annotated[int | None, typer.Option(help="Issuer: credits per year.")] = None,
+    sme_cap: Annotated[int | None, typer.Option(help="Issuer: credits per SME.")] = None,
+    copay_limit: Annotated[int, typer.Option(help="SME: co-payment limit in credits.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an organisation."""
+    body = {
+        "name": name,
+        "role": role,
+        "year_budget": year_budget,
+        "sme_cap": sme_cap,
+        "copay_limit": copay_limit,
+    }
+    data, state = _call(ctx, as_json, "POST", "/api/v1/orgs", body=body)
+    emit(data, as_json=state.as_json, human=f"created {data['role']} {data['name']}: {data['id']}")
+
+
+@org_app.command("list")
+def org_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List organisations."""
+    data, state = _call(ctx, as_json, "GET", "/api/v1/orgs")
+    emit(data, as_json=state.as_json)
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    org_id: str,
+    label: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    ttl_days: Annotated[int | None, typer.Option(help="Lifetime in days (default: no expiry).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a bearer token for an organisation (shown once)."""
+    body = {"label": label, "ttl_s": ttl_days * DAY_S if ttl_days else None}
+    data, state = _call(ctx, as_json, "POST", f"/api/v1/orgs/{org_id}/tokens", body=body)
+    emit(data, as_json=state.as_json, human=data["token"])
+
+
+# -- issuers --------------------------------------------------------------------------------------
+@issuer_app.command("programme")
+def issuer_programme(
+    ctx: typer.Context,
+    org_id: str,
+    year_budget: Annotated[int, typer.Option(help="Credits per year.")],
+    sme_cap: Annotated[int, typer.Option(help="Credits per SME.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Set an issuer's yearly budget and per-SME cap (operators)."""
+    body = {"year_budget": year_budget, "sme_cap": sme_cap}
+    data, state = _call(ctx, as_json, "PUT", f"/api/v1/orgs/{org_id}/programme", body=body)
+    emit(data, as_json=state.as_json)
+
+
+@key_app.command("create")
+def key_create(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Create a new signing key; earlier active keys retire (they still verify what they signed)."""
+    data, state = _call(ctx, as_json, "POST", "/api/v1/issuer/keys")
+    emit(data, as_json=state.as_json, human=f"active key {data['kid']}")
+
+
+@key_app.command("list")
+def key_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List your keys."""
+    data, state = _call(ctx, as_json, "GET", "/api/v1/issuer/keys")
+    emit(
+        [{k: v for k, v in item.items() if k != "public_jwk"} for item in data]
+        if not state.as_json
+        else data,
+        as_json=state.as_json,
+    )
+
+
+@key_app.command("retire")
+def key_retire(ctx: typer.Context, kid: str, as_json: JsonOpt = False) -> None:
+    """Retire a key: it signs nothing new but still verifies what it signed."""
+    data, state = _call(ctx, as_json, "PATCH", f"/api/v1/issuer/keys/{kid}", body={"status": "retired"})
+    emit(data, as_json=state.as_json)
+
+
+@key_app.command("revoke")
+def key_revoke(ctx: typer.Context, kid: str, as_json: JsonOpt = False) -> None:
+    """Revoke a key: nothing it signed can be redeemed any more."""
+    data, state = _call(ctx, as_json, "PATCH", f"/api/v1/issuer/keys/{kid}", body={"status": "revoked"})
+    emit(data, as_json=state.as_json)
+
+
+# -- vouchers -------------------------------------------------------------------------------------
+@voucher_app.command("issue")
+def voucher_issue(
+    ctx: typer.Context,
+    sme: Annotated[str, typer.Option(help="Beneficiary SME organisation id.")],
+    credits: Annotated[int, typer.Option(help="Credits (smallest unit).")],
+    coverage: Annotated[
+        int, typer.Option(help="Share of cost the programme pays, basis points (5000 = 50%).")
+    ],
+    valid_days: Annotated[int, typer.Option(help="Days the voucher can be redeemed.")] = 30,
+    credit_days: Annotated[int, typer.Option(help="Days the credit lasts after issuance.")] = 365,
+    resources: Annotated[str, typer.Option(help="Comma-separated resource classes.")] = "cpu,memory",
+    out: Annotated[Path | None, typer.Option(help="Write the token to this file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a signed voucher to an SME."""
+    now = int(time.time())
+    body = {
+        "sme_org": sme,
+        "credits": credits,
+        "coverage_bps": coverage,
+        "resources": [r.strip() for r in resources.split(",") if r.strip()],
+        "valid_until_s": now + valid_days * DAY_S,
+        "credit_expires_s": now + credit_days * DAY_S,
+    }
+    data, state = _call(ctx, as_json, "POST", "/api/v1/vouchers", body=body)
+    if out is not None:
+        out.write_text(data["token"] + "\n")
+    emit(data, as_json=state.as_json, human=f"voucher {data['jti']} ({credits} credits)\n{data['token']}")
+
+
+@voucher_app.command("redeem")
+def voucher_redeem(
+    ctx: typer.Context,
+    token: Annotated[
+        str | None, typer.Argument(help="The voucher token (or use --file, or - for stdin).")
+    ] = None,
+    file: Annotated[Path | None, typer.Option(help="Read the token from a file.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Redeem a voucher into a credit grant."""
+    if file is not None:
+        token = file.read_text().strip()
+    elif token == "-":  # noqa: S105 - "-" means stdin
+        token = sys.stdin.read().strip()
+    if not token:
+        fail("give the voucher token as an argument, with --file, or - to read stdin")
+    data, state = _call(
+        ctx,
+        as_json,
+        "POST",
+        "/api/v1/vouchers/redeem",
+        body={"token": token},
+        idempotency_key=idempotency_key,
+    )
+    grant = data["grant"]
+    emit(
+        data,
+        as_json=state.as_json,
+        human=f"redeemed: grant {grant['id']} with {grant['amount']} credits, coverage {grant['coverage_bps']} bps",
+    )
+
+
+@voucher_app.command("revoke")
+def voucher_revoke(ctx: typer.Context, jti: str, as_json: JsonOpt = False) -> None:
+    """Revoke an unredeemed voucher."""
+    data, state = _call(ctx, as_json, "POST", f"/api/v1/vouchers/{jti}/revoke")
+    emit(data, as_json=state.as_json)
+
+
+@voucher_app.command("show")
+def voucher_show(ctx: typer.Context, jti: str, as_json: JsonOpt = False) -> None:
+    """Show a voucher."""
+    data, state = _call(ctx, as_json, "GET", f"/api/v1/vouchers/{jti}")
+    emit(data, as_json=state.as_json)
+
+
+@voucher_app.command("list")
+def voucher_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List vouchers you issued or received."""
+    data, state = _call(ctx, as_json, "GET", "/api/v1/vouchers")
+    emit(data, as_json=state.as_json)
+
+
+# -- money ----------------------------------------------------------------------------------------
+@app.command()
+def balance(
+    ctx: typer.Context,
+    org: Annotated[str | None, typer.Option(help="SME id (operators).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an SME's credit: available voucher credit, held, co-payment, grants."""
+    data, state = _call(ctx, as_json, "GET", "/api/v1/balance", params={"org_id": org})
+    lines = [
+        f"available: {data['available']} credits   held: {data['held']}   "
+        f"co-payment used: {data['copay_used']} of {data['copay_limit']}"
+    ]
+    for g in data["grants"]:
+        lines.append(
+            f"  grant {g['id']}: {g['balance']}/{g['amount']} credits, coverage {g['coverage_bps']} bps, "
+            f"expires {time.strftime('%Y-%m-%d', time.gmtime(g['expires_ms'] / 1000))} ({g['status']})"
+        )
+    emit(data, as_json=state.as_json, human="\n".join(lines))
+
+
+@app.command()
+def ledger(
+    ctx: typer.Context,
+    org: Annotated[str | None, typer.Option(help="Organisation id (operators).")] = None,
+    after: Annotated[int, typer.Option(help="Only entries after this id.")] = 0,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """List ledger entries."""
+    data, state = _call(
+        ctx,
+        as_json,
+        "GET",
+        "/api/v1/ledger/entries",
+        params={"org_id": org, "after_id": after, "limit": limit},
+    )
+    emit(data, as_json=state.as_json)
+
+
+@hold_app.command("place")
+def hold_place(
+    ctx: typer.Context,
+    amount: int,
+    org: Annotated[str | None, typer.Option(help="SME id (operators).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hold credits."""
+    data, state = _call(
+        ctx,
+        as_json,
+        "POST",
+        "/api/v1/holds",
+        body={"amount": amount, "org_id": org},
+        idempotency_key=idempotency_key,
+    )
+    emit(data, as_json=state.as_json)
+
+
+@hold_app.command("settle")
+def hold_settle(ctx: typer.Context, hold_id: str, cost: int, as_json: JsonOpt = False) -> None:
+    """Settle a hold for its cost (operators)."""
+    data, state = _call(ctx, as_json, "POST", f"/api/v1/holds/{hold_id}/settle", body={"cost": cost})
+    emit(data, as_json=state.as_json)
+
+
+@hold_app.command("release")
+def hold_release(ctx: typer.Context, hold_id: str, as_json: JsonOpt = False) -> None:
+    """Release a hold."""
+    data, state = _call(ctx, as_json, "POST", f"/api/v1/holds/{hold_id}/release")
+    emit(data, as_json=state.as_json)
+
+
+# -- audit ----------------------------------------------------------------------------------------
+@audit_app.command("list")
+def audit_list(
+    ctx: typer.Context,
+    after: Annotated[int, typer.Option(help="Only entries after this sequence number.")] = 0,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """List audit entries you may read."""
+    data, state = _call(ctx, as_json, "GET", "/api/v1/audit", params={"after_seq": after, "limit": limit})
+    emit(
+        [{k: v for k, v in e.items() if k != "body"} for e in data] if not state.as_json else data,
+        as_json=state.as_json,
+    )
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    local: Annotated[
+        bool, typer.Option(help="Verify the local state directory directly (no server).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the hash chain against the signed checkpoints; names the first bad entry."""
+    if local:
+        from broker.bootstrap import verify_local
+
+        data = verify_local()
+        state = _state(ctx, as_json)
+    else:
+        data, state = _call(ctx, as_json, "POST", "/api/v1/audit/verify")
+    human = (
+        f"audit chain valid: {data['checked']} entries"
+        if data["ok"]
+        else f"audit chain BROKEN at entry {data['first_bad_seq']}: {data['reason']}"
+    )
+    emit(data, as_json=state.as_json, human=human)
+    if not data["ok"]:
+        raise typer.Exit(3)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Sign the current head of the log into the checkpoint file (operators)."""
+    data, state = _call(ctx, as_json, "POST", "/api/v1/audit/checkpoint")
+    emit(data, as_json=state.as_json)
+
+
+@app.command()
+def demo(
+    state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(".sbx-demo"),
+    fresh: Annotated[bool, typer.Option(help="Start from an empty state directory.")] = True,
+) -> None:
+    """Run the main job end to end on the embedded default (SQLite, local Ray, local object store)."""
+    from broker.demo import run_demo
+
+    run_demo(state_dir, fresh=fresh)
+
+
+def main() -> None:
+    """Console entry point: CLI errors become one line on stderr and a non-zero exit."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        app()
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)

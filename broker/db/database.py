@@ -1,0 +1,131 @@
+"""The unit of work: every state change is one function run inside one transaction.
+
+``Database.write(fn)`` runs ``fn(conn)`` atomically and returns its result (or raises its exception, with
+nothing written). On SQLite, concurrent writes are *group-committed*: one writer thread takes every write
+that is waiting, runs each inside its own SAVEPOINT (so one failure rolls back only itself) and commits
+them together — one ``fsync`` for many transactions at full durability. A caller's ``write`` returns only
+after that commit. On PostgreSQL each write is its own transaction; row locks are taken in a fixed order
+by the repositories, and serialization failures are retried.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from broker.db.engine import is_sqlite
+
+T = TypeVar("T")
+_MAX_BATCH = 256
+_PG_RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+
+class Database:
+    """Owns the engine; the only way the service reads or writes state."""
+
+    def __init__(self, engine: Engine, *, group_commit: bool = True) -> None:
+        self.engine = engine
+        self.sqlite = is_sqlite(str(engine.url))
+        self._queue: queue.SimpleQueue[tuple[Callable[[Connection], object], Future[object]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        if self.sqlite and group_commit:
+            self._writer = threading.Thread(target=self._write_loop, name="sbx-sqlite-writer", daemon=True)
+            self._writer.start()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one write transaction and return its result once it is durably committed."""
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        if self._writer is None:
+            return self._write_direct(fn)
+        future: Future[object] = Future()
+        self._queue.put((fn, future))
+        return future.result()  # type: ignore[return-value]
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on a read-only snapshot (a plain connection; SQLite WAL readers never block)."""
+        with self.engine.connect() as conn:
+            if self.sqlite:
+                return fn(conn)
+            with conn.begin():
+                return fn(conn)
+
+    def close(self) -> None:
+        """Finish every queued write, stop the writer thread and dispose of the engine."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+        self.engine.dispose()
+
+    def _write_direct(self, fn: Callable[[Connection], T]) -> T:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except DBAPIError as exc:
+                code = getattr(exc.orig, "sqlstate", None)
+                if code in _PG_RETRYABLE and attempts < 20:
+                    continue
+                raise
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[Callable[[Connection], object], Future[object]]]) -> None:
+        outcomes: list[tuple[bool, object]] = []
+        try:
+            with self.engine.begin() as conn:
+                for fn, _future in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        result = fn(conn)
+                    except BaseException as exc:
+                        savepoint.rollback()
+                        outcomes.append((False, exc))
+                    else:
+                        savepoint.commit()
+                        outcomes.append((True, result))
+        except BaseException as exc:
+            for _fn, future in batch:
+                future.set_exception(exc)
+            return
+        for (_fn, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                assert isinstance(value, BaseException)
+                future.set_exception(value)

@@ -1,0 +1,202 @@
+"""The schema (SQLAlchemy Core). Alembic migrations in ``broker/db/migrations`` create it on both dialects.
+
+Amounts are ``BigInteger`` credits; times are ``BigInteger`` milliseconds since the epoch; identifiers are
+short prefixed strings (``org_…``, ``job_…``) except ledger accounts, which are integers so that rows can
+be locked in a fixed (ascending) order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+organisations = Table(
+    "organisations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    CheckConstraint("role IN ('operator','issuer','custodian','sme')", name="role"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("label", String(200), nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+programmes = Table(
+    "programmes",
+    metadata,
+    Column("org_id", String(40), ForeignKey("organisations.id"), primary_key=True),
+    Column("year_budget", BigInteger, nullable=False),
+    Column("sme_cap", BigInteger, nullable=False),
+    CheckConstraint("year_budget >= 0 AND sme_cap >= 0", name="non_negative"),
+)
+
+issuer_keys = Table(
+    "issuer_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("public_jwk", Text, nullable=False),
+    Column("private_pem", LargeBinary, nullable=True),
+    Column("status", String(10), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("changed_ms", BigInteger, nullable=False),
+    CheckConstraint("status IN ('active','retired','revoked')", name="status"),
+)
+
+vouchers = Table(
+    "vouchers",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("issuer_org", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("sme_org", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("kid", String(64), nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("coverage_bps", Integer, nullable=False),
+    Column("resources", String(64), nullable=False),
+    Column("nbf", BigInteger, nullable=False),
+    Column("exp", BigInteger, nullable=False),
+    Column("credit_exp", BigInteger, nullable=False),
+    Column("year", Integer, nullable=False),
+    Column("issued_ms", BigInteger, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("changed_ms", BigInteger, nullable=False),
+    CheckConstraint("status IN ('issued','redeemed','revoked')", name="status"),
+    CheckConstraint("credits > 0", name="credits_positive"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(12), nullable=False),
+    Column("org_id", String(40), ForeignKey("organisations.id"), nullable=False),
+    Column("grant_id", String(40), nullable=True, unique=True),
+    Column("balance", BigInteger, nullable=False, default=0),
+    # The lowest balance allowed: 0 for most accounts, minus the co-payment limit for ``copay``,
+    # NULL (no floor) for an issuer's ``programme`` source account.
+    Column("floor", BigInteger, nullable=True),
+    CheckConstraint("floor IS NULL OR balance >= floor", name="above_floor"),
+    UniqueConstraint("kind", "org_id", "grant_id", name="uq_accounts_kind_org_grant"),
+)
+Index("ix_accounts_org_kind", accounts.c.org_id, accounts.c.kind)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("issuer_org", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("voucher_jti", String(64), ForeignKey("vouchers.jti"), nullable=False, unique=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("coverage_bps", Integer, nullable=False),
+    Column("resources", String(64), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("status", String(10), nullable=False),
+    CheckConstraint("status IN ('active','expired')", name="status"),
+)
+Index("ix_grants_status_expires", grants.c.status, grants.c.expires_ms)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("job_id", String(40), nullable=True, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("settled", BigInteger, nullable=False, default=0),
+    Column("released", BigInteger, nullable=False, default=0),
+    Column("state", String(10), nullable=False),
+    Column("lines", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("closed_ms", BigInteger, nullable=True),
+    CheckConstraint("state IN ('HELD','SETTLED','RELEASED','EXPIRED')", name="state"),
+    CheckConstraint("amount > 0 AND settled >= 0 AND released >= 0", name="amounts"),
+    CheckConstraint("settled <= amount", name="settle_le_hold"),
+    CheckConstraint("state = 'HELD' OR settled + released = amount", name="closed_balanced"),
+)
+Index("ix_holds_state_expires", holds.c.state, holds.c.expires_ms)
+
+entries = Table(
+    "entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("txn_id", String(40), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("org_id", String(40), nullable=True, index=True),
+    Column("issuer_org", String(40), nullable=True),
+    Column("hold_id", String(40), nullable=True),
+    Column("created_ms", BigInteger, nullable=False, index=True),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("org_id", String(40), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+)
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("actor_org", String(40), nullable=True),
+    Column("action", String(40), nullable=False),
+    Column("object_type", String(20), nullable=False),
+    Column("object_id", String(64), nullable=False),
+    Column("org_id", String(40), nullable=True, index=True),
+    Column("dataset_id", String(40), nullable=True, index=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+)

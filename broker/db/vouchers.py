@@ -1,0 +1,218 @@
+"""Issuer keys, programmes and issued vouchers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from broker.db import tables as t
+from quotas.errors import Conflict, NotFound
+from vouchers import IssuerKey, KeyStatus, VoucherClaims
+
+
+@dataclass(frozen=True, slots=True)
+class Programme:
+    """An issuer's yearly voucher budget and its cap per SME (credits)."""
+
+    org_id: str
+    year_budget: int
+    sme_cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherRecord:
+    """A voucher as the broker recorded it at issuance."""
+
+    jti: str
+    issuer_org: str
+    sme_org: str
+    kid: str
+    credits: int
+    coverage_bps: int
+    resources: tuple[str, ...]
+    nbf: int
+    exp: int
+    credit_exp: int
+    issued_ms: int
+    status: str
+
+
+def set_programme(conn: Connection, *, org_id: str, year_budget: int, sme_cap: int) -> Programme:
+    """Create or replace an issuer's programme limits."""
+    updated = conn.execute(
+        update(t.programmes)
+        .where(t.programmes.c.org_id == org_id)
+        .values(year_budget=year_budget, sme_cap=sme_cap)
+    )
+    if updated.rowcount == 0:
+        conn.execute(insert(t.programmes).values(org_id=org_id, year_budget=year_budget, sme_cap=sme_cap))
+    return Programme(org_id, year_budget, sme_cap)
+
+
+def get_programme(conn: Connection, org_id: str) -> Programme:
+    """An issuer's programme, or :class:`NotFound` when none was set."""
+    row = conn.execute(select(t.programmes).where(t.programmes.c.org_id == org_id)).first()
+    if row is None:
+        raise NotFound(f"issuer {org_id} has no programme yet; an operator sets its budget and SME cap first")
+    return Programme(row.org_id, int(row.year_budget), int(row.sme_cap))
+
+
+def add_key(
+    conn: Connection, *, org_id: str, kid: str, public_jwk: dict[str, Any], private_pem: bytes, now_ms: int
+) -> None:
+    """Store a new active key for an issuer; its previous active keys become ``retired`` (rotation)."""
+    conn.execute(
+        update(t.issuer_keys)
+        .where(t.issuer_keys.c.org_id == org_id, t.issuer_keys.c.status == "active")
+        .values(status="retired", changed_ms=now_ms)
+    )
+    conn.execute(
+        insert(t.issuer_keys).values(
+            kid=kid,
+            org_id=org_id,
+            public_jwk=json.dumps(public_jwk),
+            private_pem=private_pem,
+            status="active",
+            created_ms=now_ms,
+            changed_ms=now_ms,
+        )
+    )
+
+
+def set_key_status(conn: Connection, *, org_id: str | None, kid: str, status: KeyStatus, now_ms: int) -> None:
+    """Retire or revoke a key (scoped to its issuer unless ``org_id`` is ``None``). Revoked is final."""
+    query = update(t.issuer_keys).where(t.issuer_keys.c.kid == kid, t.issuer_keys.c.status != "revoked")
+    if org_id is not None:
+        query = query.where(t.issuer_keys.c.org_id == org_id)
+    if conn.execute(query.values(status=status, changed_ms=now_ms)).rowcount == 0:
+        raise NotFound(f"no key {kid} that can still change status")
+
+
+def lookup_key(conn: Connection, kid: str) -> IssuerKey | None:
+    """The verification view of a key, for :func:`vouchers.verify_voucher`."""
+    row = conn.execute(select(t.issuer_keys).where(t.issuer_keys.c.kid == kid)).first()
+    if row is None:
+        return None
+    return IssuerKey(kid=row.kid, issuer=row.org_id, public_jwk=json.loads(row.public_jwk), status=row.status)
+
+
+def signing_key(conn: Connection, org_id: str) -> tuple[str, bytes]:
+    """The issuer's active key id and private key, or :class:`Conflict` when it has none."""
+    row = conn.execute(
+        select(t.issuer_keys.c.kid, t.issuer_keys.c.private_pem)
+        .where(t.issuer_keys.c.org_id == org_id, t.issuer_keys.c.status == "active")
+        .order_by(t.issuer_keys.c.created_ms.desc())
+    ).first()
+    if row is None or row.private_pem is None:
+        raise Conflict(
+            "this issuer has no active signing key; create one with `sbx issuer key create`",
+            code="no_active_key",
+        )
+    return str(row.kid), bytes(row.private_pem)
+
+
+def list_keys(conn: Connection, *, org_id: str | None = None) -> list[dict[str, Any]]:
+    """Keys with their status (public parts only)."""
+    query = select(t.issuer_keys).order_by(t.issuer_keys.c.created_ms)
+    if org_id is not None:
+        query = query.where(t.issuer_keys.c.org_id == org_id)
+    return [
+        {
+            "kid": r.kid,
+            "issuer": r.org_id,
+            "status": r.status,
+            "public_jwk": json.loads(r.public_jwk),
+            "created_ms": r.created_ms,
+            "changed_ms": r.changed_ms,
+        }
+        for r in conn.execute(query)
+    ]
+
+
+def issued_totals(conn: Connection, *, issuer_org: str, sme_org: str, year: int) -> tuple[int, int]:
+    """Credits this issuer has issued this year (not counting unredeemed revoked vouchers), and to this SME ever."""
+    live = t.vouchers.c.status != "revoked"
+    year_total = conn.execute(
+        select(func.coalesce(func.sum(t.vouchers.c.credits), 0)).where(
+            t.vouchers.c.issuer_org == issuer_org, t.vouchers.c.year == year, live
+        )
+    ).scalar_one()
+    sme_total = conn.execute(
+        select(func.coalesce(func.sum(t.vouchers.c.credits), 0)).where(
+            t.vouchers.c.issuer_org == issuer_org, t.vouchers.c.sme_org == sme_org, live
+        )
+    ).scalar_one()
+    return int(year_total), int(sme_total)
+
+
+def record_voucher(conn: Connection, *, claims: VoucherClaims, kid: str, year: int, now_ms: int) -> None:
+    """Record an issued voucher (status ``issued``)."""
+    conn.execute(
+        insert(t.vouchers).values(
+            jti=claims.jti,
+            issuer_org=claims.iss,
+            sme_org=claims.sub,
+            kid=kid,
+            credits=claims.credits,
+            coverage_bps=claims.coverage_bps,
+            resources=",".join(claims.resources),
+            nbf=claims.nbf,
+            exp=claims.exp,
+            credit_exp=claims.credit_exp,
+            year=year,
+            issued_ms=now_ms,
+            status="issued",
+            changed_ms=now_ms,
+        )
+    )
+
+
+def get_voucher(conn: Connection, jti: str) -> VoucherRecord | None:
+    """A voucher record by id, or ``None``."""
+    row = conn.execute(select(t.vouchers).where(t.vouchers.c.jti == jti)).first()
+    if row is None:
+        return None
+    return VoucherRecord(
+        row.jti,
+        row.issuer_org,
+        row.sme_org,
+        row.kid,
+        int(row.credits),
+        int(row.coverage_bps),
+        tuple(row.resources.split(",")),
+        int(row.nbf),
+        int(row.exp),
+        int(row.credit_exp),
+        int(row.issued_ms),
+        row.status,
+    )
+
+
+def list_vouchers(
+    conn: Connection, *, issuer_org: str | None = None, sme_org: str | None = None
+) -> list[VoucherRecord]:
+    """Vouchers of an issuer and/or an SME, newest first."""
+    query = select(t.vouchers.c.jti).order_by(t.vouchers.c.issued_ms.desc())
+    if issuer_org is not None:
+        query = query.where(t.vouchers.c.issuer_org == issuer_org)
+    if sme_org is not None:
+        query = query.where(t.vouchers.c.sme_org == sme_org)
+    out = []
+    for jti in conn.execute(query).scalars():
+        record = get_voucher(conn, jti)
+        assert record is not None
+        out.append(record)
+    return out
+
+
+def mark(conn: Connection, *, jti: str, from_status: str, to_status: str, now_ms: int) -> bool:
+    """Move a voucher from one status to another; False when it was not in ``from_status`` (a race lost)."""
+    result = conn.execute(
+        update(t.vouchers)
+        .where(t.vouchers.c.jti == jti, t.vouchers.c.status == from_status)
+        .values(status=to_status, changed_ms=now_ms)
+    )
+    return result.rowcount == 1

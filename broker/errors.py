@@ -1,0 +1,82 @@
+"""One table from domain errors to HTTP statuses, and the service's own errors.
+
+Every error response is ``{"error": code, "detail": text}``. Domain packages know nothing of HTTP: this
+module maps their exception classes (most specific first) to a status.
+"""
+
+from __future__ import annotations
+
+from quotas.errors import Conflict, DomainError, InsufficientFunds, InvalidInput, NotFound
+
+
+class Unauthorized(DomainError):
+    """No valid bearer token."""
+
+    code = "unauthorized"
+
+
+class Forbidden(DomainError):
+    """A valid token whose role may not call this route."""
+
+    code = "forbidden"
+
+
+class RateLimited(DomainError):
+    """Too many requests from one organisation; retry after ``retry_after_s``."""
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadTooLarge(DomainError):
+    """The request body exceeds the configured limit."""
+
+    code = "payload_too_large"
+
+
+_STATUS_BY_CLASS: list[tuple[type[DomainError], int]] = [
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (RateLimited, 429),
+    (PayloadTooLarge, 413),
+    (InsufficientFunds, 402),
+    (Conflict, 409),
+    (InvalidInput, 422),
+]
+
+_STATUS_BY_CODE: dict[str, int] = {
+    "already_redeemed": 409,
+    "malformed": 400,
+    "invalid_signature": 422,
+    "unknown_key": 422,
+    "unknown_voucher": 422,
+    "expired": 422,
+    "not_yet_valid": 422,
+    "wrong_beneficiary": 422,
+    "revoked": 422,
+    "programme_budget_exceeded": 409,
+    "sme_cap_exceeded": 409,
+    "budget_exceeded": 409,
+    "quota_exceeded": 409,
+    "backend_unavailable": 503,
+}
+
+
+def status_for(exc: DomainError) -> int:
+    """The HTTP status for a domain error: by its stable code first, then by its class."""
+    by_code = _STATUS_BY_CODE.get(exc.code)
+    if by_code is not None:
+        return by_code
+    for cls, status in _STATUS_BY_CLASS:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def error_body(code: str, detail: str) -> dict[str, str]:
+    """The one error body shape."""
+    return {"error": code, "detail": detail}

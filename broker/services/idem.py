@@ -1,0 +1,41 @@
+"""The one way to run a mutating call idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection
+
+from broker.db import idempotency
+from broker.db.database import Database
+
+
+def write_idempotent(
+    db: Database,
+    *,
+    org_id: str,
+    key: str | None,
+    operation: str,
+    body: Any,
+    now_ms: int,
+    fn: Callable[[Connection], dict[str, Any]],
+) -> tuple[dict[str, Any], bool]:
+    """Run ``fn`` in one transaction unless ``key`` already answered this request.
+
+    Returns ``(result, fresh)``: ``fresh`` is False when the stored result of an earlier identical request
+    was returned. The same key with a different ``operation``/``body`` raises ``idempotency_conflict``.
+    """
+    req_hash = idempotency.request_hash(operation, body)
+
+    def tx(conn: Connection) -> tuple[dict[str, Any], bool]:
+        if key is not None:
+            earlier = idempotency.claim(conn, org_id=org_id, key=key, req_hash=req_hash, now_ms=now_ms)
+            if earlier is not None:
+                return dict(earlier), False
+        result = fn(conn)
+        if key is not None:
+            idempotency.store(conn, org_id=org_id, key=key, response=result)
+        return result, True
+
+    return db.write(tx)

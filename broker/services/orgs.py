@@ -1,0 +1,140 @@
+"""Organisations, tokens and programmes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Connection
+
+from broker.container import Container
+from broker.db import orgs, vouchers
+from broker.db.orgs import Principal
+from broker.services.access import own_or_operator, require_role
+from quotas.errors import InvalidInput
+
+
+class OrgService:
+    """Create organisations (operators), issue tokens, set programme limits."""
+
+    def __init__(self, c: Container) -> None:
+        self.c = c
+
+    def create(
+        self,
+        principal: Principal | None,
+        *,
+        name: str,
+        role: str,
+        year_budget: int | None = None,
+        sme_cap: int | None = None,
+        copay_limit: int = 0,
+    ) -> dict[str, Any]:
+        """Create an organisation with its ledger accounts (and programme for an issuer); operators only.
+
+        ``principal`` is ``None`` only for ``sbx init`` (bootstrapping the first operator).
+        """
+        if principal is not None:
+            require_role(principal, "operator")
+        if not name.strip():
+            raise InvalidInput("an organisation needs a non-empty name")
+        if copay_limit < 0:
+            raise InvalidInput("the co-payment limit cannot be negative")
+        if role == "issuer" and (year_budget is None or sme_cap is None):
+            raise InvalidInput("an issuer needs --year-budget and --sme-cap (credits)")
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            org = orgs.create_org(conn, name=name.strip(), role=role, now_ms=now)
+            self.c.ledger.open_org_accounts(conn, org_id=org.id, role=role, copay_limit=copay_limit)
+            out = asdict(org)
+            if role == "issuer":
+                assert year_budget is not None and sme_cap is not None
+                if year_budget < 0 or sme_cap < 0:
+                    raise InvalidInput("budgets cannot be negative")
+                out["programme"] = asdict(
+                    vouchers.set_programme(conn, org_id=org.id, year_budget=year_budget, sme_cap=sme_cap)
+                )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="org.create",
+                object_type="org",
+                object_id=org.id,
+                org_id=org.id,
+                details={"name": org.name, "role": role},
+            )
+            return out
+
+        return self.c.db.write(tx)
+
+    def list(self, principal: Principal) -> list[dict[str, Any]]:
+        """Operators see every organisation; others see their own."""
+
+        def tx(conn: Connection) -> list[dict[str, Any]]:
+            if principal.role == "operator":
+                return [asdict(o) for o in orgs.list_orgs(conn)]
+            return [asdict(orgs.get_org(conn, principal.org_id))]
+
+        return self.c.db.read(tx)
+
+    def create_token(
+        self, principal: Principal | None, *, org_id: str, label: str = "", ttl_s: int | None = None
+    ) -> dict[str, Any]:
+        """Issue a bearer token for ``org_id`` (operators for anyone; others only for themselves)."""
+        now = self.c.clock.now_ms()
+        target = org_id if principal is None else own_or_operator(principal, org_id)
+        if ttl_s is not None and ttl_s <= 0:
+            raise InvalidInput("a token's lifetime must be positive")
+        expires = now + ttl_s * 1000 if ttl_s else None
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            org = orgs.get_org(conn, target)
+            token = orgs.create_token(conn, org_id=org.id, label=label, now_ms=now, expires_ms=expires)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="token.create",
+                object_type="org",
+                object_id=org.id,
+                org_id=org.id,
+                details={"label": label, "expires_ms": expires},
+            )
+            return {"org_id": org.id, "role": org.role, "token": token, "expires_ms": expires}
+
+        return self.c.db.write(tx)
+
+    def set_programme(
+        self, principal: Principal, *, org_id: str, year_budget: int, sme_cap: int
+    ) -> dict[str, Any]:
+        """Set an issuer's yearly budget and per-SME cap (operators)."""
+        require_role(principal, "operator")
+        if year_budget < 0 or sme_cap < 0:
+            raise InvalidInput("budgets cannot be negative")
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            org = orgs.get_org(conn, org_id)
+            if org.role != "issuer":
+                raise InvalidInput(f"{org_id} is a {org.role}, not an issuer")
+            programme = vouchers.set_programme(conn, org_id=org_id, year_budget=year_budget, sme_cap=sme_cap)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="programme.set",
+                object_type="org",
+                object_id=org_id,
+                org_id=org_id,
+                details={"year_budget": year_budget, "sme_cap": sme_cap},
+            )
+            return asdict(programme)
+
+        return self.c.db.write(tx)
+
+    def authenticate(self, bearer: str) -> Principal | None:
+        """The principal of a bearer token, or ``None``."""
+        now = self.c.clock.now_ms()
+        return self.c.db.read(lambda conn: orgs.authenticate(conn, bearer, now_ms=now))

@@ -1,0 +1,33 @@
+"""All services of one broker, built over one container."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.container import Container
+from broker.services.audit import AuditService
+from broker.services.ledger import LedgerService
+from broker.services.orgs import OrgService
+from broker.services.vouchers import VoucherService
+
+
+@dataclass
+class Services:
+    """The service objects routes and the CLI call (one per domain)."""
+
+    container: Container
+    orgs: OrgService
+    vouchers: VoucherService
+    ledger: LedgerService
+    audit: AuditService
+
+
+def build_services(container: Container) -> Services:
+    """Build every service over ``container``."""
+    return Services(
+        container=container,
+        orgs=OrgService(container),
+        vouchers=VoucherService(container),
+        ledger=LedgerService(container),
+        audit=AuditService(container),
+    )

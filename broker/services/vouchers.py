@@ -1,0 +1,299 @@
+"""Issuer keys, voucher issuance, redemption into credit grants, revocation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Connection
+
+from broker.container import Container
+from broker.db import orgs, vouchers
+from broker.db.orgs import Principal
+from broker.ids import new_id
+from broker.services.access import require_role, visible
+from broker.services.idem import write_idempotent
+from quotas.errors import Conflict, DomainError, InvalidInput, NotFound
+from vouchers import (
+    ALREADY_REDEEMED,
+    MALFORMED,
+    REVOKED,
+    VoucherClaims,
+    VoucherRefused,
+    check_issuance,
+    generate_private_pem,
+    jwks,
+    key_id,
+    public_jwk,
+    sign_voucher,
+    verify_voucher,
+    year_of,
+)
+
+
+class VoucherService:
+    """Everything an issuer does with keys and vouchers, and an SME's redemption."""
+
+    def __init__(self, c: Container) -> None:
+        self.c = c
+
+    # -- keys -------------------------------------------------------------------------------------
+    def create_key(self, principal: Principal) -> dict[str, Any]:
+        """Generate a new signing key for the calling issuer; earlier active keys retire (rotation)."""
+        require_role(principal, "issuer")
+        pem = generate_private_pem()
+        jwk = public_jwk(pem)
+        kid = key_id(pem)
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            vouchers.add_key(
+                conn, org_id=principal.org_id, kid=kid, public_jwk=jwk, private_pem=pem, now_ms=now
+            )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="key.create",
+                object_type="key",
+                object_id=kid,
+                org_id=principal.org_id,
+                details={},
+            )
+            return {"kid": kid, "status": "active", "public_jwk": jwk}
+
+        return self.c.db.write(tx)
+
+    def set_key_status(self, principal: Principal, *, kid: str, status: str) -> dict[str, Any]:
+        """Retire (old vouchers still verify) or revoke (nothing it signed verifies) an issuer key."""
+        require_role(principal, "issuer", "operator")
+        if status not in ("retired", "revoked"):
+            raise InvalidInput("a key can be set to 'retired' or 'revoked'")
+        scope = None if principal.role == "operator" else principal.org_id
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            vouchers.set_key_status(conn, org_id=scope, kid=kid, status=status, now_ms=now)  # type: ignore[arg-type]
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action=f"key.{status}",
+                object_type="key",
+                object_id=kid,
+                org_id=scope,
+                details={},
+            )
+            return {"kid": kid, "status": status}
+
+        return self.c.db.write(tx)
+
+    def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
+        """The caller's keys (operators: all)."""
+        require_role(principal, "issuer", "operator")
+        scope = None if principal.role == "operator" else principal.org_id
+        return self.c.db.read(lambda conn: vouchers.list_keys(conn, org_id=scope))
+
+    def jwks(self) -> dict[str, Any]:
+        """Public keys that verify vouchers (active and retired issuer keys) plus the broker's own key."""
+        keys = self.c.db.read(lambda conn: vouchers.list_keys(conn))
+        published = [k["public_jwk"] for k in keys if k["status"] != "revoked"]
+        published.append(self.c.broker_public_jwk)
+        return jwks(published)
+
+    # -- issuance ---------------------------------------------------------------------------------
+    def issue(
+        self,
+        principal: Principal,
+        *,
+        sme_org: str,
+        credits: int,
+        coverage_bps: int,
+        resources: tuple[str, ...],
+        valid_from_s: int | None,
+        valid_until_s: int,
+        credit_expires_s: int,
+    ) -> dict[str, Any]:
+        """Sign a voucher for an SME, within the programme's yearly budget and per-SME cap."""
+        require_role(principal, "issuer")
+        now = self.c.clock.now_ms()
+        nbf = valid_from_s if valid_from_s is not None else now // 1000
+        jti = new_id("vch")
+        claims = VoucherClaims(
+            jti=jti,
+            iss=principal.org_id,
+            sub=sme_org,
+            nbf=nbf,
+            exp=valid_until_s,
+            credits=credits,
+            coverage_bps=coverage_bps,
+            resources=tuple(sorted(resources)),
+            credit_exp=credit_expires_s,
+            iat=now // 1000,
+        )
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            sme = orgs.get_org(conn, sme_org)
+            if sme.role != "sme":
+                raise InvalidInput(f"{sme_org} is a {sme.role}; vouchers are issued to SMEs")
+            programme = vouchers.get_programme(conn, principal.org_id)
+            year = year_of(nbf)
+            year_total, sme_total = vouchers.issued_totals(
+                conn, issuer_org=principal.org_id, sme_org=sme_org, year=year
+            )
+            check_issuance(
+                amount=credits,
+                programme_year_budget=programme.year_budget,
+                issued_this_year=year_total,
+                sme_cap=programme.sme_cap,
+                issued_to_sme_total=sme_total,
+            )
+            kid, pem = vouchers.signing_key(conn, principal.org_id)
+            token = sign_voucher(claims, pem, kid)
+            vouchers.record_voucher(conn, claims=claims, kid=kid, year=year, now_ms=now)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="voucher.issue",
+                object_type="voucher",
+                object_id=jti,
+                org_id=sme_org,
+                details={"credits": credits, "coverage_bps": coverage_bps, "kid": kid},
+            )
+            return {"jti": jti, "token": token, "kid": kid, "claims": _claims_dict(claims)}
+
+        return self.c.db.write(tx)
+
+    def revoke(self, principal: Principal, *, jti: str) -> dict[str, Any]:
+        """Revoke an unredeemed voucher (its issuer or an operator)."""
+        require_role(principal, "issuer", "operator")
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            record = vouchers.get_voucher(conn, jti)
+            if record is None or not visible(principal, record.issuer_org):
+                raise NotFound(f"no voucher {jti}")
+            if record.status == "revoked":
+                return {"jti": jti, "status": "revoked"}
+            if not vouchers.mark(conn, jti=jti, from_status="issued", to_status="revoked", now_ms=now):
+                raise Conflict(
+                    f"voucher {jti} was already redeemed; it can no longer be revoked", code=ALREADY_REDEEMED
+                )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="voucher.revoke",
+                object_type="voucher",
+                object_id=jti,
+                org_id=record.sme_org,
+                details={},
+            )
+            return {"jti": jti, "status": "revoked"}
+
+        return self.c.db.write(tx)
+
+    def show(self, principal: Principal, *, jti: str) -> dict[str, Any]:
+        """A voucher record, visible to its issuer, its beneficiary and operators."""
+        record = self.c.db.read(lambda conn: vouchers.get_voucher(conn, jti))
+        if record is None or not visible(principal, record.issuer_org, record.sme_org):
+            raise NotFound(f"no voucher {jti}")
+        return asdict(record)
+
+    def list(self, principal: Principal) -> list[dict[str, Any]]:
+        """Vouchers the caller issued (issuer), received (SME), or all (operator)."""
+
+        def tx(conn: Connection) -> list[vouchers.VoucherRecord]:
+            if principal.role == "issuer":
+                return vouchers.list_vouchers(conn, issuer_org=principal.org_id)
+            if principal.role == "sme":
+                return vouchers.list_vouchers(conn, sme_org=principal.org_id)
+            require_role(principal, "operator")
+            return vouchers.list_vouchers(conn)
+
+        return [asdict(r) for r in self.c.db.read(tx)]
+
+    # -- redemption -------------------------------------------------------------------------------
+    def redeem(self, principal: Principal, *, token: str, idempotency_key: str | None) -> dict[str, Any]:
+        """Verify a voucher and turn it into a credit grant for the calling SME, in one transaction.
+
+        Refusals carry the codes of :mod:`vouchers.errors`; a second redemption is ``already_redeemed``
+        unless it repeats the first request's idempotency key, which returns the first result.
+        """
+        require_role(principal, "sme")
+        if len(token.encode()) > self.c.settings.max_token_bytes:
+            raise VoucherRefused(
+                MALFORMED,
+                f"the token is {len(token.encode())} bytes; vouchers are at most {self.c.settings.max_token_bytes}",
+            )
+        now = self.c.clock.now_ms()
+        try:
+            result, fresh = write_idempotent(
+                self.c.db,
+                org_id=principal.org_id,
+                key=idempotency_key,
+                operation="voucher.redeem",
+                body={"token": token},
+                now_ms=now,
+                fn=lambda conn: self._redeem_in(conn, principal, token, now),
+            )
+        except DomainError as exc:
+            self.c.metrics.voucher_refusals.labels(code=exc.code).inc()
+            raise
+        if fresh:
+            self.c.metrics.credits_redeemed.inc(result["grant"]["amount"])
+        return result
+
+    def _redeem_in(self, conn: Connection, principal: Principal, token: str, now: int) -> dict[str, Any]:
+        claims = verify_voucher(
+            token,
+            key_lookup=lambda kid: vouchers.lookup_key(conn, kid),
+            beneficiary=principal.org_id,
+            now_s=now // 1000,
+        )
+        record = vouchers.get_voucher(conn, claims.jti)
+        if record is None:
+            raise DomainError(
+                "this voucher carries a valid signature but the broker never issued it; ask the issuer to issue it "
+                "through the broker",
+                code="unknown_voucher",
+            )
+        if record.status == "revoked":
+            raise VoucherRefused(REVOKED, f"voucher {claims.jti} was revoked by its issuer")
+        if not vouchers.mark(conn, jti=claims.jti, from_status="issued", to_status="redeemed", now_ms=now):
+            raise VoucherRefused(ALREADY_REDEEMED, f"voucher {claims.jti} was already redeemed")
+        grant = self.c.ledger.create_grant(
+            conn,
+            org_id=principal.org_id,
+            issuer_org=claims.iss,
+            voucher_jti=claims.jti,
+            amount=claims.credits,
+            coverage_bps=claims.coverage_bps,
+            resources=claims.resources,
+            expires_ms=claims.credit_exp * 1000,
+            now_ms=now,
+        )
+        self.c.audit.append(
+            conn,
+            ts_ms=now,
+            actor=principal,
+            action="voucher.redeem",
+            object_type="voucher",
+            object_id=claims.jti,
+            org_id=principal.org_id,
+            details={"grant_id": grant.id, "credits": claims.credits},
+        )
+        return {"grant": _grant_dict(grant), "voucher": _claims_dict(claims)}
+
+
+def _claims_dict(claims: VoucherClaims) -> dict[str, Any]:
+    out = asdict(claims)
+    out["resources"] = list(claims.resources)
+    return out
+
+
+def _grant_dict(grant: Any) -> dict[str, Any]:
+    out = asdict(grant)
+    out["resources"] = list(grant.resources)
+    return out

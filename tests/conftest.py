@@ -1,0 +1,146 @@
+"""Shared fixtures: one suite on SQLite always and on PostgreSQL when SBX_TEST_DATABASE_URL is set."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from broker.bootstrap import initialise
+from broker.container import Container, build_container
+from broker.db.orgs import Principal
+from broker.services.registry import Services, build_services
+from broker.settings import Settings
+from quotas.clock import FakeClock
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+PG_URL = os.environ.get("SBX_TEST_DATABASE_URL")
+DAY_S = 24 * 3600
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def _pg_admin_url() -> str:
+    assert PG_URL is not None
+    url = PG_URL
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'broker.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("PostgreSQL tests need SBX_TEST_DATABASE_URL (CI sets it)")
+    name = f"sbx_test_{secrets.token_hex(6)}"
+    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = _pg_admin_url().rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock at a fixed instant (2026-11-25) that only moves when told to."""
+    return FakeClock(start_ms=int(time.time()) * 1000)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings for a fresh state dir on the chosen database, with fake compute."""
+    return Settings(state_dir=tmp_path / "state", database_url=database_url, compute="fake", background_loops=False)
+
+
+@pytest.fixture
+def container(settings: Settings, clock: FakeClock) -> Iterator[Container]:
+    """An initialised state dir and a container over it with the fake clock."""
+    initialise(settings.state_dir, settings=settings)
+    built = build_container(settings, clock=clock)
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture
+def services(container: Container) -> Services:
+    """All services over the test container."""
+    return build_services(container)
+
+
+@dataclass
+class World:
+    """A small world: an operator, an issuer with a key and programme, two SMEs."""
+
+    services: Services
+    clock: FakeClock
+    operator: Principal
+    issuer: Principal
+    sme: Principal
+    sme_b: Principal
+    tokens: dict[str, str]
+
+    def voucher(self, *, sme: Principal | None = None, credits: int = 1000, coverage_bps: int = 10_000,
+                valid_s: int = 30 * DAY_S, credit_s: int = 365 * DAY_S, resources: tuple[str, ...] = ("cpu", "memory"),
+                valid_from_s: int | None = None) -> dict[str, Any]:
+        """Issue a voucher (default: to the first SME, fully covered)."""
+        now_s = self.clock.now_ms() // 1000
+        return self.services.vouchers.issue(
+            self.issuer, sme_org=(sme or self.sme).org_id, credits=credits, coverage_bps=coverage_bps,
+            resources=resources, valid_from_s=valid_from_s, valid_until_s=now_s + valid_s,
+            credit_expires_s=now_s + credit_s,
+        )
+
+    def credit(self, amount: int, *, sme: Principal | None = None, coverage_bps: int = 10_000) -> dict[str, Any]:
+        """Issue and redeem a voucher for ``amount`` credits."""
+        who = sme or self.sme
+        token = self.voucher(sme=who, credits=amount, coverage_bps=coverage_bps)["token"]
+        return self.services.vouchers.redeem(who, token=token, idempotency_key=None)
+
+
+def make_world(services: Services, clock: FakeClock, *, year_budget: int = 10**9, sme_cap: int = 10**8,
+               copay_limit: int = 0) -> World:
+    """Create the organisations and tokens of a :class:`World`."""
+    tokens: dict[str, str] = {}
+
+    def principal(name: str, role: str, **extra: Any) -> Principal:
+        if role == "operator":
+            org = services.orgs.create(None, name=name, role=role)
+        else:
+            org = services.orgs.create(op, name=name, role=role, **extra)
+        token = services.orgs.create_token(None, org_id=org["id"])["token"]
+        tokens[name] = token
+        found = services.orgs.authenticate(token)
+        assert found is not None
+        return found
+
+    op = principal("op2", "operator")
+    issuer = principal("issuer", "issuer", year_budget=year_budget, sme_cap=sme_cap)
+    services.vouchers.create_key(issuer)
+    sme = principal("sme-a", "sme", copay_limit=copay_limit)
+    sme_b = principal("sme-b", "sme", copay_limit=copay_limit)
+    return World(services, clock, op, issuer, sme, sme_b, tokens)
+
+
+@pytest.fixture
+def world(services: Services, clock: FakeClock) -> World:
+    """A :class:`World` on the test database."""
+    return make_world(services, clock)
