@@ -52,7 +52,7 @@ class InvalidVoucherClaims(InvalidInput):
     """Voucher claims that break a rule (wrong type, empty id, exp before nbf, ...)."""
 
 
-class VoucherRefused(DomainError):  # noqa: N818 (the name the API and the design use)
+class VoucherRefused(DomainError):
     """A voucher token that must not be honoured; ``code`` says why (one of :data:`REFUSAL_CODES`)."""
 
     code = MALFORMED
@@ -63,7 +63,7 @@ class VoucherRefused(DomainError):  # noqa: N818 (the name the API and the desig
         super().__init__(detail, code=code)
 
 
-class IssuanceRefused(DomainError):  # noqa: N818 (the name the API and the design use)
+class IssuanceRefused(DomainError):
     """Issuing the voucher would exceed the programme's yearly budget or the SME's cap."""
 
     code = PROGRAMME_BUDGET_EXCEEDED
