@@ -1,0 +1,273 @@
+"""The DP-SGD harness end to end, in-process, on small generated data with a real signal."""
+
+from __future__ import annotations
+
+import json
+import struct
+import traceback
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from privacy.training import (
+    SecureModeUnavailable,
+    SpecError,
+    SpecOverGrant,
+    TrainingFailed,
+    TrainingResult,
+    planned_cost,
+    train_dp,
+    validate_spec,
+)
+from privacy.training.dpsgd import build_model, secure_mode_available
+from privacy.training.harness import _check_accounting
+from privacy.training.sampling import RandomKeys, one_row_per_unit, split_holdout
+
+N_FEATURES = 10
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+COLUMNS = {"pid": "unit", **dict.fromkeys(FEATURES, "numeric"), "y": "categorical", "v": "numeric"}
+BOUNDS = dict.fromkeys(FEATURES, (-4.0, 4.0))
+GRANT = 4_000_000
+POLICY_DELTA = 1_000_000  # 1e-6
+CANARY_FLOAT = 31337.73313
+CANARY_TEXT = "canary-7f3a9c"
+
+
+def logistic_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels from a fixed logistic truth (weights do not depend on ``seed``), and targets."""
+    truth = np.random.default_rng(0).normal(size=N_FEATURES) * 1.5
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, N_FEATURES))
+    p = 1.0 / (1.0 + np.exp(-(x @ truth + 1.0)))  # intercept: classes are unbalanced
+    y = (rng.random(n) < p).astype(np.int64)
+    return x, y, x @ truth
+
+
+def frame(x: np.ndarray, y: np.ndarray, unit: np.ndarray | None = None) -> pl.DataFrame:
+    units = np.arange(len(y)) if unit is None else unit
+    data: dict[str, Any] = {"pid": units, **{f: x[:, i] for i, f in enumerate(FEATURES)}, "y": y}
+    data["v"] = x[:, 0] * 2.0 + 1.0
+    return pl.DataFrame(data)
+
+
+def spec(**overrides: Any) -> Any:
+    body: dict[str, Any] = {
+        "task": "classification",
+        "features": FEATURES,
+        "label": "y",
+        "model": {"kind": "linear"},
+        "epochs": 3,
+        "batch_size": 256,
+        "learning_rate": 1.0,
+        "max_grad_norm": 1.0,
+        "target_epsilon": 3,
+    }
+    body.update(overrides)
+    return validate_spec(
+        body,
+        dataset_columns=COLUMNS,
+        label_categories=[0, 1],
+        grant_epsilon_micro=GRANT,
+        policy_delta_e12=POLICY_DELTA,
+        privacy_unit="pid",
+    )
+
+
+def with_canaries(df: pl.DataFrame) -> pl.DataFrame:
+    """Plant a unique value in a feature and in the unit column: neither may ever come out."""
+    df = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == 17).then(CANARY_FLOAT).otherwise(pl.col("f3")).alias("f3"),
+        pl.col("pid").cast(pl.String),
+    )
+    return df.with_columns(
+        pl.when(pl.col("pid") == "42").then(pl.lit(CANARY_TEXT)).otherwise("pid").alias("pid")
+    )
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainingResult:
+    x, y, _ = logistic_data(20_000, seed=1)
+    df = with_canaries(frame(x, y))
+    return train_dp(spec(), df, privacy_unit="pid", secure_mode=False, seed=7, feature_bounds=BOUNDS)
+
+
+def load_model(result: TrainingResult) -> torch.nn.Module:
+    net = build_model(result.spec.model, len(result.spec.features), result.spec.n_outputs)
+    net.load_state_dict(load_safetensors(result.weights))
+    return net.eval()
+
+
+def test_model_at_epsilon_3_beats_the_majority_baseline(trained: TrainingResult) -> None:
+    x, y, _ = logistic_data(10_000, seed=99)  # fresh held-out rows, judged with the non-private truth
+    scaled = np.clip(x, -4.0, 4.0) / 4.0  # the harness's public-bounds scaling
+    with torch.no_grad():
+        pred = load_model(trained)(torch.tensor(scaled, dtype=torch.float32)).argmax(dim=1).numpy()
+    accuracy = float((pred == y).mean())
+    majority = max(float(y.mean()), 1.0 - float(y.mean()))
+    assert majority < 0.75
+    assert accuracy > majority + 0.08, (accuracy, majority)
+    assert 0.0 <= trained.dp_metrics["accuracy"] <= 1.0
+    assert abs(trained.dp_metrics["accuracy"] - accuracy) < 0.1  # the noisy metric is informative
+
+
+def test_accountant_epsilon_within_plan_within_grant(trained: TrainingResult) -> None:
+    planned_eps, planned_delta = planned_cost(trained.spec)
+    training_share = trained.spec.training_epsilon_micro
+    spent_training = trained.epsilon_spent_micro - trained.spec.eval_epsilon_micro
+    assert 0 < spent_training <= training_share
+    assert trained.epsilon_spent_micro <= planned_eps <= GRANT
+    assert training_share + trained.spec.eval_epsilon_micro == planned_eps
+    assert trained.delta_e12 == planned_delta <= POLICY_DELTA
+    assert trained.steps > 0
+    assert trained.noise_multiplier > 0
+    assert trained.grad_sample_mode == "ghost"
+
+
+def test_accounting_fails_closed_above_the_plan() -> None:
+    s = spec()  # training share 2.7
+    assert _check_accounting(s, 2.6999989) == 2_699_999  # rounded up to the micro-ε
+    with pytest.raises(TrainingFailed, match="accounting"):
+        _check_accounting(s, 2.700001)
+    with pytest.raises(TrainingFailed, match="accounting"):
+        _check_accounting(s, 2.7)  # the float 2.7 is a hair above 27/10: exact arithmetic refuses it
+
+
+def test_weights_are_safetensors_holding_only_tensors(trained: TrainingResult) -> None:
+    raw = trained.weights
+    assert not raw.startswith(b"\x80")  # no pickle protocol header
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    assert set(header.pop("__metadata__")) == {"format"}
+    assert all(set(entry) == {"dtype", "shape", "data_offsets"} for entry in header.values())
+    loaded = load_safetensors(raw)
+    assert set(loaded) == {"0.weight", "0.bias"}
+    assert all(isinstance(t, torch.Tensor) for t in loaded.values())
+    assert loaded["0.weight"].shape == (2, N_FEATURES)
+
+
+def test_result_carries_no_loss_curve_or_raw_metric(trained: TrainingResult) -> None:
+    summary = trained.to_dict()
+    assert set(summary) == {
+        "weights",
+        "spec",
+        "epsilon_spent_micro",
+        "delta_e12",
+        "dp_metrics",
+        "steps",
+        "noise_multiplier",
+        "grad_sample_mode",
+    }
+    assert set(trained.dp_metrics) == {"accuracy", "holdout_rows"}
+    json.dumps(summary)
+
+
+def assert_no_canary(text: str) -> None:
+    assert CANARY_TEXT not in text
+    assert "31337" not in text
+
+
+def test_no_raw_value_in_result_repr_or_json(trained: TrainingResult) -> None:
+    assert_no_canary(repr(trained))
+    assert_no_canary(json.dumps(trained.to_dict()))
+    assert_no_canary(str(trained.dp_metrics))
+
+
+def test_failure_after_reading_data_is_generic() -> None:
+    # Every label is an undeclared category: the training set ends up empty and Opacus fails inside.
+    x, y, _ = logistic_data(500, seed=5)
+    df = with_canaries(frame(x, y)).with_columns(pl.lit(CANARY_TEXT).alias("y"))
+    with pytest.raises(TrainingFailed) as info:
+        train_dp(spec(), df, privacy_unit="pid", secure_mode=False, seed=3)
+    err = info.value
+    assert err.code == "training_failed"
+    assert err.__cause__ is None and err.__suppress_context__
+    assert_no_canary(str(err) + repr(err) + "".join(traceback.format_exception(err)))
+
+
+class Untouchable:
+    """A stand-in for a protected frame: its schema is public, reading any value fails the test."""
+
+    columns = list(COLUMNS)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"data was touched via .{name}")
+
+
+def test_over_grant_is_refused_before_any_data() -> None:
+    with pytest.raises(SpecOverGrant):
+        spec(target_epsilon=4.000001)
+
+
+def test_missing_column_is_refused_before_any_data() -> None:
+    class NoLabel(Untouchable):
+        columns = [c for c in COLUMNS if c != "y"]
+
+    with pytest.raises(SpecError, match="'y' is not in the dataset"):
+        train_dp(spec(), NoLabel(), privacy_unit="pid", secure_mode=False, seed=1)  # type: ignore[arg-type]
+
+
+def test_secure_mode_without_csprng_is_refused_before_any_data() -> None:
+    if secure_mode_available():
+        pytest.skip("torchcsprng is installed here, so secure mode is available")
+    with pytest.raises(SecureModeUnavailable) as info:
+        train_dp(spec(), Untouchable(), privacy_unit="pid", secure_mode=True)  # type: ignore[arg-type]
+    assert info.value.code == "secure_rng_unavailable"
+
+
+def test_secure_mode_takes_no_seed() -> None:
+    with pytest.raises(ValueError, match="seed is for tests only"):
+        train_dp(spec(), Untouchable(), privacy_unit="pid", secure_mode=True, seed=1)  # type: ignore[arg-type]
+
+
+def test_one_row_per_unit_keeps_exactly_one_row_each() -> None:
+    counts = np.arange(1, 301) % 5 + 1  # units with 1..5 rows
+    units = np.repeat(np.arange(300), counts)
+    rows = pl.DataFrame({"pid": units, "row": np.arange(len(units))})
+    picked_first = 0
+    for seed in range(5):
+        kept = one_row_per_unit(rows, "pid", RandomKeys(seed))
+        assert kept.height == 300
+        assert kept.get_column("pid").n_unique() == 300
+        assert kept.join(rows, on=["pid", "row"], how="anti").height == 0  # real rows only
+        firsts = rows.group_by("pid").agg(pl.col("row").min())
+        picked_first += kept.join(firsts, on=["pid", "row"]).height
+    assert picked_first < 5 * 300 * 0.7  # not "always the first row": a random pick
+
+
+def test_secure_keys_also_keep_one_row_per_unit() -> None:
+    rows = pl.DataFrame({"pid": [1, 1, 1, 2, 2, None], "row": [0, 1, 2, 3, 4, 5]})
+    kept = one_row_per_unit(rows, "pid", RandomKeys(None))
+    assert sorted(kept.get_column("pid").to_list()) == [1, 2]
+
+
+def test_holdout_split_partitions_the_units() -> None:
+    rows = pl.DataFrame({"pid": np.arange(10_000)})
+    train, hold = split_holdout(rows, 200_000, RandomKeys(4))
+    assert train.height + hold.height == 10_000
+    assert set(train.get_column("pid")).isdisjoint(set(hold.get_column("pid")))
+    assert 1_700 < hold.height < 2_300
+    _, none = split_holdout(rows, 0, RandomKeys(4))
+    assert none.height == 0
+
+
+def test_regression_mlp_reports_a_noisy_mse() -> None:
+    x, y, _ = logistic_data(4_000, seed=8)
+    s = spec(
+        task="regression",
+        label="v",
+        model={"kind": "mlp", "hidden": [16]},
+        epochs=2,
+        batch_size=128,
+        learning_rate=0.1,
+        mse_clip=25,
+        target_epsilon=2,
+    )
+    result = train_dp(s, frame(x, y), privacy_unit="pid", secure_mode=False, seed=2, feature_bounds=BOUNDS)
+    assert set(result.dp_metrics) == {"mse", "holdout_rows"}
+    assert 0.0 <= result.dp_metrics["mse"] <= 25.0
+    assert result.epsilon_spent_micro <= planned_cost(s)[0]
+    assert set(load_safetensors(result.weights)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
