@@ -35,19 +35,40 @@ def _pg_admin_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str | None]:
+    """A migrated PostgreSQL template database, made once per session (None without PostgreSQL)."""
+    if not PG_URL:
+        yield None
+        return
+    from broker.db.migrate import upgrade
+
+    name = f"sbx_tmpl_{secrets.token_hex(6)}"
+    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    upgrade(f"{_pg_admin_url().rsplit('/', 1)[0]}/{name}")
+    try:
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, pg_template: str | None) -> Iterator[str]:
+    """A fresh database: a SQLite file, or a PostgreSQL database cloned from the migrated template."""
     kind = getattr(request, "param", "sqlite")
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'broker.db'}"
         return
-    if not PG_URL:
+    if not PG_URL or pg_template is None:
         pytest.skip("PostgreSQL tests need SBX_TEST_DATABASE_URL (CI sets it)")
     name = f"sbx_test_{secrets.token_hex(6)}"
     admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
     base = _pg_admin_url().rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
