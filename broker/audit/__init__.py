@@ -4,9 +4,9 @@ Pure: no database here (the table and repository live in ``broker/db``). Public 
 
 - chain: :data:`GENESIS_HASH`, :class:`AuditRecord`, :func:`body_bytes`, :func:`compute_hash`,
   :func:`next_record`, :func:`verify_chain` (deep), :func:`verify_chain_bodies` (fast),
-  :func:`record_from_body`, :func:`record_matches_body`, :class:`VerifyResult`
+  :func:`record_from_body`, :func:`record_matches_body`, :func:`columns_match`, :class:`VerifyResult`
 - checkpoints: :class:`Checkpoint`, :func:`sign_checkpoint`, :func:`verify_checkpoint`,
-  :class:`CheckpointFile`, :class:`CheckpointFileError`
+  :class:`CheckpointFile` (``append``, ``read_all``, ``last``), :class:`CheckpointFileError`
 """
 
 from broker.audit.chain import (
@@ -14,6 +14,7 @@ from broker.audit.chain import (
     AuditRecord,
     VerifyResult,
     body_bytes,
+    columns_match,
     compute_hash,
     next_record,
     record_from_body,
@@ -39,6 +40,7 @@ __all__ = [
     "VerifyResult",
     "body_bytes",
     "checkpoint_message",
+    "columns_match",
     "compute_hash",
     "next_record",
     "record_from_body",

@@ -16,7 +16,8 @@ Two ways in:
   proves that queryable columns were not edited (the deep check).
 - :func:`verify_chain_bodies` over ``(seq, prev_hash, entry_hash, body)`` rows hashes the stored body bytes
   directly (the fast check). A database layer that stores the body should either render entries from it
-  (:func:`record_from_body`) or compare its columns with :func:`record_matches_body`.
+  (:func:`record_from_body`) or compare its columns with :func:`columns_match` /
+  :func:`record_matches_body`.
 """
 
 from __future__ import annotations
@@ -231,6 +232,27 @@ def record_matches_body(record: AuditRecord, body: bytes) -> bool:
         return record.body() == body
     except (TypeError, ValueError):
         return False
+
+
+def columns_match(body: bytes, columns: Mapping[str, Any]) -> bool:
+    """Return whether each queryable column (name → value read from the row) equals the body's field.
+
+    For a database layer that stores the body next to columns used for filtering (``org_id``,
+    ``dataset_id``, ``action``, ...): run it over every row in a deep check, since the fast chain check
+    hashes the body only and cannot see an edited column. Unknown column names never match.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    missing = object()
+    for name, value in columns.items():
+        stored = data.get(name, missing)
+        if stored is missing or type(stored) is not type(value) or stored != value:
+            return False
+    return True
 
 
 class _UnreadableRecordError(Exception):

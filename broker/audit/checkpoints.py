@@ -151,6 +151,37 @@ class CheckpointFile:
         finally:
             os.close(dir_fd)
 
+    def last(self) -> Checkpoint | None:
+        """Return the newest checkpoint without reading the whole file (``None`` if there is none yet).
+
+        Reads backwards from the end; a torn final line is skipped as in :meth:`read_all`.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            chunk = 4096
+            while True:
+                start = max(size - chunk, 0)
+                tail = os.pread(fd, size - start, start)
+                complete = tail[: tail.rfind(b"\n") + 1]
+                lines = complete.split(b"\n")[:-1]
+                if len(lines) >= 2 or start == 0:  # the last complete line is whole
+                    break
+                chunk *= 2
+        finally:
+            os.close(fd)
+        if not lines:
+            return None
+        try:
+            return Checkpoint.from_json_dict(json.loads(lines[-1]))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointFileError(
+                f"{self.path}: the last line is not a checkpoint; the file was damaged or edited"
+            ) from exc
+
     def read_all(self) -> list[Checkpoint]:
         """Return every checkpoint in file order (empty if the file does not exist yet).
 

@@ -14,6 +14,7 @@ from broker.audit import (
     AuditRecord,
     Checkpoint,
     VerifyResult,
+    columns_match,
     compute_hash,
     next_record,
     record_from_body,
@@ -340,6 +341,19 @@ def test_columns_against_body() -> None:
     for bad in (b"garbage", b"[]", body.replace(b'"v":1', b'"v":2'), body.replace(b",", b", ", 1)):
         with pytest.raises(ValueError):
             record_from_body(bad, record.entry_hash)
+
+
+def test_columns_match_catches_an_edited_queryable_column() -> None:
+    record = next_record(0, GENESIS_HASH, **entry(1))
+    body = record.body()
+    columns = {"seq": 1, "org_id": "org-sme", "dataset_id": "ds-1", "action": "dp.query", "actor_role": "sme"}
+    assert columns_match(body, columns)
+    assert not columns_match(body, {**columns, "org_id": "org-other"})
+    assert not columns_match(body, {**columns, "seq": True})  # 1 == True, but not the same value
+    assert not columns_match(body, {**columns, "dataset_id": None})
+    assert not columns_match(body, {"no_such_column": 1})
+    assert not columns_match(b"garbage", columns)
+    assert not columns_match(b"[]", columns)
 
 
 @pytest.mark.parametrize(

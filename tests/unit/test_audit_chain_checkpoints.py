@@ -83,3 +83,21 @@ def test_a_damaged_line_is_never_read_past(tmp_path: Path) -> None:
     store.append(sign_checkpoint(3, HASH, 3, PEM))
     with pytest.raises(CheckpointFileError, match="line 2"):
         store.read_all()
+
+
+def test_last_reads_the_newest_checkpoint_from_the_end(tmp_path: Path) -> None:
+    store = CheckpointFile(tmp_path / "checkpoints.jsonl")
+    assert store.last() is None
+    cps = [sign_checkpoint(s, HASH, s, PEM) for s in range(1, 120)]  # > 4 KiB: several read chunks
+    for cp in cps:
+        store.append(cp)
+    assert store.last() == cps[-1]
+    with (tmp_path / "checkpoints.jsonl").open("ab") as handle:
+        handle.write(b'{"seq":9')  # torn append
+    assert store.last() == cps[-1]
+    single = CheckpointFile(tmp_path / "one.jsonl")
+    single.append(cps[0])
+    assert single.last() == cps[0]
+    (tmp_path / "bad.jsonl").write_bytes(b"not json\n")
+    with pytest.raises(CheckpointFileError):
+        CheckpointFile(tmp_path / "bad.jsonl").last()
