@@ -101,7 +101,9 @@ def select_key(keys: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:
 def verify_checkpoint(checkpoint: Checkpoint, keys: Mapping[str, Any]) -> bool:
     """Return whether ``checkpoint`` carries a valid signature by the key it names, found in ``keys``.
 
-    ``keys`` is the broker's public audit JWK or a JWK Set of current and former audit keys.
+    ``keys`` is the broker's public audit JWK or a JWK Set of current and former audit keys. A key that
+    is not named is ``False`` (an unknown signer); a named JWK that is not an Ed25519 public key raises
+    ``vouchers.KeyFormatError`` (a configuration error, not a forgery, so it must not look like one).
     """
     jwk = select_key(keys, checkpoint.kid)
     if jwk is None:
