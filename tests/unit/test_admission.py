@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from quotas.admission import (
     Decision,
     DominantShare,
+    FairQueue,
     QueuedJob,
     Snapshot,
     TenantState,
@@ -212,20 +213,31 @@ def test_reason_order_running_jobs_before_quota_before_credit_before_capacity() 
 # --- properties -----------------------------------------------------------------------------------------
 
 ORGS = ["a", "b", "c", "d"]
-small_res = st.builds(Resources, st.integers(0, 4_000), st.integers(0, 1), st.integers(0, 8_192))
+# Coarse steps, so that exact fits (request == room) happen often.
+small_res = st.builds(
+    Resources,
+    st.integers(0, 8).map(lambda k: k * 500),
+    st.integers(0, 1),
+    st.integers(0, 8).map(lambda k: k * 1_024),
+)
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[Snapshot, list[QueuedJob]]:
     total = draw(
-        st.builds(Resources, st.integers(1_000, 16_000), st.integers(0, 4), st.integers(1_024, 32_768))
+        st.builds(
+            Resources,
+            st.integers(2, 32).map(lambda k: k * 500),
+            st.integers(0, 4),
+            st.integers(1, 32).map(lambda k: k * 1_024),
+        )
     )
     capacity = draw(
         st.builds(
             Resources,
-            st.integers(0, total.milli_cpu),
+            st.integers(0, total.milli_cpu // 500).map(lambda k: k * 500),
             st.integers(0, total.gpus),
-            st.integers(0, total.memory_mib),
+            st.integers(0, total.memory_mib // 1_024).map(lambda k: k * 1_024),
         )
     )
     orgs = draw(st.lists(st.sampled_from(ORGS), min_size=1, max_size=4, unique=True))
@@ -451,3 +463,57 @@ def test_check_submittable_rejects_empty_jobs_and_zero_running_quota() -> None:
     frozen = Quota(TOTAL, max_running_jobs=0, max_queued_jobs=5, copay_limit=0)
     with pytest.raises(QuotaExceeded, match="no running jobs"):
         check_submittable(job("j", "a"), frozen, 0)
+
+
+# --- the persistent queue -------------------------------------------------------------------------------
+
+
+@settings(max_examples=400)
+@given(scenarios())
+def test_fair_queue_admits_exactly_what_decide_admits(scenario: tuple[Snapshot, list[QueuedJob]]) -> None:
+    snap, queue = scenario
+    fq = FairQueue(queue)
+    expected = admitted(decide(snap, queue))
+    assert fq.admit(snap) == expected
+    assert len(fq) == len(queue) - len(expected)
+    assert sorted(j.job_id for j in fq.jobs()) == sorted(
+        j.job_id for j in queue if j.job_id not in {a.job_id for a in expected}
+    )
+
+
+@given(scenarios(), st.data())
+def test_fair_queue_stays_equivalent_after_removals_and_pushes(
+    scenario: tuple[Snapshot, list[QueuedJob]], data: st.DataObject
+) -> None:
+    snap, queue = scenario
+    fq = FairQueue()
+    for j in reversed(queue):
+        fq.push(j)
+    gone = data.draw(st.sets(st.sampled_from([j.job_id for j in queue]))) if queue else set()
+    for job_id in gone:
+        assert fq.remove(job_id) is not None
+        assert job_id not in fq
+    rest = [j for j in queue if j.job_id not in gone]
+    assert sorted(j.job_id for j in fq.jobs()) == sorted(j.job_id for j in rest)
+    assert fq.admit(snap) == admitted(decide(snap, rest))
+
+
+def test_fair_queue_refuses_duplicates_and_unknown_smes() -> None:
+    fq = FairQueue([job("j1", "a")])
+    with pytest.raises(InvalidInput, match="already queued"):
+        fq.push(job("j1", "a"))
+    assert fq.remove("nope") is None
+    fq.push(job("g1", "ghost"))
+    with pytest.raises(InvalidInput, match="ghost"):
+        fq.admit(snapshot({"a": RICH}))
+
+
+def test_fair_queue_keeps_what_did_not_fit_for_the_next_pass() -> None:
+    queue = [job(f"j{i}", "a", at=i) for i in range(3)] + [job(f"k{i}", "b", at=10 + i) for i in range(3)]
+    fq = FairQueue(queue)
+    first = fq.admit(snapshot({"a": RICH, "b": RICH}, capacity=Resources(2_000, 0, 2_048)))
+    assert [j.job_id for j in first] == ["j0", "k0"]
+    busy = TenantState(BIG_QUOTA, CPU1, 1, 10**9, 10**9)
+    second = fq.admit(snapshot({"a": busy, "b": busy}, capacity=Resources(3_000, 0, 3_072)))
+    assert [j.job_id for j in second] == ["j1", "k1", "j2"]
+    assert [j.job_id for j in fq.jobs()] == ["k2"]
