@@ -249,12 +249,20 @@ def _sensitivity(part: str, policy: DatasetPolicy, col: ColumnSpec | None) -> in
     return k * col.max_abs_units
 
 
+def calibrated_laplace(sensitivity: int, epsilon_micro: int, *, vector: bool) -> tuple[dp.Measurement, float]:
+    """OpenDP's discrete Laplace on i64 (a scalar, or a vector under the L1 distance) for (Δ, ε); and its scale.
+
+    The scale is the smallest tried one whose OpenDP privacy map at ``d_in = sensitivity`` is at most ε.
+    """
+    return _calibrated(_laplace_vector if vector else _laplace_scalar, sensitivity, epsilon_micro)
+
+
 def _noisy_ints(exact: list[int], sensitivity: int, epsilon_micro: int) -> tuple[list[int], float]:
     """Release integers through OpenDP's discrete Laplace, calibrated to (L1 sensitivity, ε)."""
     if len(exact) == 1:
-        meas, scale = _calibrated(_laplace_scalar, sensitivity, epsilon_micro)
+        meas, scale = calibrated_laplace(sensitivity, epsilon_micro, vector=False)
         return [int(meas(exact[0]))], scale
-    meas, scale = _calibrated(_laplace_vector, sensitivity, epsilon_micro)
+    meas, scale = calibrated_laplace(sensitivity, epsilon_micro, vector=True)
     return [int(v) for v in meas(exact)], scale
 
 
@@ -266,9 +274,10 @@ def quantile_candidates(col: ColumnSpec) -> list[int]:
     return sorted({int(v) for v in np.linspace(lo, hi, MAX_QUANTILE_CANDIDATES).round()})
 
 
-def _private_quantile(
-    values: np.ndarray[Any, Any], col: ColumnSpec, level: Fraction, k: int, eps: int
-) -> int:
+def calibrated_quantile(
+    col: ColumnSpec, level: Fraction, rows_per_unit: int, epsilon_micro: int
+) -> dp.Measurement:
+    """OpenDP's private quantile over i64 vectors (symmetric distance, d_in = rows per unit) fitting ε."""
     candidates = quantile_candidates(col)
 
     def build(scale: float) -> dp.Measurement:
@@ -281,8 +290,7 @@ def _private_quantile(
             scale=scale,
         )
 
-    meas, _ = _calibrated(build, k, eps)
-    return int(meas(values))
+    return _calibrated(build, rows_per_unit, epsilon_micro)[0]
 
 
 # ------------------------------------------------------------------------------------------- exact aggregates
@@ -456,7 +464,7 @@ def _finish_quantile(spec: QuerySpec, policy: DatasetPolicy, bounded: pl.DataFra
     )
     values: dict[str, float] = {}
     for level, part in zip(spec.quantiles, _parts(spec), strict=True):
-        chosen = _private_quantile(data, col, level, policy.max_rows_per_unit, part.epsilon_micro)
+        chosen = int(calibrated_quantile(col, level, policy.max_rows_per_unit, part.epsilon_micro)(data))
         values[level_text(level)] = chosen / col.scale
     return QueryResult(spec.kind, values, estimate_cost(spec, policy), {}, {})
 
