@@ -13,12 +13,12 @@ import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from privacy.training.spec import ModelSpec
 
@@ -33,6 +33,44 @@ class FitOutcome:
     epsilon: float
     steps: int
     noise_multiplier: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """A batch as indices into the tensors; ``len`` is its size (Opacus checks it for empty batches)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.index.numel())
+
+
+class TensorRows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Like ``TensorDataset`` but a batch is fetched with one gather (torch's ``__getitems__``), not row by row.
+
+    Use with :func:`collate_rows`. Per-row fetching cost as much as a third of a DP-SGD epoch here.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+    def __getitems__(self, indices: list[int]) -> _Rows:
+        return _Rows(self.x, self.y, torch.as_tensor(indices, dtype=torch.long))
+
+
+def collate_rows(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather one batch of :class:`TensorRows` into ``(x, y)`` tensors."""
+    if not isinstance(batch, _Rows):
+        raise TypeError("collate_rows takes the batches of a TensorRows dataset")
+    return batch.x[batch.index], batch.y[batch.index]
 
 
 def secure_mode_available() -> bool:
@@ -51,6 +89,83 @@ def build_model(model: ModelSpec, n_features: int, n_outputs: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class PrivateTrainer:
+    """One Opacus-wrapped run: model, DP optimizer, ghost-clipping loss and Poisson loader, plus accountant."""
+
+    def __init__(
+        self, engine: PrivacyEngine, model: Any, opt: Any, loss: Any, loader: Any, delta: float
+    ) -> None:
+        self._engine, self._model, self._opt, self._loss, self._loader = engine, model, opt, loss, loader
+        self._delta = delta
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The Gaussian noise multiplier Opacus calibrated for the target ε."""
+        return float(self._opt.noise_multiplier)
+
+    def run_epoch(self) -> int:
+        """One pass of Poisson-sampled DP-SGD steps; returns how many steps were taken."""
+        self._model.train()
+        steps = 0
+        with warnings.catch_warnings():
+            # torch notes that full backward hooks fire on outputs when inputs need no grad: expected here.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for xb, yb in self._loader:
+                self._opt.zero_grad()
+                loss = self._loss(self._model(xb), yb)
+                loss.backward()
+                self._opt.step()
+                steps += 1
+        return steps
+
+    def epsilon(self) -> float:
+        """The accountant's ε so far at the run's δ (an upper bound); refuses a non-finite answer."""
+        epsilon = float(self._engine.get_epsilon(self._delta))
+        if not math.isfinite(epsilon):
+            raise ArithmeticError("the accountant returned a non-finite epsilon")
+        return epsilon
+
+
+def make_private_trainer(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    task: Literal["classification", "regression"],
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    optimizer: Literal["sgd", "adam"],
+    max_grad_norm: float,
+    target_epsilon: float,
+    delta: float,
+    secure_mode: bool,
+    noise_generator: torch.Generator | None = None,
+) -> PrivateTrainer:
+    """Wrap ``model`` for DP-SGD so that ``epochs`` epochs are (≤ ``target_epsilon``, ``delta``)-DP.
+
+    ``x`` is float32 ``(n, d)``; ``y`` holds class indices (classification) or floats ``(n, 1)``.
+    ``batch_size`` is the expected Poisson batch size; Opacus calibrates the noise multiplier.
+    """
+    engine = _engine(secure_mode)
+    loader = DataLoader(TensorRows(x, y), batch_size=batch_size, collate_fn=collate_rows)
+    criterion: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    private_model, private_opt, private_loss, private_loader = engine.make_private_with_epsilon(
+        module=model,
+        optimizer=_optimizer(model, optimizer, learning_rate),
+        criterion=criterion,
+        data_loader=loader,
+        target_epsilon=target_epsilon,
+        target_delta=delta,
+        epochs=epochs,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=GRAD_SAMPLE_MODE,
+        noise_generator=None if secure_mode else noise_generator,
+    )
+    return PrivateTrainer(engine, private_model, private_opt, private_loss, private_loader, delta)
+
+
 def fit_private(
     model: nn.Module,
     x: torch.Tensor,
@@ -67,43 +182,24 @@ def fit_private(
     secure_mode: bool,
     noise_generator: torch.Generator | None = None,
 ) -> FitOutcome:
-    """Train ``model`` in place with DP-SGD so that the run is (≤ ``target_epsilon``, ``delta``)-DP.
-
-    ``x`` is float32 ``(n, d)``; ``y`` holds class indices (classification) or floats ``(n, 1)``.
-    ``batch_size`` is the expected Poisson batch size. Opacus picks the noise multiplier for the target.
-    """
-    engine = _engine(secure_mode)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
-    criterion: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
-    private_model, private_opt, private_loss, private_loader = engine.make_private_with_epsilon(
-        module=model,
-        optimizer=_optimizer(model, optimizer, learning_rate),
-        criterion=criterion,
-        data_loader=loader,
-        target_epsilon=target_epsilon,
-        target_delta=delta,
+    """Train ``model`` in place with DP-SGD for ``epochs`` epochs; see :func:`make_private_trainer`."""
+    trainer = make_private_trainer(
+        model,
+        x,
+        y,
+        task=task,
         epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
-        grad_sample_mode=GRAD_SAMPLE_MODE,
-        noise_generator=None if secure_mode else noise_generator,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        secure_mode=secure_mode,
+        noise_generator=noise_generator,
     )
-    private_model.train()
-    steps = 0
-    with warnings.catch_warnings():
-        # torch notes that full backward hooks fire on outputs when inputs need no grad: expected here.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        for _ in range(epochs):
-            for xb, yb in private_loader:
-                private_opt.zero_grad()
-                loss = private_loss(private_model(xb), yb)
-                loss.backward()
-                private_opt.step()
-                steps += 1
-    epsilon = float(engine.get_epsilon(delta))
-    if not math.isfinite(epsilon):
-        raise ArithmeticError("the accountant returned a non-finite epsilon")
-    return FitOutcome(epsilon=epsilon, steps=steps, noise_multiplier=float(private_opt.noise_multiplier))
+    steps = sum(trainer.run_epoch() for _ in range(epochs))
+    return FitOutcome(epsilon=trainer.epsilon(), steps=steps, noise_multiplier=trainer.noise_multiplier)
 
 
 def _engine(secure_mode: bool) -> PrivacyEngine:

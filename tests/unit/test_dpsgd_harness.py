@@ -23,9 +23,10 @@ from privacy.training import (
     train_dp,
     validate_spec,
 )
-from privacy.training.dpsgd import build_model, secure_mode_available
+from privacy.training.dpsgd import build_model, make_private_trainer, secure_mode_available
 from privacy.training.harness import _check_accounting
 from privacy.training.sampling import RandomKeys, one_row_per_unit, split_holdout
+from privacy.training.spec import ModelSpec
 
 N_FEATURES = 10
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
@@ -271,3 +272,34 @@ def test_regression_mlp_reports_a_noisy_mse() -> None:
     assert 0.0 <= result.dp_metrics["mse"] <= 25.0
     assert result.epsilon_spent_micro <= planned_cost(s)[0]
     assert set(load_safetensors(result.weights)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_empty_poisson_batches_are_harmless(task: str) -> None:
+    # Poisson sampling can draw an empty batch, first or later; the step must keep the weights finite.
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    y = torch.randint(0, 2, (64,)) if task == "classification" else torch.randn(64, 1)
+    net = build_model(ModelSpec("mlp", (4,)), 3, 2 if task == "classification" else 1)
+    trainer = make_private_trainer(
+        net,
+        x,
+        y,
+        task=task,  # type: ignore[arg-type]
+        epochs=1,
+        batch_size=8,
+        learning_rate=0.1,
+        optimizer="sgd",
+        max_grad_norm=1.0,
+        target_epsilon=1.0,
+        delta=1e-5,
+        secure_mode=False,
+    )
+    loader = trainer._loader
+    for index in ([], [1, 2, 3], []):
+        xb, yb = loader.collate_fn(loader.dataset.__getitems__(index))
+        assert xb.shape[0] == yb.shape[0] == len(index)
+        trainer._opt.zero_grad()
+        trainer._loss(trainer._model(xb), yb).backward()
+        trainer._opt.step()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
