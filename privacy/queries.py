@@ -31,7 +31,7 @@ Confidence intervals are 95% intervals of the noise only (Laplace tail ``b·ln 2
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
@@ -50,6 +50,7 @@ dp.enable_features("contrib")
 MAX_QUANTILES = 20
 MAX_QUANTILE_CANDIDATES = 1025
 TOTAL_KEY = "*"
+_SPEC_FIELDS = frozenset({"kind", "epsilon", "epsilon_micro", "column", "group_by", "quantiles"})
 _CI_Z = math.log(20)  # P(|Laplace(b)| > b·ln 20) = 5%
 _CI_Z_HALF = math.log(40)  # 2.5% per part, union bound for a mean
 
@@ -98,6 +99,29 @@ class QuerySpec:
         levels = tuple(_parse_level(q) for q in quantiles)
         return cls(qkind, eps, column, group_by, levels)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QuerySpec:
+        """Parse the API/JSON form: ``epsilon`` as ``{"epsilon_micro": n}`` or ``epsilon_micro`` as an int."""
+        if not isinstance(data, Mapping):
+            raise QueryError("a query must be a JSON object")
+        unknown = set(data) - _SPEC_FIELDS
+        if unknown:
+            raise QueryError(f"unknown query fields: {sorted(unknown)}")
+        raw_eps = data.get("epsilon", data.get("epsilon_micro"))
+        if isinstance(raw_eps, Mapping):
+            eps: PrivacyCost | int = PrivacyCost.from_dict(dict(raw_eps))
+        elif isinstance(raw_eps, int) and not isinstance(raw_eps, bool):
+            eps = raw_eps
+        else:
+            raise QueryError("a query needs epsilon_micro (an integer of micro-ε)")
+        quantiles = data.get("quantiles") or ()
+        if not isinstance(quantiles, list | tuple):
+            raise QueryError("quantiles must be a list of levels in (0, 1)")
+        for name in ("column", "group_by"):
+            if data.get(name) is not None and not isinstance(data.get(name), str):
+                raise QueryError(f"{name} must be a column name")
+        return cls.make(str(data.get("kind")), eps, data.get("column"), data.get("group_by"), quantiles)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form of the spec (for the audit log and the API)."""
         return {
@@ -115,9 +139,11 @@ def level_text(level: Fraction) -> str:
 
 
 def _parse_level(value: Fraction | float | str) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, Fraction | float | int | str):
+        raise QueryError("quantile levels must be numbers in (0, 1)")
     try:
         return Fraction(str(value)) if isinstance(value, float) else Fraction(value)
-    except (ValueError, ZeroDivisionError) as exc:
+    except (ValueError, ZeroDivisionError, OverflowError) as exc:
         raise QueryError("quantile levels must be numbers in (0, 1)") from exc
 
 

@@ -144,7 +144,7 @@ def test_missing_objects_are_not_found(store: ObjectStore, tmp_path: Path) -> No
 
 def test_files_stream_both_ways(store: ObjectStore, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
-    data = os.urandom(3 * (1 << 20) + 17)  # several chunks
+    data = os.urandom(6 * (1 << 20) + 17)  # several chunks; multipart on S3
     src.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
     key = dataset_key(digest)

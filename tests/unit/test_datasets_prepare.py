@@ -1,8 +1,11 @@
 import hashlib
+from collections import Counter
 
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from datasets.policy import OTHER_CATEGORY, ColumnSpec, DatasetPolicy, PolicyError
 from datasets.prepare import (
@@ -109,3 +112,26 @@ def test_unreadable_input_does_not_echo_content() -> None:
         read_table(b"SECRET-CELL-VALUE not parquet", "parquet")
     assert "SECRET" not in err.value.detail
     assert err.value.code == "invalid_dataset"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 6), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["north", "x"])
+        ),
+        min_size=0,
+        max_size=60,
+    ),
+    st.integers(0, 2**32),
+)
+def test_bounding_invariants_hold_for_any_input(rows: list[tuple[int, float, str]], seed: int) -> None:
+    df = pl.DataFrame(
+        rows, schema={"pid": pl.Int64, "income": pl.Float64, "district": pl.String}, orient="row"
+    )
+    out = bound_contributions(df, POLICY, np.random.default_rng(seed))
+    if out.height:
+        assert out.group_by("pid").len()["len"].max() <= POLICY.max_rows_per_unit  # type: ignore[operator]
+        assert out["income"].min() >= 0 and out["income"].max() <= 1005  # type: ignore[operator]
+    assert out["income"].null_count() == 0 and out["district"].null_count() == 0
+    assert out.height == sum(min(c, 2) for c in Counter(r[0] for r in rows).values())

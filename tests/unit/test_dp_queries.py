@@ -170,3 +170,19 @@ def test_quantile_candidates_are_public_and_bounded() -> None:
     assert quantile_candidates(small) == list(range(11))
     grid = quantile_candidates(POLICY.column("x"))
     assert grid[0] == 0 and grid[-1] == 10_000 and len(grid) <= 1025
+
+
+def test_specs_roundtrip_through_json() -> None:
+    for spec in all_specs():
+        assert QuerySpec.from_dict(spec.to_dict()) == spec
+    assert QuerySpec.from_dict({"kind": "count", "epsilon_micro": 5}) == QuerySpec.make("count", 5)
+    for bad in (
+        {"kind": "count"},
+        {"kind": "count", "epsilon_micro": 1.5},
+        {"kind": "count", "epsilon_micro": 5, "sql": "select *"},
+        {"kind": "quantile", "epsilon_micro": 5, "column": "x", "quantiles": "0.5"},
+        {"kind": "quantile", "epsilon_micro": 5, "column": "x", "quantiles": [True]},
+        {"kind": "sum", "epsilon_micro": 5, "column": 3},
+    ):
+        with pytest.raises(QueryError):
+            QuerySpec.from_dict(bad)
