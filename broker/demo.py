@@ -79,9 +79,17 @@ def step_voucher(state: DemoState) -> str:
 def step_redeem(state: DemoState) -> str:
     """The SME redeems the voucher; the grant appears on its balance."""
     sme = state.as_role("Acme Mobility GmbH")
-    sme.call("POST", "/api/v1/vouchers/redeem", body={"token": state.ids["voucher_token"]}, idempotency_key="demo-1")
+    sme.call(
+        "POST",
+        "/api/v1/vouchers/redeem",
+        body={"token": state.ids["voucher_token"]},
+        idempotency_key="demo-1",
+    )
     again = sme.call(
-        "POST", "/api/v1/vouchers/redeem", body={"token": state.ids["voucher_token"]}, idempotency_key="demo-1"
+        "POST",
+        "/api/v1/vouchers/redeem",
+        body={"token": state.ids["voucher_token"]},
+        idempotency_key="demo-1",
     )
     balance = sme.call("GET", "/api/v1/balance")
     return (

@@ -50,7 +50,11 @@ class RunningServer:
         self.url = f"http://127.0.0.1:{port}"
         self._loops = loops
         config = uvicorn.Config(
-            create_app(services), host="127.0.0.1", port=port, log_level="warning", access_log=False,
+            create_app(services),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
             timeout_graceful_shutdown=10,
         )
         self._server = uvicorn.Server(config)

@@ -87,7 +87,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     """Settings for a fresh state dir on the chosen database, with fake compute."""
-    return Settings(state_dir=tmp_path / "state", database_url=database_url, compute="fake", background_loops=False)
+    return Settings(
+        state_dir=tmp_path / "state", database_url=database_url, compute="fake", background_loops=False
+    )
 
 
 @pytest.fixture
@@ -119,26 +121,47 @@ class World:
     sme_b: Principal
     tokens: dict[str, str]
 
-    def voucher(self, *, sme: Principal | None = None, credits: int = 1000, coverage_bps: int = 10_000,
-                valid_s: int = 30 * DAY_S, credit_s: int = 365 * DAY_S, resources: tuple[str, ...] = ("cpu", "memory"),
-                valid_from_s: int | None = None) -> dict[str, Any]:
+    def voucher(
+        self,
+        *,
+        sme: Principal | None = None,
+        credits: int = 1000,
+        coverage_bps: int = 10_000,
+        valid_s: int = 30 * DAY_S,
+        credit_s: int = 365 * DAY_S,
+        resources: tuple[str, ...] = ("cpu", "memory"),
+        valid_from_s: int | None = None,
+    ) -> dict[str, Any]:
         """Issue a voucher (default: to the first SME, fully covered)."""
         now_s = self.clock.now_ms() // 1000
         return self.services.vouchers.issue(
-            self.issuer, sme_org=(sme or self.sme).org_id, credits=credits, coverage_bps=coverage_bps,
-            resources=resources, valid_from_s=valid_from_s, valid_until_s=now_s + valid_s,
+            self.issuer,
+            sme_org=(sme or self.sme).org_id,
+            credits=credits,
+            coverage_bps=coverage_bps,
+            resources=resources,
+            valid_from_s=valid_from_s,
+            valid_until_s=now_s + valid_s,
             credit_expires_s=now_s + credit_s,
         )
 
-    def credit(self, amount: int, *, sme: Principal | None = None, coverage_bps: int = 10_000) -> dict[str, Any]:
+    def credit(
+        self, amount: int, *, sme: Principal | None = None, coverage_bps: int = 10_000
+    ) -> dict[str, Any]:
         """Issue and redeem a voucher for ``amount`` credits."""
         who = sme or self.sme
         token = self.voucher(sme=who, credits=amount, coverage_bps=coverage_bps)["token"]
         return self.services.vouchers.redeem(who, token=token, idempotency_key=None)
 
 
-def make_world(services: Services, clock: FakeClock, *, year_budget: int = 10**9, sme_cap: int = 10**8,
-               copay_limit: int = 0) -> World:
+def make_world(
+    services: Services,
+    clock: FakeClock,
+    *,
+    year_budget: int = 10**9,
+    sme_cap: int = 10**8,
+    copay_limit: int = 0,
+) -> World:
     """Create the organisations and tokens of a :class:`World`."""
     tokens: dict[str, str] = {}
 

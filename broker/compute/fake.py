@@ -93,7 +93,7 @@ class FakeBackend:
             return self._start_calls.get(name, 0)
 
     def active(self) -> list[str]:
-        """Names of started launches that have not reached a terminal state."""
+        """Names of started launches that have not reached a terminal state (works after close)."""
         with self._lock:
             return sorted(
                 n for n, r in self._runs.items() if r.started_at is not None and not self._is_done(r)
@@ -151,8 +151,12 @@ class FakeBackend:
             return self._capacity
 
     def close(self) -> None:
-        """Forget nothing but refuse further calls (there is nothing running to release)."""
+        """Stop every active launch (as the embedded Ray backend does) and refuse further calls."""
         with self._lock:
+            now = self._clock.now_ms()
+            for run in self._runs.values():
+                if run.started_at is not None and run.stopped_at is None and not self._is_done(run):
+                    run.stopped_at = now
             self._closed = True
 
     # --- internals ---------------------------------------------------------------------------------

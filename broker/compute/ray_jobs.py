@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,28 @@ class RayJobsBackend:
             if str(_field(node, "state")) == "ALIVE":
                 total = total + resources_from_ray(dict(_field(node, "resources_total") or {}))
         return total
+
+    def stop_all(self, timeout_s: float = 15.0) -> list[str]:
+        """Stop every unfinished job on the cluster and wait (up to ``timeout_s``) until all are terminal.
+
+        Used before tearing down a cluster this broker owns, so entrypoints get Ray's graceful stop
+        (SIGTERM, then SIGKILL). Returns the names still unfinished at the deadline.
+        """
+        client = self._connect()
+        try:
+            active = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal()]
+            for name in active:
+                self.stop(name)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"cannot list the jobs of the Ray cluster at {self._address}: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while active and time.monotonic() < deadline:
+            active = [n for n in active if not self.status(n).state.is_terminal]
+            if active:
+                time.sleep(0.2)
+        return active
 
     def close(self) -> None:
         """Drop the client; jobs on the (external) cluster keep running and stay findable by name."""

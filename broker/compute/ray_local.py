@@ -87,9 +87,26 @@ def free_ports(count: int) -> list[int]:
 
 
 def pids_mentioning(text: str) -> list[int]:
-    """Return the pids whose command line contains ``text`` (``pgrep -f``), excluding this process."""
-    found = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True, check=False)
-    return [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
+    """Return the pids whose command line or environment contains ``text``, excluding this process.
+
+    The command line catches Ray's own processes (they name the temp dir); the environment catches job
+    entrypoints, which inherit ``RAY_AUTH_TOKEN_PATH=<temp dir>/auth_token`` from the raylet but whose
+    command lines are the user's.
+    """
+    needle = text.encode()
+    found: set[int] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        for part in ("cmdline", "environ"):
+            try:
+                if needle in (proc / part).read_bytes():
+                    found.add(int(proc.name))
+            except OSError:  # gone, or not ours to read
+                continue
+    if not Path("/proc/self").exists():  # not Linux: fall back to the command line only
+        out = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True, check=False).stdout
+        found.update(int(p) for p in out.split())
+    found.discard(os.getpid())
+    return sorted(found)
 
 
 class LocalRayBackend:
@@ -162,11 +179,13 @@ class LocalRayBackend:
         return self._jobs.capacity()
 
     def close(self) -> None:
-        """Stop the head and everything it runs, and remove its temp dir (idempotent)."""
+        """Stop the jobs, then the head and everything it runs, and remove its temp dir (idempotent)."""
         head, self._head = self._head, None
-        self._jobs.close()
         if head is None:
             return
+        with contextlib.suppress(BackendError):  # best effort: the sweep below kills what remains
+            self._jobs.stop_all()
+        self._jobs.close()
         self._stop_head(head)
         (self._state_dir / _STATE_FILE).unlink(missing_ok=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from broker.audit.chain import AuditRecord, next_record, verify_chain_bodies
+from broker.audit.chain import AuditRecord, VerifyResult, next_record, verify_chain_bodies
 from broker.audit.checkpoints import Checkpoint, CheckpointFile, sign_checkpoint
 from broker.db import tables as t
 from broker.db.orgs import Principal
@@ -108,9 +108,9 @@ class AuditRepo:
         head = conn.execute(select(t.audit_head.c.seq, t.audit_head.c.entry_hash)).one()
         if int(head.seq) == 0:
             return None
-        existing = self._checkpoints.read_all()
-        if existing and existing[-1].seq == int(head.seq):
-            return existing[-1]
+        last = self._checkpoints.last()
+        if last is not None and last.seq == int(head.seq):
+            return last
         cp = sign_checkpoint(int(head.seq), head.entry_hash, now_ms, self._key)
         self._checkpoints.append(cp)
         return cp
@@ -136,9 +136,41 @@ class AuditRepo:
                 yield int(r[0]), r[1], r[2], bytes(r[3])
             after = int(rows[-1][0])
 
-    def verify(self, conn: Connection, public_jwk: dict[str, Any]) -> Any:
-        """Check the chain against the signed checkpoints; the result names the first bad entry."""
-        return verify_chain_bodies(self.rows(conn), self._checkpoints.read_all(), public_jwk)
+    def verify(self, conn: Connection, public_jwk: dict[str, Any]) -> VerifyResult:
+        """Check the chain against the signed checkpoints, and every queryable column against its signed
+        body; the result names the first bad entry."""
+        result = verify_chain_bodies(self.rows(conn), self._checkpoints.read_all(), public_jwk)
+        edited = first_edited_column_row(conn)
+        if edited is None or (result.first_bad_seq is not None and result.first_bad_seq <= edited):
+            return result
+        return VerifyResult(
+            ok=False,
+            checked=result.checked,
+            first_bad_seq=edited,
+            reason=f"entry {edited}: a queryable column differs from the signed body (edited in the database)",
+            proven_seq=result.proven_seq,
+        )
+
+
+_CHECKED_COLUMNS = ("seq", "ts_ms", "actor_org", "action", "object_type", "object_id", "org_id", "dataset_id")
+
+
+def first_edited_column_row(conn: Connection) -> int | None:
+    """The lowest ``seq`` whose columns differ from its body's fields (the database compares, in C)."""
+    if conn.dialect.name == "sqlite":
+        field = "json_extract(CAST(body AS TEXT), '$.{name}')"
+    else:
+        field = "(convert_from(body, 'UTF8')::jsonb ->> '{name}')"
+    checks = []
+    for name in _CHECKED_COLUMNS:
+        expr = field.format(name=name)
+        if conn.dialect.name == "sqlite":
+            checks.append(f"NOT ({name} IS {expr})")
+        else:
+            checks.append(f"CAST({name} AS TEXT) IS DISTINCT FROM {expr}")
+    sql = f"SELECT MIN(seq) FROM audit_entries WHERE {' OR '.join(checks)}"  # noqa: S608 - fixed column names
+    value = conn.exec_driver_sql(sql).scalar()
+    return None if value is None else int(value)
 
 
 def _public(row: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from broker.db.engine import is_sqlite
+from broker.db.engine import READ_ONLY, is_sqlite
 
 T = TypeVar("T")
 _MAX_BATCH = 256
@@ -59,8 +59,7 @@ class Database:
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` on a read-only snapshot (a plain connection; SQLite WAL readers never block)."""
         with self.engine.connect() as conn:
-            if self.sqlite:
-                return fn(conn)
+            conn = conn.execution_options(**{READ_ONLY: True})
             with conn.begin():
                 return fn(conn)
 

@@ -57,7 +57,9 @@ def test_over_settle_is_refused(world: World) -> None:
     world.credit(100)
     hold = world.services.ledger.place_hold(world.sme, amount=50)
     with pytest.raises(InvalidInput):
-        world.services.ledger.close_hold(world.operator, hold_id=hold["id"], target=HoldState.SETTLED, cost=51)
+        world.services.ledger.close_hold(
+            world.operator, hold_id=hold["id"], target=HoldState.SETTLED, cost=51
+        )
     assert world.services.ledger.get_hold(world.sme, hold_id=hold["id"])["state"] == "HELD"
 
 
@@ -100,8 +102,14 @@ def test_an_sme_cannot_settle_and_cannot_touch_another_smes_hold(world: World) -
 def test_expiry_moves_credit_to_expired_and_reaper_expires_stale_holds(world: World) -> None:
     now_s = world.clock.now_ms() // 1000
     token = world.services.vouchers.issue(
-        world.issuer, sme_org=world.sme.org_id, credits=500, coverage_bps=10_000, resources=("cpu",),
-        valid_from_s=None, valid_until_s=now_s + DAY_S, credit_expires_s=now_s + 2 * DAY_S,
+        world.issuer,
+        sme_org=world.sme.org_id,
+        credits=500,
+        coverage_bps=10_000,
+        resources=("cpu",),
+        valid_from_s=None,
+        valid_until_s=now_s + DAY_S,
+        credit_expires_s=now_s + 2 * DAY_S,
     )["token"]
     world.services.vouchers.redeem(world.sme, token=token, idempotency_key=None)
     led = world.services.ledger
@@ -116,15 +124,23 @@ def test_expiry_moves_credit_to_expired_and_reaper_expires_stale_holds(world: Wo
     assert balance["available"] == 0
     assert balance["grants"][0]["status"] == "expired" and balance["grants"][0]["balance"] == 0
     entries = led.entries(world.operator)
-    assert any(e["kind"] == "expire" and e["account_kind"] == "expired" and e["amount"] == 500 for e in entries)
+    assert any(
+        e["kind"] == "expire" and e["account_kind"] == "expired" and e["amount"] == 500 for e in entries
+    )
     assert led.invariants() == []
 
 
 def test_release_after_grant_expired_goes_to_expired_account(world: World) -> None:
     now_s = world.clock.now_ms() // 1000
     token = world.services.vouchers.issue(
-        world.issuer, sme_org=world.sme.org_id, credits=500, coverage_bps=10_000, resources=("cpu",),
-        valid_from_s=None, valid_until_s=now_s + DAY_S, credit_expires_s=now_s + DAY_S,
+        world.issuer,
+        sme_org=world.sme.org_id,
+        credits=500,
+        coverage_bps=10_000,
+        resources=("cpu",),
+        valid_from_s=None,
+        valid_until_s=now_s + DAY_S,
+        credit_expires_s=now_s + DAY_S,
     )["token"]
     world.services.vouchers.redeem(world.sme, token=token, idempotency_key=None)
     led = world.services.ledger
