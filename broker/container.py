@@ -7,9 +7,12 @@ or a fake compute backend.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.compute import ComputeBackend
+from broker.compute.factory import build_backend
 from broker.db.audit import AuditRepo
 from broker.db.database import Database
 from broker.db.engine import make_engine
@@ -17,6 +20,7 @@ from broker.db.ledger import LedgerRepo
 from broker.keys import load_broker_key
 from broker.metrics import Metrics
 from broker.settings import Settings
+from datasets.storage import LocalDirStore, ObjectStore, S3Store
 from quotas.clock import Clock, SystemClock
 from vouchers import key_id, public_jwk
 
@@ -34,7 +38,24 @@ class Container:
     broker_key_pem: bytes
     broker_kid: str
     broker_public_jwk: dict[str, Any]
+    storage: ObjectStore
     closers: list[Any] = field(default_factory=list)
+    _compute: ComputeBackend | None = None
+    _compute_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def compute(self) -> ComputeBackend:
+        """The compute backend, built on first use (a local Ray head takes seconds to start)."""
+        with self._compute_lock:
+            if self._compute is None:
+                self._compute = build_compute(self.settings, self.clock)
+                self.closers.append(self._compute.close)
+            return self._compute
+
+    def use_compute(self, backend: ComputeBackend) -> None:
+        """Use an already-built backend (tests share one local Ray across containers)."""
+        with self._compute_lock:
+            self._compute = backend
 
     def close(self) -> None:
         """Release everything this container started (writer thread, engine, backends)."""
@@ -42,6 +63,32 @@ class Container:
             closer()
         self.closers.clear()
         self.db.close()
+
+
+def build_compute(settings: Settings, clock: Clock) -> ComputeBackend:
+    """The compute backend the settings ask for."""
+    return build_backend(
+        settings.compute,
+        state_dir=settings.state_dir,
+        ray_address=settings.ray_address,
+        ray_token=settings.ray_token,
+        kube_namespace=settings.kube_namespace,
+        kube_image=settings.kube_image,
+        local_num_cpus=settings.ray_num_cpus,
+        clock=clock,
+    )
+
+
+def build_storage(settings: Settings) -> ObjectStore:
+    """The object store the settings ask for: a directory in the state dir, or an S3 bucket."""
+    if settings.storage == "s3":
+        if not (settings.s3_endpoint and settings.s3_access_key and settings.s3_secret_key):
+            raise ValueError("SBX_STORAGE=s3 needs SBX_S3_ENDPOINT, SBX_S3_ACCESS_KEY and SBX_S3_SECRET_KEY")
+        return S3Store(
+            settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+            secure=settings.s3_secure,
+        )
+    return LocalDirStore(settings.state_dir / "objects")
 
 
 def build_container(
@@ -62,4 +109,5 @@ def build_container(
         broker_key_pem=key_pem,
         broker_kid=key_id(key_pem),
         broker_public_jwk=jwk,
+        storage=build_storage(settings),
     )

@@ -116,7 +116,9 @@ def step_audit(state: DemoState) -> str:
 
 def all_steps() -> list[Step]:
     """Every demo step in order (later features add theirs before the audit check)."""
-    return [*foundation_steps(), ("Verify the audit log", step_audit)]
+    from broker.demo_data import data_steps
+
+    return [*foundation_steps(), *data_steps(), ("Verify the audit log", step_audit)]
 
 
 def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None = None) -> DemoState:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from broker.cli.client import BrokerClient, CliError, emit, fail
+from broker.cli.data import access_app, dataset_app, query_app
 
 app = typer.Typer(
     help="sandbox-broker: voucher-paid compute and private data access for SMEs.", no_args_is_help=True
@@ -31,6 +32,9 @@ issuer_app.add_typer(key_app, name="key")
 app.add_typer(voucher_app, name="voucher")
 app.add_typer(hold_app, name="hold")
 app.add_typer(audit_app, name="audit")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(access_app, name="access")
+app.add_typer(query_app, name="query")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DAY_S = 24 * 3600

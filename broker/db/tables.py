@@ -200,3 +200,75 @@ audit_entries = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("entry_hash", String(64), nullable=False),
 )
+
+# -- compute (migration 0002) ---------------------------------------------------------------------
+
+rate_cards = Table(
+    "rate_cards",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("card", Text, nullable=False),  # quotas.pricing.RateCard JSON (exact fractions as strings)
+    Column("created_ms", BigInteger, nullable=False),
+    Column("created_by", String(40), nullable=True),
+)
+
+sme_quotas = Table(
+    "sme_quotas",
+    metadata,
+    Column("org_id", String(40), ForeignKey("organisations.id"), primary_key=True),
+    Column("max_milli_cpu", BigInteger, nullable=False),
+    Column("max_gpus", Integer, nullable=False),
+    Column("max_memory_mib", BigInteger, nullable=False),
+    Column("max_running_jobs", Integer, nullable=False),
+    Column("max_queued_jobs", Integer, nullable=False),
+    Column("changed_ms", BigInteger, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("kind", String(12), nullable=False),  # job | training | query
+    Column("name", String(63), nullable=False, unique=True),  # deterministic backend name
+    Column("state", String(10), nullable=False),
+    Column("entrypoint", Text, nullable=False),
+    Column("working_dir", Text, nullable=True),
+    Column("requirements", Text, nullable=False),  # JSON list
+    Column("milli_cpu", BigInteger, nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("memory_mib", BigInteger, nullable=False),
+    Column("max_runtime_s", Integer, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("rate_card_version", Integer, nullable=False),
+    Column("max_cost", BigInteger, nullable=False),
+    Column("hold_id", String(40), nullable=True),
+    Column("cost", BigInteger, nullable=True),
+    Column("voucher_paid", BigInteger, nullable=True),
+    Column("copaid", BigInteger, nullable=True),
+    Column("message", Text, nullable=False, default=""),
+    Column("spec", Text, nullable=True),  # JSON for training/query jobs
+    Column("submitted_ms", BigInteger, nullable=False),
+    Column("admitted_ms", BigInteger, nullable=True),
+    Column("started_ms", BigInteger, nullable=True),  # the backend's start time
+    Column("ended_ms", BigInteger, nullable=True),  # the backend's end time
+    Column("settled_ms", BigInteger, nullable=True),
+    Column("stop_requested", Boolean, nullable=False, default=False),
+    CheckConstraint(
+        "state IN ('QUEUED','ADMITTED','RUNNING','SUCCEEDED','FAILED','STOPPED','TIMED_OUT','REJECTED')",
+        name="state",
+    ),
+)
+Index("ix_jobs_state_submitted", jobs.c.state, jobs.c.submitted_ms)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("job_id", String(40), ForeignKey("jobs.id"), primary_key=True),
+    Column("resource", String(8), primary_key=True),
+    Column("org_id", String(40), nullable=False, index=True),
+    Column("quantity", BigInteger, nullable=False),  # milli-CPU·ms, GPU·ms or MiB·ms
+    Column("start_ms", BigInteger, nullable=False),
+    Column("end_ms", BigInteger, nullable=False, index=True),
+    CheckConstraint("end_ms >= start_ms AND quantity >= 0", name="sane"),
+)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from broker.container import Container
 from broker.services.audit import AuditService
+from broker.services.datasets import DatasetService
 from broker.services.ledger import LedgerService
 from broker.services.orgs import OrgService
 from broker.services.vouchers import VoucherService
@@ -20,6 +21,7 @@ class Services:
     vouchers: VoucherService
     ledger: LedgerService
     audit: AuditService
+    datasets: DatasetService
 
 
 def build_services(container: Container) -> Services:
@@ -30,4 +32,5 @@ def build_services(container: Container) -> Services:
         vouchers=VoucherService(container),
         ledger=LedgerService(container),
         audit=AuditService(container),
+        datasets=DatasetService(container),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from broker.db.engine import make_null_pool_engine
+import broker.db.data_tables  # noqa: F401 - registers the data foundation's tables
 from broker.db.tables import metadata
 
 config = context.config
