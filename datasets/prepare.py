@@ -85,10 +85,11 @@ def schema_of(df: pl.DataFrame) -> dict[str, str]:
 
 
 def _bound_numeric(col: ColumnSpec) -> pl.Expr:
-    lo, hi = float(col.lo_units), float(col.hi_units)
+    """Clamp in natural units (so x scale cannot overflow), scale, round, clamp exactly in units, impute."""
+    lo, hi = col.lo_units, col.hi_units
     value = pl.col(col.name).cast(pl.Float64).fill_nan(None)
-    units = (value.clip(float(col.lo or 0), float(col.hi or 0)) * col.scale).round(0).clip(lo, hi)
-    return units.fill_null(lo).cast(pl.Int64).alias(col.name)
+    units = (value.clip(lo / col.scale, hi / col.scale) * col.scale).round(0).clip(float(lo), float(hi))
+    return units.fill_null(float(lo)).cast(pl.Int64).alias(col.name)
 
 
 def _bound_categorical(col: ColumnSpec) -> pl.Expr:
