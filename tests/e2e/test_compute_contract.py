@@ -366,7 +366,7 @@ def test_ray_jobs_never_see_the_token_and_unauthenticated_calls_are_refused(
     assert token not in logs
     assert "RAY_AUTH_TOKEN =" not in logs
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(f"{ray.address}/api/jobs/", timeout=10)  # noqa: S310 (local http URL)
+        urllib.request.urlopen(f"{ray.address}/api/jobs/", timeout=10)
     assert caught.value.code == 401
 
 
