@@ -24,8 +24,10 @@ is a sum (⌈ε/2⌉) and a count (⌊ε/2⌋); ``m`` quantiles split ε evenly 
 Laplace scale is calibrated so that OpenDP's own privacy map, read as an exact fraction, is at most the
 part's ε in micro-ε — OpenDP's accounting, never ours, decides whether the claim holds.
 
-Confidence intervals are 95% intervals of the noise only (Laplace tail ``b·ln 20``; for a mean each part at
-97.5% and the ratio's extremes); quantiles have none (their error is in rank, not in value).
+Confidence intervals are 95% intervals of the noise only, from the discrete Laplace's exact tail
+(:func:`laplace_half_width`); per key they are marginal, not simultaneous. A mean's interval takes each part
+at 97.5% and the ratio's extremes, clamped to the bounds. Quantiles have none (their error is in rank, not in
+value).
 """
 
 from __future__ import annotations
@@ -51,8 +53,7 @@ MAX_QUANTILES = 20
 MAX_QUANTILE_CANDIDATES = 1025
 TOTAL_KEY = "*"
 _SPEC_FIELDS = frozenset({"kind", "epsilon", "epsilon_micro", "column", "group_by", "quantiles"})
-_CI_Z = math.log(20)  # P(|Laplace(b)| > b·ln 20) = 5%
-_CI_Z_HALF = math.log(40)  # 2.5% per part, union bound for a mean
+CI_MISS = 0.05  # 95% intervals; a mean's two parts take 2.5% each (union bound)
 
 
 class QueryError(InvalidInput):
@@ -81,6 +82,17 @@ class QuerySpec:
     group_by: str | None = None
     quantiles: tuple[Fraction, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Accept the loose forms too (kind as text, ε as micro-ε), so every spec holds exact values.
+        if not isinstance(self.kind, QueryKind):
+            try:
+                object.__setattr__(self, "kind", QueryKind(self.kind))
+            except ValueError as exc:
+                raise QueryError(f"query kind must be one of {[k.value for k in QueryKind]}") from exc
+        if not isinstance(self.epsilon, PrivacyCost):
+            object.__setattr__(self, "epsilon", PrivacyCost(self.epsilon))
+        object.__setattr__(self, "quantiles", tuple(_parse_level(q) for q in self.quantiles))
+
     @classmethod
     def make(
         cls,
@@ -91,13 +103,7 @@ class QuerySpec:
         quantiles: Sequence[Fraction | float | str] = (),
     ) -> QuerySpec:
         """Build a spec from loose inputs (ε as micro-ε int or PrivacyCost; quantiles as exact values)."""
-        try:
-            qkind = QueryKind(kind)
-        except ValueError as exc:
-            raise QueryError(f"query kind must be one of {[k.value for k in QueryKind]}") from exc
-        eps = epsilon if isinstance(epsilon, PrivacyCost) else PrivacyCost(epsilon)
-        levels = tuple(_parse_level(q) for q in quantiles)
-        return cls(qkind, eps, column, group_by, levels)
+        return cls(kind, epsilon, column, group_by, tuple(quantiles))  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuerySpec:
@@ -450,14 +456,25 @@ def _release_counts_or_sums(
     return noisy, scales
 
 
+def laplace_half_width(scale: float, miss: float) -> int:
+    """Smallest integer h with P(|Z| > h) <= ``miss`` for discrete Laplace noise Z of this ``scale``.
+
+    For the discrete Laplace, P(|Z| >= t) = 2·e^(-t/b) / (1 + e^(-1/b)) for integers t >= 1; so t is the
+    first integer with that tail <= miss, and h = t - 1 (an interval of ±h then covers with >= 1 - miss).
+    """
+    t = math.ceil(scale * math.log(2 / (miss * (1 + math.exp(-1 / scale)))))
+    return max(0, t - 1)
+
+
 def _interval(value: float, half_width: float) -> tuple[float, float]:
     return (value - half_width, value + half_width)
 
 
 def _mean_interval(s: int, c: int, bs: float, bc: float, col: ColumnSpec) -> tuple[float, float]:
     lo, hi = float(col.lo_units), float(col.hi_units)
-    c_lo, c_hi = max(1.0, c - bc * _CI_Z_HALF), max(1.0, c + bc * _CI_Z_HALF)
-    s_lo, s_hi = s - bs * _CI_Z_HALF, s + bs * _CI_Z_HALF
+    hc, hs = laplace_half_width(bc, CI_MISS / 2), laplace_half_width(bs, CI_MISS / 2)
+    c_lo, c_hi = max(1.0, c - hc), max(1.0, c + hc)
+    s_lo, s_hi = s - hs, s + hs
     ratios = [a / b for a in (s_lo, s_hi) for b in (c_lo, c_hi)]
     return (max(lo, min(ratios)) / col.scale, min(hi, max(ratios)) / col.scale)
 
@@ -478,7 +495,7 @@ def _finish_sum_like(spec: QuerySpec, policy: DatasetPolicy, agg: _Aggregates) -
         part = "count" if "count" in noisy else "sum"
         for key, v in noisy[part].items():
             values[key] = v / unit
-            ci[key] = _interval(v / unit, scales[part] * _CI_Z / unit)
+            ci[key] = _interval(v / unit, laplace_half_width(scales[part], CI_MISS) / unit)
     natural = {p: s / (unit if p == "sum" else 1) for p, s in scales.items()}
     return QueryResult(spec.kind, values, estimate_cost(spec, policy), natural, ci)
 
