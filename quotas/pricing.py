@@ -47,8 +47,9 @@ def _exact_rate(name: str, value: object) -> Fraction:
 class RateCard:
     """A versioned price list: credits per CPU-second, GPU-second and GiB-second of allocation.
 
-    Rates are stored as ``Fraction`` whatever exact type was passed in. ``version`` is a positive integer; a
-    hold or settlement records the version it was priced with so a later card never re-prices old jobs.
+    Rates are stored as ``Fraction`` whatever exact type was passed in. ``version`` is a non-negative integer
+    (0 for a built-in default card); a hold or settlement records the version it was priced with so a later
+    card never re-prices old jobs.
     """
 
     version: int
@@ -63,8 +64,8 @@ class RateCard:
         credits_per_gpu_second: Fraction | int,
         credits_per_gib_second: Fraction | int,
     ) -> None:
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise InvalidInput(f"rate card version must be a positive integer, got {version!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidInput(f"rate card version must be a non-negative integer, got {version!r}")
         object.__setattr__(self, "version", version)
         for name, value in zip(
             _RATE_FIELDS,

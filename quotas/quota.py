@@ -9,7 +9,7 @@ from quotas.errors import DomainError, InvalidInput
 from quotas.resources import Resources
 
 
-class QuotaExceeded(DomainError):  # noqa: N818 (the name the API documents)
+class QuotaExceeded(DomainError):
     """A submission that can never be admitted under the SME's quota (too big, or the queue is full)."""
 
     code = "quota_exceeded"

@@ -337,14 +337,14 @@ def _reference_decide(snap: Snapshot, queue: list[QueuedJob]) -> list[tuple[str,
     return out
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(scenarios())
 def test_decide_matches_the_reference_drf_pass(scenario: tuple[Snapshot, list[QueuedJob]]) -> None:
     snap, queue = scenario
     assert [(d.job.job_id, d.reason) for d in decide(snap, queue)] == _reference_decide(snap, queue)
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(scenarios())
 def test_decide_never_admits_beyond_capacity_quota_credit_or_running_jobs(
     scenario: tuple[Snapshot, list[QueuedJob]],
@@ -369,7 +369,7 @@ def test_decide_never_admits_beyond_capacity_quota_credit_or_running_jobs(
         assert sum(j.max_cost_copay for j in mine) <= state.copay_headroom
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(scenarios())
 def test_every_waiting_job_really_does_not_fit_after_the_pass(
     scenario: tuple[Snapshot, list[QueuedJob]],
@@ -468,7 +468,7 @@ def test_check_submittable_rejects_empty_jobs_and_zero_running_quota() -> None:
 # --- the persistent queue -------------------------------------------------------------------------------
 
 
-@settings(max_examples=400)
+@settings(max_examples=200)
 @given(scenarios())
 def test_fair_queue_admits_exactly_what_decide_admits(scenario: tuple[Snapshot, list[QueuedJob]]) -> None:
     snap, queue = scenario
