@@ -106,6 +106,20 @@ class ConservationViolation:
         """How much more was metered than the capacity allows."""
         return self.metered_unit_ms - self.allowed_unit_ms
 
+    def __str__(self) -> str:
+        unit = _UNITS[self.resource]
+        return (
+            f"{self.resource.value}: {_exact(self.metered_unit_ms)} {unit} metered in the window, but the "
+            f"capacity allows only {self.allowed_unit_ms} {unit} (excess {_exact(self.excess_unit_ms)})"
+        )
+
+
+_UNITS = {ResourceKind.CPU: "milli-CPU·ms", ResourceKind.GPU: "GPU·ms", ResourceKind.MEMORY: "MiB·ms"}
+
+
+def _exact(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
 
 def clipped_quantity(record: UsageRecord, window_start: int, window_end: int) -> Fraction:
     """The part of ``record`` that falls inside ``[window_start, window_end)``, pro rata and exact."""

@@ -96,6 +96,10 @@ def test_conservation_reports_metering_beyond_capacity() -> None:
         ConservationViolation(ResourceKind.CPU, Fraction(450_000), 400_000)
     ]
     assert conservation_violations(records, capacity, 0, 100)[0].excess_unit_ms == 50_000
+    assert str(conservation_violations(records, capacity, 0, 100)[0]) == (
+        "cpu: 450000 milli-CPU·ms metered in the window, but the capacity allows only 400000 milli-CPU·ms "
+        "(excess 50000)"
+    )
     assert conservation_violations(records, capacity, 0, 150) == []
 
 
