@@ -123,7 +123,7 @@ def test_a_validator_refuses_invalid_objects() -> None:
         custom.api_client.close()
 
 
-class _RacingApi(client.CustomObjectsApi):  # type: ignore[misc]
+class _RacingApi(client.CustomObjectsApi):
     """The real client, but another writer changes the object just before each of our first patches."""
 
     def __init__(self, kube: FakeKubeApiServer, races: int) -> None:
