@@ -93,8 +93,13 @@ class S3Store:
         """Create the bucket if it does not exist (refused credentials raise StorageError here)."""
 
         def run() -> None:
-            if not self._client.bucket_exists(self._bucket):
+            if self._client.bucket_exists(self._bucket):
+                return
+            try:
                 self._client.make_bucket(self._bucket)
+            except S3Error as exc:  # another replica created it between the two calls
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
 
         _call(f"bucket {self._bucket!r}", run)
 

@@ -207,3 +207,22 @@ def test_s3_unreachable_server_is_a_storage_error() -> None:
     with pytest.raises(StorageError) as err:
         S3Store(f"127.0.0.1:{_free_port()}", "a", "b", "bucket", timeout_s=2.0, retries=0)
     assert "unreachable" in err.value.detail
+
+
+@pytest.mark.s3
+def test_s3_objects_without_our_hash_metadata_are_hashed(s3_server: S3Server) -> None:
+    import io
+
+    from minio import Minio
+
+    bucket = "sbx-" + secrets.token_hex(6)
+    store = S3Store(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket)
+    S3Store(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket)  # bucket exists: fine
+    raw = Minio(
+        s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False, region="us-east-1"
+    )
+    raw.put_object(bucket, "foreign/obj", io.BytesIO(b"abc"), 3)  # written by someone else, no sha256 meta
+    assert store.stat("foreign/obj").sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert store.put_bytes("foreign/obj", b"abc").size == 3
+    with pytest.raises(StorageConflict):
+        store.put_bytes("foreign/obj", b"abd")
