@@ -7,6 +7,7 @@ from ``privacy.queries`` (it loads OpenDP and Polars).
 from privacy.budget import (
     BudgetExceeded,
     PrivacyCost,
+    check_all_fit,
     check_fits,
     compose,
     dataset_sme_cap,
@@ -18,6 +19,7 @@ from privacy.budget import (
 __all__ = [
     "BudgetExceeded",
     "PrivacyCost",
+    "check_all_fit",
     "check_fits",
     "compose",
     "dataset_sme_cap",

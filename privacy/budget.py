@@ -11,7 +11,7 @@ under-charged. The same rule is used by :func:`PrivacyCost.from_float` and :func
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -160,6 +160,16 @@ def check_fits(requested: PrivacyCost, remaining: PrivacyCost, *, what: str) -> 
             requested=requested,
             remaining=remaining,
         )
+
+
+def check_all_fit(requested: PrivacyCost, remaining: Mapping[str, PrivacyCost]) -> None:
+    """Refuse unless ``requested`` fits every named remaining budget; the first that does not is named.
+
+    For a reservation: ``{"dataset budget": total - spent_by_all, "grant": cap - spent_by_sme}``. The repository
+    re-checks the same inequalities in its conditional UPDATE; this gives the human message.
+    """
+    for what, left in remaining.items():
+        check_fits(requested, left, what=what)
 
 
 def dataset_total_budget(policy: DatasetPolicy) -> PrivacyCost:

@@ -83,3 +83,12 @@ def test_json_roundtrip_and_policy_budgets() -> None:
     policy = DatasetPolicy("u", 1, (ColumnSpec.unit("u"),), 3_000_000, 1_000_000, 10, 5)
     assert dataset_total_budget(policy) == PrivacyCost(3_000_000, 10)
     assert dataset_sme_cap(policy) == PrivacyCost(1_000_000, 5)
+
+
+def test_reservation_check_names_the_cap_that_refuses() -> None:
+    from privacy.budget import check_all_fit
+
+    ask = PrivacyCost(500_000)
+    check_all_fit(ask, {"dataset budget": PrivacyCost(600_000), "grant": PrivacyCost(500_000)})
+    with pytest.raises(BudgetExceeded, match=r"insufficient grant: requested ε=0\.5, remaining ε=0\.4"):
+        check_all_fit(ask, {"dataset budget": PrivacyCost(900_000), "grant": PrivacyCost(400_000)})
