@@ -3,8 +3,10 @@
 MLP 100->256->256->2 on 50,000 generated rows, batch 256, same data, same thread count, same run.
 ``private_s`` is the epoch through :class:`privacy.training.dpsgd.PrivateTrainer` (Opacus, ghost clipping,
 Poisson sampling); ``setup_s`` is the one-off noise calibration (PRV accountant) before it, reported
-apart; ``ratio = private_s / nonprivate_s`` takes, for each side, the best of ``--repeats`` interleaved runs
-(the machine is shared: the minimum is the least disturbed measurement). Both sides fetch batches the same
+apart; ``ratio = private_s / nonprivate_s`` takes, for each side, the best of ``--repeats`` interleaved runs.
+Times are process CPU seconds (``time.process_time``) with one torch thread: the machine is shared by
+several engineers, and CPU time is far less disturbed by their load than wall time; the minimum of the
+interleaved runs is the least disturbed measurement. Both sides fetch batches the same
 way (one gather per batch, :class:`privacy.training.dpsgd.TensorRows`).
 
     .venv/bin/python bench/dpsgd.py [--repeats 3] [--threads 1]
@@ -46,17 +48,17 @@ def nonprivate_epoch(x: torch.Tensor, y: torch.Tensor) -> float:
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(TensorRows(x, y), batch_size=BATCH, shuffle=True, collate_fn=collate_rows)
-    start = time.perf_counter()
+    start = time.process_time()
     for xb, yb in loader:
         opt.zero_grad()
         loss_fn(net(xb), yb).backward()
         opt.step()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def private_epoch(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
     net = build_model(MODEL, FEATURES, 2)
-    start = time.perf_counter()
+    start = time.process_time()
     trainer = make_private_trainer(
         net,
         x,
@@ -72,10 +74,10 @@ def private_epoch(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float
         secure_mode=False,
         noise_generator=torch.Generator().manual_seed(1),
     )
-    setup = time.perf_counter() - start
-    start = time.perf_counter()
+    setup = time.process_time() - start
+    start = time.process_time()
     trainer.run_epoch()
-    epoch = time.perf_counter() - start
+    epoch = time.process_time() - start
     return setup, epoch, trainer.epsilon()
 
 
