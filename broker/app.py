@@ -63,8 +63,9 @@ def _feature_routers() -> list[Any]:
     """Routers of later features (jobs, datasets, reports, dashboard), added as they land."""
     from broker.api.routes_audit import router as audit_router
     from broker.api.routes_datasets import router as datasets_router
+    from broker.api.routes_jobs import router as jobs_router
 
-    return [audit_router, datasets_router]
+    return [audit_router, jobs_router, datasets_router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

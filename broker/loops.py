@@ -23,10 +23,14 @@ class BackgroundLoops:
         self.interval_s = interval_ms / 1000
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.bodies: list[tuple[str, Callable[[], object]]] = [
-            ("reaper", services.ledger.reap),
-            ("audit-checkpoint", lambda: services.audit.checkpoint(None)),
+        # (name, body, run every N rounds)
+        self.bodies: list[tuple[str, Callable[[], object], int]] = [
+            ("reconcile", services.jobs.reconcile_pass, 1),
+            ("admission", services.jobs.admission_pass, 1),
+            ("reaper", services.ledger.reap, 10),
+            ("audit-checkpoint", lambda: services.audit.checkpoint(None), 60),
         ]
+        self._round = 0
 
     def start(self) -> None:
         """Start the loop thread."""
@@ -34,8 +38,11 @@ class BackgroundLoops:
         self._thread.start()
 
     def run_once(self) -> None:
-        """Run every body once (tests and the CLI use this)."""
-        for name, body in self.bodies:
+        """Run one round: every body due this round (all of them in the first round)."""
+        self._round += 1
+        for name, body, every in self.bodies:
+            if self._round % every and self._round != 1:
+                continue
             try:
                 body()
             except Exception:  # a loop must survive one bad round; the next round retries

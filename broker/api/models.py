@@ -91,3 +91,39 @@ class CopayLimitSet(Strict):
     """Change an SME's co-payment limit."""
 
     copay_limit: int = Field(ge=0, le=2**62)
+
+
+class RateCardSet(Strict):
+    """A new rate card: credits per CPU-, GPU- and GiB-second (integers or exact fractions like "3/2")."""
+
+    credits_per_cpu_second: str = Field(pattern=r"^\d+(/\d+)?$", max_length=40)
+    credits_per_gpu_second: str = Field(pattern=r"^\d+(/\d+)?$", max_length=40)
+    credits_per_gib_second: str = Field(pattern=r"^\d+(/\d+)?$", max_length=40)
+
+
+class QuotaSet(Strict):
+    """An SME's quota."""
+
+    max_milli_cpu: int = Field(ge=0, le=10**9)
+    max_gpus: int = Field(ge=0, le=10**6)
+    max_memory_mib: int = Field(ge=0, le=10**12)
+    max_running_jobs: int = Field(ge=0, le=10**6)
+    max_queued_jobs: int = Field(ge=0, le=10**6)
+
+
+class JobResources(Strict):
+    """What a job asks for."""
+
+    milli_cpu: int = Field(default=1000, ge=0, le=10**9)
+    gpus: int = Field(default=0, ge=0, le=1024)
+    memory_mib: int = Field(default=1024, ge=0, le=10**9)
+    max_runtime_s: int = Field(ge=1, le=7 * 24 * 3600)
+
+
+class JobSubmit(JobResources):
+    """Submit a job: an entrypoint run in the uploaded working directory."""
+
+    entrypoint: str = Field(min_length=1, max_length=4096)
+    priority: int = Field(default=0, ge=-100, le=100)
+    requirements: list[str] = Field(default_factory=list, max_length=200)
+    working_dir_zip_b64: str | None = Field(default=None, max_length=48 * 1024 * 1024)

@@ -325,7 +325,7 @@ class LedgerRepo:
                 .all()
             )
             self._lock_accounts(conn, [copay_id, held_id, *grant_ids])
-        grants, issuers = self._grant_balances(conn, org_id=org_id)
+        grants, issuers = self.grant_balances(conn, org_id=org_id)
         copay = conn.execute(
             select(t.accounts.c.balance, t.accounts.c.floor).where(t.accounts.c.id == copay_id)
         ).one()
@@ -463,7 +463,7 @@ class LedgerRepo:
         )
         return {int(r.account_id) for r in rows}
 
-    def _grant_balances(self, conn: Connection, *, org_id: str) -> tuple[list[GrantBalance], dict[int, str]]:
+    def grant_balances(self, conn: Connection, *, org_id: str) -> tuple[list[GrantBalance], dict[int, str]]:
         """Active grants with credit left, and each grant account's issuer."""
         rows = conn.execute(
             select(

@@ -255,7 +255,7 @@ jobs = Table(
     Column("settled_ms", BigInteger, nullable=True),
     Column("stop_requested", Boolean, nullable=False, default=False),
     CheckConstraint(
-        "state IN ('QUEUED','ADMITTED','RUNNING','SUCCEEDED','FAILED','STOPPED','TIMED_OUT','REJECTED')",
+        "state IN ('queued','admitted','running','succeeded','failed','stopped','timed_out','rejected')",
         name="state",
     ),
 )

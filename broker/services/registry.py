@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from broker.container import Container
 from broker.services.audit import AuditService
 from broker.services.datasets import DatasetService
+from broker.services.jobs import JobService
 from broker.services.ledger import LedgerService
 from broker.services.orgs import OrgService
 from broker.services.vouchers import VoucherService
@@ -22,6 +23,7 @@ class Services:
     ledger: LedgerService
     audit: AuditService
     datasets: DatasetService
+    jobs: JobService
 
 
 def build_services(container: Container) -> Services:
@@ -33,4 +35,5 @@ def build_services(container: Container) -> Services:
         ledger=LedgerService(container),
         audit=AuditService(container),
         datasets=DatasetService(container),
+        jobs=JobService(container),
     )

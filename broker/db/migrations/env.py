@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from broker.db.engine import make_null_pool_engine
 import broker.db.data_tables  # noqa: F401 - registers the data foundation's tables
+from broker.db.engine import make_null_pool_engine
 from broker.db.tables import metadata
 
 config = context.config

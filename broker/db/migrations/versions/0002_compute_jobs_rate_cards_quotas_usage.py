@@ -52,7 +52,7 @@ def upgrade() -> None:
     sa.Column('ended_ms', sa.BigInteger(), nullable=True),
     sa.Column('settled_ms', sa.BigInteger(), nullable=True),
     sa.Column('stop_requested', sa.Boolean(), nullable=False),
-    sa.CheckConstraint("state IN ('QUEUED','ADMITTED','RUNNING','SUCCEEDED','FAILED','STOPPED','TIMED_OUT','REJECTED')", name=op.f('ck_jobs_state')),
+    sa.CheckConstraint("state IN ('queued','admitted','running','succeeded','failed','stopped','timed_out','rejected')", name=op.f('ck_jobs_state')),
     sa.ForeignKeyConstraint(['org_id'], ['organisations.id'], name=op.f('fk_jobs_org_id_organisations')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs')),
     sa.UniqueConstraint('name', name=op.f('uq_jobs_name'))

@@ -1,0 +1,242 @@
+"""``sbx job``, ``sbx ratecard``, ``sbx quota`` and ``sbx meter``: compute commands over the REST API."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from broker.cli.client import BrokerClient, CliError, emit, fail
+
+job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
+ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-second).", no_args_is_help=True)
+quota_app = typer.Typer(help="Per-SME quotas.", no_args_is_help=True)
+meter_app = typer.Typer(help="Metering checks.", no_args_is_help=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+TERMINAL = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
+
+
+def call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: Any) -> tuple[Any, bool]:
+    """Call the broker with the global options; errors exit non-zero with the broker's reason."""
+    state = ctx.find_root().obj
+    client = BrokerClient(state.url, state.token)
+    try:
+        return client.call(method, path, **kwargs), as_json or state.as_json
+    except CliError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        client.close()
+
+
+def zip_dir(path: Path) -> str:
+    """Zip a working directory (base64) for upload; hidden files and __pycache__ are left out."""
+    if not path.is_dir():
+        fail(f"{path} is not a directory")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(path.rglob("*")):
+            rel = file.relative_to(path)
+            if file.is_file() and not any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
+                archive.write(file, rel.as_posix())
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _bill(job: dict[str, Any]) -> str:
+    if job.get("cost") is None:
+        return f"job {job['id']}: {job['state']} (holds up to {job['max_cost']} credits)"
+    return (
+        f"job {job['id']}: {job['state']} — cost {job['cost']} credits "
+        f"(vouchers paid {job['voucher_paid']}, co-payment {job['copaid']})"
+    )
+
+
+@job_app.command("quote")
+def job_quote(
+    ctx: typer.Context,
+    cpus: Annotated[float, typer.Option(help="CPUs.")] = 1.0,
+    gpus: Annotated[int, typer.Option(help="GPUs.")] = 0,
+    memory_mib: Annotated[int, typer.Option(help="Memory in MiB.")] = 1024,
+    max_runtime: Annotated[int, typer.Option(help="Maximum runtime in seconds.")] = 600,
+    as_json: JsonOpt = False,
+) -> None:
+    """Price a job before submitting it."""
+    body = {
+        "milli_cpu": round(cpus * 1000),
+        "gpus": gpus,
+        "memory_mib": memory_mib,
+        "max_runtime_s": max_runtime,
+    }
+    data, js = call(ctx, as_json, "POST", "/api/v1/jobs/quote", body=body)
+    human = f"at most {data['max_cost']} credits (rate card v{data['rate_card_version']})"
+    human += (
+        f": vouchers {data['voucher_share']}, co-payment {data['copay_share']}"
+        if data["affordable"]
+        else f" — not affordable now: {data['reason']}"
+    )
+    emit(data, as_json=js, human=human)
+
+
+@job_app.command("submit")
+def job_submit(
+    ctx: typer.Context,
+    entrypoint: Annotated[str, typer.Argument(help="Command to run, e.g. 'python train.py'.")],
+    working_dir: Annotated[
+        Path | None, typer.Option(help="Directory uploaded as the job's working dir.")
+    ] = None,
+    cpus: Annotated[float, typer.Option(help="CPUs.")] = 1.0,
+    gpus: Annotated[int, typer.Option(help="GPUs.")] = 0,
+    memory_mib: Annotated[int, typer.Option(help="Memory in MiB.")] = 1024,
+    max_runtime: Annotated[int, typer.Option(help="Maximum runtime in seconds.")] = 600,
+    priority: Annotated[int, typer.Option(help="Higher runs first among your own jobs.")] = 0,
+    requirement: Annotated[list[str] | None, typer.Option(help="A pip requirement (repeatable).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the job is settled and print the bill.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a job; it queues until its quota, the cluster and its credit allow."""
+    body = {
+        "entrypoint": entrypoint,
+        "milli_cpu": round(cpus * 1000),
+        "gpus": gpus,
+        "memory_mib": memory_mib,
+        "max_runtime_s": max_runtime,
+        "priority": priority,
+        "requirements": requirement or [],
+        "working_dir_zip_b64": zip_dir(working_dir) if working_dir else None,
+    }
+    data, js = call(ctx, as_json, "POST", "/api/v1/jobs", body=body, idempotency_key=idempotency_key)
+    if wait:
+        data = wait_for(ctx, data["id"], as_json=js, timeout_s=max_runtime + 120)
+    emit(data, as_json=js, human=_bill(data))
+
+
+def wait_for(ctx: typer.Context, job_id: str, *, as_json: bool, timeout_s: float) -> dict[str, Any]:
+    """Poll a job until it is settled, printing each state change (progress)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        data, _ = call(ctx, True, "GET", f"/api/v1/jobs/{job_id}")
+        if data["state"] != last and not as_json:
+            typer.echo(f"  {job_id}: {data['state']}")
+            last = data["state"]
+        if data["state"] in TERMINAL and data.get("settled_ms"):
+            return dict(data)
+        if time.monotonic() > deadline:
+            fail(f"job {job_id} is still {data['state']} after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+@job_app.command("status")
+def job_status(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
+    """A job's state and bill."""
+    data, js = call(ctx, as_json, "GET", f"/api/v1/jobs/{job_id}")
+    emit(data, as_json=js, human=_bill(data))
+
+
+@job_app.command("logs")
+def job_logs(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
+    """The tail of a job's output."""
+    data, js = call(ctx, as_json, "GET", f"/api/v1/jobs/{job_id}/logs")
+    emit(data, as_json=js, human=data["logs"])
+
+
+@job_app.command("stop")
+def job_stop(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
+    """Stop a job (it is settled for what it used)."""
+    data, js = call(ctx, as_json, "POST", f"/api/v1/jobs/{job_id}/stop")
+    emit(data, as_json=js, human=_bill(data))
+
+
+@job_app.command("list")
+def job_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Your jobs, newest first."""
+    data, js = call(ctx, as_json, "GET", "/api/v1/jobs")
+    emit(data, as_json=js, human="\n".join(_bill(j) for j in data) or "(no jobs)")
+
+
+@ratecard_app.command("show")
+def ratecard_show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The current rate card."""
+    data, js = call(ctx, as_json, "GET", "/api/v1/rate-card")
+    emit(data, as_json=js)
+
+
+@ratecard_app.command("set")
+def ratecard_set(
+    ctx: typer.Context,
+    cpu: Annotated[str, typer.Option(help="Credits per CPU-second (e.g. 10 or 21/2).")],
+    gpu: Annotated[str, typer.Option(help="Credits per GPU-second.")],
+    gib: Annotated[str, typer.Option(help="Credits per GiB-second.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a new rate-card version (operators)."""
+    body = {"credits_per_cpu_second": cpu, "credits_per_gpu_second": gpu, "credits_per_gib_second": gib}
+    data, js = call(ctx, as_json, "PUT", "/api/v1/rate-card", body=body)
+    emit(data, as_json=js)
+
+
+@quota_app.command("show")
+def quota_show(
+    ctx: typer.Context,
+    org: Annotated[str | None, typer.Option(help="SME id (operators).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """An SME's quota."""
+    data, js = call(ctx, as_json, "GET", "/api/v1/quota", params={"org_id": org})
+    emit(data, as_json=js)
+
+
+@quota_app.command("set")
+def quota_set(
+    ctx: typer.Context,
+    org: str,
+    cpus: Annotated[float, typer.Option(help="Concurrent CPUs.")],
+    gpus: Annotated[int, typer.Option(help="Concurrent GPUs.")] = 0,
+    memory_mib: Annotated[int, typer.Option(help="Concurrent memory (MiB).")] = 8192,
+    running: Annotated[int, typer.Option(help="Running jobs at once.")] = 4,
+    queued: Annotated[int, typer.Option(help="Queued jobs at once.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set an SME's quota (operators)."""
+    body = {
+        "max_milli_cpu": round(cpus * 1000),
+        "max_gpus": gpus,
+        "max_memory_mib": memory_mib,
+        "max_running_jobs": running,
+        "max_queued_jobs": queued,
+    }
+    data, js = call(ctx, as_json, "PUT", f"/api/v1/orgs/{org}/quota", body=body)
+    emit(data, as_json=js)
+
+
+@meter_app.command("check")
+def meter_check(
+    ctx: typer.Context,
+    hours: Annotated[float, typer.Option(help="Check the last this many hours.")] = 24.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that metered resource-time never exceeds the cluster's capacity × window (operators)."""
+    end = int(time.time() * 1000)
+    data, js = call(
+        ctx,
+        as_json,
+        "GET",
+        "/api/v1/meter/check",
+        params={"start_ms": end - int(hours * 3_600_000), "end_ms": end},
+    )
+    emit(
+        data,
+        as_json=js,
+        human=(
+            f"metering conserved over {data['records']} records"
+            if data["ok"]
+            else "VIOLATIONS:\n" + "\n".join(data["violations"])
+        ),
+    )
+    if not data["ok"]:
+        raise typer.Exit(3)

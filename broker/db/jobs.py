@@ -1,0 +1,312 @@
+"""Jobs, rate cards, SME quotas and usage records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from broker.db import tables as t
+from quotas.errors import Conflict, NotFound
+from quotas.jobs import JobState, transition
+from quotas.metering import UsageRecord
+from quotas.pricing import RateCard
+from quotas.quota import DEFAULT_QUOTA, Quota
+from quotas.resources import Resources
+
+DEFAULT_RATE_CARD = RateCard(
+    version=0,
+    credits_per_cpu_second=Fraction(10),
+    credits_per_gpu_second=Fraction(1000),
+    credits_per_gib_second=Fraction(1),
+)
+"""The built-in card (version 0) until an operator sets one: 10 credits per CPU-second, 1,000 per
+GPU-second, 1 per GiB-second."""
+
+ACTIVE_STATES = (JobState.ADMITTED.value, JobState.RUNNING.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job row."""
+
+    id: str
+    org_id: str
+    kind: str
+    name: str
+    state: JobState
+    entrypoint: str
+    working_dir: str | None
+    requirements: tuple[str, ...]
+    resources: Resources
+    max_runtime_s: int
+    priority: int
+    rate_card_version: int
+    max_cost: int
+    hold_id: str | None
+    cost: int | None
+    voucher_paid: int | None
+    copaid: int | None
+    message: str
+    spec: dict[str, Any] | None
+    submitted_ms: int
+    admitted_ms: int | None
+    started_ms: int | None
+    ended_ms: int | None
+    settled_ms: int | None
+    stop_requested: bool
+
+    def public(self) -> dict[str, Any]:
+        """The view an SME sees of its job."""
+        return {
+            "id": self.id,
+            "org_id": self.org_id,
+            "kind": self.kind,
+            "state": self.state.value,
+            "entrypoint": self.entrypoint,
+            "requirements": list(self.requirements),
+            "milli_cpu": self.resources.milli_cpu,
+            "gpus": self.resources.gpus,
+            "memory_mib": self.resources.memory_mib,
+            "max_runtime_s": self.max_runtime_s,
+            "priority": self.priority,
+            "rate_card_version": self.rate_card_version,
+            "max_cost": self.max_cost,
+            "hold_id": self.hold_id,
+            "cost": self.cost,
+            "voucher_paid": self.voucher_paid,
+            "copaid": self.copaid,
+            "message": self.message,
+            "submitted_ms": self.submitted_ms,
+            "admitted_ms": self.admitted_ms,
+            "started_ms": self.started_ms,
+            "ended_ms": self.ended_ms,
+            "settled_ms": self.settled_ms,
+            "stop_requested": self.stop_requested,
+        }
+
+
+def _job(row: Any) -> Job:
+    r = row._mapping
+    return Job(
+        id=r["id"],
+        org_id=r["org_id"],
+        kind=r["kind"],
+        name=r["name"],
+        state=JobState(r["state"]),
+        entrypoint=r["entrypoint"],
+        working_dir=r["working_dir"],
+        requirements=tuple(json.loads(r["requirements"])),
+        resources=Resources(int(r["milli_cpu"]), int(r["gpus"]), int(r["memory_mib"])),
+        max_runtime_s=int(r["max_runtime_s"]),
+        priority=int(r["priority"]),
+        rate_card_version=int(r["rate_card_version"]),
+        max_cost=int(r["max_cost"]),
+        hold_id=r["hold_id"],
+        cost=r["cost"],
+        voucher_paid=r["voucher_paid"],
+        copaid=r["copaid"],
+        message=r["message"] or "",
+        spec=json.loads(r["spec"]) if r["spec"] else None,
+        submitted_ms=int(r["submitted_ms"]),
+        admitted_ms=r["admitted_ms"],
+        started_ms=r["started_ms"],
+        ended_ms=r["ended_ms"],
+        settled_ms=r["settled_ms"],
+        stop_requested=bool(r["stop_requested"]),
+    )
+
+
+# -- rate cards and quotas ---------------------------------------------------------------------------
+def current_rate_card(conn: Connection) -> RateCard:
+    """The newest rate card, or the built-in default (version 0)."""
+    row = conn.execute(select(t.rate_cards.c.card).order_by(t.rate_cards.c.version.desc()).limit(1)).first()
+    return DEFAULT_RATE_CARD if row is None else RateCard.from_json(row.card)
+
+
+def rate_card(conn: Connection, version: int) -> RateCard:
+    """A rate card by version (0 is the built-in default)."""
+    if version == 0:
+        return DEFAULT_RATE_CARD
+    row = conn.execute(select(t.rate_cards.c.card).where(t.rate_cards.c.version == version)).first()
+    if row is None:
+        raise NotFound(f"no rate card version {version}")
+    return RateCard.from_json(row.card)
+
+
+def add_rate_card(conn: Connection, *, card: RateCard, now_ms: int, by: str | None) -> RateCard:
+    """Store the next version of the rate card (versions only grow; old jobs keep their version)."""
+    latest = conn.execute(select(func.coalesce(func.max(t.rate_cards.c.version), 0))).scalar_one()
+    versioned = RateCard(
+        version=int(latest) + 1,
+        credits_per_cpu_second=card.credits_per_cpu_second,
+        credits_per_gpu_second=card.credits_per_gpu_second,
+        credits_per_gib_second=card.credits_per_gib_second,
+    )
+    conn.execute(
+        insert(t.rate_cards).values(
+            version=versioned.version, card=versioned.to_json(), created_ms=now_ms, created_by=by
+        )
+    )
+    return versioned
+
+
+def quota(conn: Connection, org_id: str) -> Quota:
+    """An SME's quota (the default until an operator sets one); ``copay_limit`` is the ledger's."""
+    row = conn.execute(select(t.sme_quotas).where(t.sme_quotas.c.org_id == org_id)).first()
+    if row is None:
+        return DEFAULT_QUOTA
+    return Quota(
+        Resources(int(row.max_milli_cpu), int(row.max_gpus), int(row.max_memory_mib)),
+        int(row.max_running_jobs),
+        int(row.max_queued_jobs),
+        DEFAULT_QUOTA.copay_limit,
+    )
+
+
+def set_quota(conn: Connection, *, org_id: str, q: Quota, now_ms: int) -> None:
+    """Create or replace an SME's quota."""
+    values = {
+        "max_milli_cpu": q.max_resources.milli_cpu,
+        "max_gpus": q.max_resources.gpus,
+        "max_memory_mib": q.max_resources.memory_mib,
+        "max_running_jobs": q.max_running_jobs,
+        "max_queued_jobs": q.max_queued_jobs,
+        "changed_ms": now_ms,
+    }
+    updated = conn.execute(update(t.sme_quotas).where(t.sme_quotas.c.org_id == org_id).values(**values))
+    if updated.rowcount == 0:
+        conn.execute(insert(t.sme_quotas).values(org_id=org_id, **values))
+
+
+# -- jobs --------------------------------------------------------------------------------------------
+def insert_job(conn: Connection, **values: Any) -> None:
+    """Insert a job row (``values`` are column values)."""
+    conn.execute(insert(t.jobs).values(**values))
+
+
+def get_job(conn: Connection, job_id: str, *, org_id: str | None = None, lock: bool = False) -> Job:
+    """A job by id, scoped to ``org_id`` unless None; :class:`NotFound` for missing or foreign."""
+    query = select(t.jobs).where(t.jobs.c.id == job_id)
+    if org_id is not None:
+        query = query.where(t.jobs.c.org_id == org_id)
+    if lock and conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return _job(row)
+
+
+def list_jobs(
+    conn: Connection, *, org_id: str | None = None, states: tuple[str, ...] | None = None, limit: int = 200
+) -> list[Job]:
+    """Jobs, newest first (an SME's, or all), optionally only in some states."""
+    query = select(t.jobs).order_by(t.jobs.c.submitted_ms.desc(), t.jobs.c.id).limit(limit)
+    if org_id is not None:
+        query = query.where(t.jobs.c.org_id == org_id)
+    if states is not None:
+        query = query.where(t.jobs.c.state.in_(states))
+    return [_job(r) for r in conn.execute(query)]
+
+
+def jobs_in(
+    conn: Connection, states: tuple[str, ...], *, skip_locked: bool = False, limit: int = 10_000
+) -> list[Job]:
+    """Jobs in ``states`` oldest first; on PostgreSQL optionally ``FOR UPDATE SKIP LOCKED`` (replicas)."""
+    query = (
+        select(t.jobs)
+        .where(t.jobs.c.state.in_(states))
+        .order_by(t.jobs.c.submitted_ms, t.jobs.c.id)
+        .limit(limit)
+    )
+    if skip_locked and conn.dialect.name != "sqlite":
+        query = query.with_for_update(skip_locked=True)
+    return [_job(r) for r in conn.execute(query)]
+
+
+def count_queued(conn: Connection, org_id: str) -> int:
+    """How many jobs an SME has waiting."""
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(t.jobs)
+            .where(t.jobs.c.org_id == org_id, t.jobs.c.state == "QUEUED")
+        ).scalar_one()
+    )
+
+
+def move(conn: Connection, job: Job, target: JobState, **values: Any) -> Job:
+    """Move a job to ``target`` if it is still in the state we read (a conditional update); returns it.
+
+    Raises :class:`Conflict` for an illegal transition or when another writer moved it first.
+    """
+    transition(job.state, target)
+    result = conn.execute(
+        update(t.jobs)
+        .where(t.jobs.c.id == job.id, t.jobs.c.state == job.state.value)
+        .values(state=target.value, **values)
+    )
+    if result.rowcount != 1:
+        raise Conflict(f"job {job.id} changed state meanwhile; try again", code="job_changed")
+    return get_job(conn, job.id)
+
+
+def set_fields(conn: Connection, job_id: str, **values: Any) -> None:
+    """Update non-state fields of a job."""
+    conn.execute(update(t.jobs).where(t.jobs.c.id == job_id).values(**values))
+
+
+def in_use(conn: Connection) -> dict[str, tuple[Resources, int]]:
+    """Per SME: resources of its admitted and running jobs, and how many there are."""
+    rows = conn.execute(
+        select(
+            t.jobs.c.org_id,
+            func.sum(t.jobs.c.milli_cpu),
+            func.sum(t.jobs.c.gpus),
+            func.sum(t.jobs.c.memory_mib),
+            func.count(),
+        )
+        .where(t.jobs.c.state.in_(ACTIVE_STATES))
+        .group_by(t.jobs.c.org_id)
+    )
+    return {r[0]: (Resources(int(r[1]), int(r[2]), int(r[3])), int(r[4])) for r in rows}
+
+
+# -- usage -------------------------------------------------------------------------------------------
+def record_usage(conn: Connection, *, org_id: str, records: list[UsageRecord]) -> None:
+    """Store usage records; a record already stored for the same job and resource is kept (idempotent)."""
+    if not records:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(t.usage_records)
+        .values(
+            [
+                {
+                    "job_id": r.job_id,
+                    "resource": r.resource.value,
+                    "org_id": org_id,
+                    "quantity": r.quantity_unit_ms,
+                    "start_ms": r.start_ms,
+                    "end_ms": r.end_ms,
+                }
+                for r in records
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+def usage_between(conn: Connection, start_ms: int, end_ms: int) -> list[UsageRecord]:
+    """Usage records overlapping ``[start_ms, end_ms)``."""
+    rows = conn.execute(
+        select(t.usage_records).where(
+            t.usage_records.c.end_ms > start_ms, t.usage_records.c.start_ms < end_ms
+        )
+    )
+    return [UsageRecord(r.job_id, r.resource, int(r.quantity), int(r.start_ms), int(r.end_ms)) for r in rows]

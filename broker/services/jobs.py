@@ -1,0 +1,673 @@
+"""Jobs paid with voucher credits: quote, submit, fair admission, enforcement, metering and settlement.
+
+Admission follows Kueue's shape: build a snapshot (capacity, quotas, use, credit), let the pure
+:func:`quotas.admission.decide` choose, then for each admitted job one transaction places the hold for its
+maximum cost and moves it to ``ADMITTED``; the backend submit follows, and a failed submit releases the hold.
+The reconcile pass asks the backend for the truth of every admitted or running job, stops jobs at their max
+runtime, and settles finished ones exactly once (usage records, ledger settlement and state change in one
+transaction).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import shutil
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from broker.compute import BackendError, BackendState, BackendStatus, JobLaunch, launch_name
+from broker.container import Container
+from broker.db import jobs as jobs_db
+from broker.db import orgs
+from broker.db.jobs import Job
+from broker.db.orgs import Principal
+from broker.ids import new_id
+from broker.services.access import own_or_operator, require_role
+from broker.services.idem import write_idempotent
+from quotas.admission import QueuedJob, Snapshot, TenantState, check_submittable, decide
+from quotas.errors import Conflict, InsufficientFunds, InvalidInput
+from quotas.jobs import JobState
+from quotas.ledger import HoldState, eligible_grants, plan_hold, split_settlement
+from quotas.metering import conservation_violations, meter
+from quotas.pricing import RateCard, max_cost, price
+from quotas.quota import Quota
+from quotas.resources import Resources
+
+MAX_RUNTIME_S = 7 * 24 * 3600
+HOLD_GRACE_S = 3600
+NEVER_STARTED_GRACE_MS = 30_000
+TIMEOUT_MESSAGE = "stopped at its maximum runtime"
+MAX_CODE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What an SME asks to run."""
+
+    entrypoint: str
+    resources: Resources
+    max_runtime_s: int
+    priority: int = 0
+    requirements: tuple[str, ...] = ()
+    working_dir_zip_b64: str | None = None
+    kind: str = "job"
+    spec: dict[str, Any] | None = None
+
+
+def _classes(res: Resources) -> frozenset[str]:
+    classes = {"cpu"} if res.milli_cpu else set()
+    if res.gpus:
+        classes.add("gpu")
+    if res.memory_mib:
+        classes.add("memory")
+    return frozenset(classes or {"cpu"})
+
+
+class JobService:
+    """Everything about jobs; the admission and reconcile passes are the background loops' bodies."""
+
+    def __init__(self, c: Container) -> None:
+        self.c = c
+        self._pass_lock = threading.Lock()
+        self._capacity: tuple[float, Resources] | None = None
+
+    # -- operators: rate card and quotas -----------------------------------------------------------
+    def rate_card(self) -> dict[str, Any]:
+        """The current rate card (any authenticated caller may read prices)."""
+        return self.c.db.read(jobs_db.current_rate_card).to_dict()
+
+    def set_rate_card(self, principal: Principal, *, cpu: str, gpu: str, gib: str) -> dict[str, Any]:
+        """Publish a new rate-card version (credits per CPU-, GPU- and GiB-second; exact fractions)."""
+        require_role(principal, "operator")
+        try:
+            card = RateCard(0, Fraction(cpu), Fraction(gpu), Fraction(gib))
+        except (ValueError, ZeroDivisionError) as exc:
+            raise InvalidInput(f"rates must be non-negative numbers or fractions like '3/2': {exc}") from exc
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            stored = jobs_db.add_rate_card(conn, card=card, now_ms=now, by=principal.org_id)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="ratecard.set",
+                object_type="ratecard",
+                object_id=str(stored.version),
+                details=stored.to_dict(),
+            )
+            return stored.to_dict()
+
+        return self.c.db.write(tx)
+
+    def quota(self, principal: Principal, *, org_id: str | None = None) -> dict[str, Any]:
+        """An SME's quota (its own; operators any)."""
+        target = own_or_operator(principal, org_id)
+        return self.c.db.read(lambda conn: self._quota(conn, target).to_dict())
+
+    def set_quota(self, principal: Principal, *, org_id: str, values: dict[str, int]) -> dict[str, Any]:
+        """Set an SME's quota (operators); audited as a quota change."""
+        require_role(principal, "operator")
+        now = self.c.clock.now_ms()
+        q = Quota(
+            Resources(values["max_milli_cpu"], values["max_gpus"], values["max_memory_mib"]),
+            values["max_running_jobs"],
+            values["max_queued_jobs"],
+            0,
+        )
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            org = orgs.get_org(conn, org_id)
+            if org.role != "sme":
+                raise InvalidInput(f"{org_id} is a {org.role}; quotas belong to SMEs")
+            jobs_db.set_quota(conn, org_id=org_id, q=q, now_ms=now)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="quota.set",
+                object_type="org",
+                object_id=org_id,
+                org_id=org_id,
+                details=dict(values),
+            )
+            return self._quota(conn, org_id).to_dict()
+
+        return self.c.db.write(tx)
+
+    def _quota(self, conn: Connection, org_id: str) -> Quota:
+        base = jobs_db.quota(conn, org_id)
+        balance = self.c.ledger.balance(conn, org_id=org_id, now_ms=self.c.clock.now_ms())
+        return Quota(base.max_resources, base.max_running_jobs, base.max_queued_jobs, balance.copay_limit)
+
+    # -- SMEs: quote, submit, inspect, stop ----------------------------------------------------------
+    def quote(self, principal: Principal, *, resources: Resources, max_runtime_s: int) -> dict[str, Any]:
+        """Price a job before submitting: its maximum cost and how the SME's credit would pay it."""
+        require_role(principal, "sme", "operator")
+        _check_runtime(max_runtime_s)
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            card = jobs_db.current_rate_card(conn)
+            cost = max_cost(resources, max_runtime_s, card)
+            grants, _ = self.c.ledger.grant_balances(conn, org_id=principal.org_id)
+            balance = self.c.ledger.balance(conn, org_id=principal.org_id, now_ms=now)
+            out = {"rate_card_version": card.version, "max_cost": cost, "affordable": True, "reason": ""}
+            try:
+                plan = plan_hold(
+                    cost,
+                    eligible_grants(grants, resource_classes=_classes(resources), now_ms=now),
+                    copay_account_id=0,
+                    copay_headroom=balance.copay_limit - balance.copay_used,
+                )
+                out.update(voucher_share=plan.voucher_total, copay_share=plan.copay_total)
+            except InsufficientFunds as exc:
+                out.update(affordable=False, reason=exc.detail, voucher_share=None, copay_share=None)
+            return out
+
+        return self.c.db.read(tx)
+
+    def submit(
+        self, principal: Principal, request: JobRequest, *, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        """Queue a job; it runs when its quota, the cluster and its credit allow (see the admission pass)."""
+        require_role(principal, "sme")
+        _check_request(request)
+        job_id = new_id("job")
+        workdir = self._unpack(job_id, request.working_dir_zip_b64)
+        cluster_total = self._cluster_total()
+        now = self.c.clock.now_ms()
+        body = {
+            "entrypoint": request.entrypoint,
+            "resources": [request.resources.milli_cpu, request.resources.gpus, request.resources.memory_mib],
+            "max_runtime_s": request.max_runtime_s,
+            "priority": request.priority,
+            "requirements": list(request.requirements),
+            "code": request.working_dir_zip_b64 or "",
+            "kind": request.kind,
+            "spec": request.spec,
+        }
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            card = jobs_db.current_rate_card(conn)
+            cost = max_cost(request.resources, request.max_runtime_s, card)
+            queued = QueuedJob(job_id, principal.org_id, request.resources, request.priority, now, cost, 0)
+            check_submittable(
+                queued,
+                self._quota(conn, principal.org_id),
+                jobs_db.count_queued(conn, principal.org_id),
+                cluster_total,
+            )
+            jobs_db.insert_job(
+                conn,
+                id=job_id,
+                org_id=principal.org_id,
+                kind=request.kind,
+                name=launch_name(job_id),
+                state=JobState.QUEUED.value,
+                entrypoint=request.entrypoint,
+                working_dir=str(workdir) if workdir else None,
+                requirements=json.dumps(list(request.requirements)),
+                milli_cpu=request.resources.milli_cpu,
+                gpus=request.resources.gpus,
+                memory_mib=request.resources.memory_mib,
+                max_runtime_s=request.max_runtime_s,
+                priority=request.priority,
+                rate_card_version=card.version,
+                max_cost=cost,
+                message="",
+                spec=json.dumps(request.spec) if request.spec is not None else None,
+                submitted_ms=now,
+                stop_requested=False,
+            )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="job.submit",
+                object_type="job",
+                object_id=job_id,
+                org_id=principal.org_id,
+                details={"kind": request.kind, "max_cost": cost},
+            )
+            return jobs_db.get_job(conn, job_id).public()
+
+        result, fresh = write_idempotent(
+            self.c.db,
+            org_id=principal.org_id,
+            key=idempotency_key,
+            operation="job.submit",
+            body=body,
+            now_ms=now,
+            fn=tx,
+        )
+        if not fresh and workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return result
+
+    def get(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
+        """A job (its SME, operators)."""
+        scope = None if principal.role == "operator" else principal.org_id
+        return self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope).public())
+
+    def list_jobs(
+        self, principal: Principal, *, org_id: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Jobs of the caller's SME (operators: all or one SME)."""
+        scope: str | None = None
+        if principal.role != "operator" or org_id is not None:
+            scope = own_or_operator(principal, org_id)
+        return [
+            j.public()
+            for j in self.c.db.read(lambda conn: jobs_db.list_jobs(conn, org_id=scope, limit=limit))
+        ]
+
+    def logs(self, principal: Principal, *, job_id: str, max_bytes: int = 64 * 1024) -> str:
+        """The tail of a job's output (empty until it has started)."""
+        job = self._visible(principal, job_id)
+        if job.state in (JobState.QUEUED, JobState.REJECTED) or job.admitted_ms is None:
+            return ""
+        return self.c.compute.logs(job.name, max_bytes=max_bytes)
+
+    def stop(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
+        """Stop a job: a queued one at once; an admitted or running one is stopped and then settled."""
+        job = self._visible(principal, job_id)
+        now = self.c.clock.now_ms()
+        if job.state is JobState.QUEUED:
+
+            def cancel(conn: Connection) -> dict[str, Any]:
+                current = jobs_db.get_job(conn, job_id, lock=True)
+                moved = jobs_db.move(
+                    conn,
+                    current,
+                    JobState.STOPPED,
+                    message="stopped before it was admitted",
+                    settled_ms=now,
+                    cost=0,
+                )
+                self.c.audit.append(
+                    conn,
+                    ts_ms=now,
+                    actor=principal,
+                    action="job.stop",
+                    object_type="job",
+                    object_id=job_id,
+                    org_id=job.org_id,
+                    details={},
+                )
+                return moved.public()
+
+            return self.c.db.write(cancel)
+        if job.state.is_terminal():
+            return job.public()
+
+        def request_stop(conn: Connection) -> None:
+            jobs_db.set_fields(conn, job_id, stop_requested=True)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="job.stop",
+                object_type="job",
+                object_id=job_id,
+                org_id=job.org_id,
+                details={},
+            )
+
+        self.c.db.write(request_stop)
+        self.c.compute.stop(job.name)
+        return self.get(principal, job_id=job_id)
+
+    def meter_check(self, principal: Principal, *, start_ms: int, end_ms: int) -> dict[str, Any]:
+        """The conservation check: metered resource-time in a window never exceeds capacity × window."""
+        require_role(principal, "operator")
+        if end_ms <= start_ms:
+            raise InvalidInput("the window must end after it starts")
+        records = self.c.db.read(lambda conn: jobs_db.usage_between(conn, start_ms, end_ms))
+        capacity = self._cluster_total()
+        violations = conservation_violations(records, capacity, start_ms, end_ms)
+        return {
+            "window": [start_ms, end_ms],
+            "records": len(records),
+            "capacity": {
+                "milli_cpu": capacity.milli_cpu,
+                "gpus": capacity.gpus,
+                "memory_mib": capacity.memory_mib,
+            },
+            "ok": not violations,
+            "violations": [str(v) for v in violations],
+        }
+
+    # -- the admission pass ------------------------------------------------------------------------
+    def admission_pass(self) -> int:
+        """Admit every queued job that fits now; returns how many were admitted and started."""
+        with self._pass_lock:
+            queued, snapshot = self.c.db.read(self._snapshot)
+            if not queued:
+                return 0
+            started = 0
+            for decision in decide(snapshot, queued):
+                if decision.admitted and self._admit(decision.job.job_id):
+                    started += 1
+            return started
+
+    def _snapshot(self, conn: Connection) -> tuple[list[QueuedJob], Snapshot]:
+        now = self.c.clock.now_ms()
+        waiting = jobs_db.jobs_in(conn, (JobState.QUEUED.value,))
+        if not waiting:
+            return [], Snapshot(Resources(), {}, Resources())
+        use = jobs_db.in_use(conn)
+        total = self._cluster_total()
+        used = Resources()
+        for res, _count in use.values():
+            used = used + res
+        tenants: dict[str, TenantState] = {}
+        queued: list[QueuedJob] = []
+        for job in waiting:
+            if job.org_id not in tenants:
+                balance = self.c.ledger.balance(conn, org_id=job.org_id, now_ms=now)
+                in_use, running = use.get(job.org_id, (Resources(), 0))
+                tenants[job.org_id] = TenantState(
+                    self._quota(conn, job.org_id),
+                    in_use,
+                    running,
+                    balance.available,
+                    balance.copay_limit - balance.copay_used,
+                )
+            grants, _ = self.c.ledger.grant_balances(conn, org_id=job.org_id)
+            tenant = tenants[job.org_id]
+            try:
+                plan = plan_hold(
+                    job.max_cost,
+                    eligible_grants(grants, resource_classes=_classes(job.resources), now_ms=now),
+                    copay_account_id=0,
+                    copay_headroom=tenant.copay_headroom,
+                )
+                covered, copay = plan.voucher_total, plan.copay_total
+            except InsufficientFunds:
+                covered, copay = job.max_cost, tenant.copay_headroom + 1  # cannot be paid now: waits
+            queued.append(
+                QueuedJob(job.id, job.org_id, job.resources, job.priority, job.submitted_ms, covered, copay)
+            )
+        return queued, Snapshot(total - used, tenants, total)
+
+    def _admit(self, job_id: str) -> bool:
+        started_at = time.perf_counter()
+        now = self.c.clock.now_ms()
+
+        def hold_and_admit(conn: Connection) -> Job | None:
+            job = jobs_db.get_job(conn, job_id, lock=True)
+            if job.state is not JobState.QUEUED:
+                return None
+            hold = self.c.ledger.place_hold(
+                conn,
+                org_id=job.org_id,
+                amount=job.max_cost,
+                resource_classes=_classes(job.resources),
+                job_id=job.id,
+                now_ms=now,
+                expires_ms=now + (job.max_runtime_s + HOLD_GRACE_S) * 1000,
+            )
+            admitted = jobs_db.move(conn, job, JobState.ADMITTED, hold_id=hold.id, admitted_ms=now)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=None,
+                action="job.admit",
+                object_type="job",
+                object_id=job.id,
+                org_id=job.org_id,
+                details={"hold_id": hold.id, "held": hold.amount},
+            )
+            return admitted
+
+        try:
+            job = self.c.db.write(hold_and_admit)
+        except (InsufficientFunds, Conflict):
+            return False  # credit moved or someone else admitted it: it stays queued or is already taken
+        if job is None:
+            return False
+        self.c.metrics.admission_latency.observe(time.perf_counter() - started_at)
+        try:
+            launch = self._launch(job)
+            self.c.compute.create(launch)
+            self.c.compute.start(launch)
+        except BackendError as exc:
+            self._fail_submit(job, exc.detail)
+            return False
+        return True
+
+    def _launch(self, job: Job) -> JobLaunch:
+        return JobLaunch(
+            name=job.name,
+            job_id=job.id,
+            org_id=job.org_id,
+            entrypoint=job.entrypoint,
+            working_dir=Path(job.working_dir) if job.working_dir else None,
+            requirements=job.requirements,
+            resources=job.resources,
+            max_runtime_s=job.max_runtime_s,
+            env={},
+            labels={"kind": job.kind},
+        )
+
+    def _fail_submit(self, job: Job, reason: str) -> None:
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> None:
+            current = jobs_db.get_job(conn, job.id, lock=True)
+            if current.state is not JobState.ADMITTED or current.hold_id is None:
+                return
+            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None)
+            if hold.state is HoldState.HELD:
+                self.c.ledger.close(conn, hold=hold, target=HoldState.RELEASED, cost=0, now_ms=now)
+            jobs_db.move(
+                conn,
+                current,
+                JobState.FAILED,
+                message=f"the cluster refused the job: {reason}",
+                cost=0,
+                voucher_paid=0,
+                copaid=0,
+                settled_ms=now,
+            )
+
+        self.c.db.write(tx)
+
+    # -- the reconcile pass ------------------------------------------------------------------------
+    def reconcile_pass(self) -> int:
+        """Bring every admitted or running job in line with the backend; returns how many were settled."""
+        with self._pass_lock:
+            active = self.c.db.read(lambda conn: jobs_db.jobs_in(conn, jobs_db.ACTIVE_STATES))
+            settled = 0
+            for job in active:
+                try:
+                    settled += self._reconcile(job)
+                except BackendError:
+                    continue  # the backend is unreachable: try again next round, bill nothing meanwhile
+            return settled
+
+    def _reconcile(self, job: Job) -> int:
+        now = self.c.clock.now_ms()
+        status = self.c.compute.status(job.name)
+        if status.state is BackendState.NOT_FOUND:
+            return self._not_found(job, now)
+        if status.state.is_terminal:
+            self._settle(job, status)
+            return 1
+        if status.state is BackendState.RUNNING:
+            if job.state is JobState.ADMITTED:
+                self.c.db.write(
+                    lambda conn: jobs_db.move(
+                        conn,
+                        jobs_db.get_job(conn, job.id, lock=True),
+                        JobState.RUNNING,
+                        started_ms=status.start_ms or now,
+                    )
+                )
+            start = status.start_ms or job.started_ms or now
+            if now - start >= job.max_runtime_s * 1000 and job.message != TIMEOUT_MESSAGE:
+                self.c.db.write(
+                    lambda conn: jobs_db.set_fields(
+                        conn, job.id, message=TIMEOUT_MESSAGE, stop_requested=True
+                    )
+                )
+                self.c.compute.stop(job.name)
+        return 0
+
+    def _not_found(self, job: Job, now: int) -> int:
+        """The backend does not know the job: never started (restart it), or lost (settle what we know)."""
+        if job.state is JobState.ADMITTED:
+            if job.admitted_ms is not None and now - job.admitted_ms < NEVER_STARTED_GRACE_MS:
+                try:
+                    launch = self._launch(job)
+                    self.c.compute.create(launch)
+                    self.c.compute.start(launch)
+                    return 0
+                except BackendError:
+                    pass
+            self._requeue(job)
+            return 0
+        self._settle(job, BackendStatus(BackendState.FAILED, job.started_ms, now, "the cluster lost the job"))
+        return 1
+
+    def _requeue(self, job: Job) -> None:
+        """A job admitted but never started: release its hold and queue it again."""
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> None:
+            current = jobs_db.get_job(conn, job.id, lock=True)
+            if current.state is not JobState.ADMITTED or current.hold_id is None:
+                return
+            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None)
+            if hold.state is HoldState.HELD:
+                self.c.ledger.close(conn, hold=hold, target=HoldState.RELEASED, cost=0, now_ms=now)
+            jobs_db.move(conn, current, JobState.QUEUED, hold_id=None, admitted_ms=None)
+
+        self.c.db.write(tx)
+
+    def _settle(self, job: Job, status: BackendStatus) -> None:
+        """Meter, settle the hold and finish the job in one transaction (exactly once)."""
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> None:
+            current = jobs_db.get_job(conn, job.id, lock=True)
+            if current.state.is_terminal() or current.hold_id is None:
+                return
+            card = jobs_db.rate_card(conn, current.rate_card_version)
+            start = status.start_ms or current.started_ms
+            records, cost = [], 0
+            if start is not None:
+                end = max(start, status.end_ms or now)
+                end = min(end, start + current.max_runtime_s * 1000)
+                records = meter(current.id, current.resources, start, end)
+                cost = price(current.resources, end - start, card)
+            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None)
+            cost = min(cost, hold.amount)
+            voucher_paid = sum(s for line, s, _ in split_settlement(hold.lines, cost) if line.voucher)
+            jobs_db.record_usage(conn, org_id=current.org_id, records=records)
+            if hold.state is HoldState.HELD:
+                self.c.ledger.close(conn, hold=hold, target=HoldState.SETTLED, cost=cost, now_ms=now)
+            final = _final_state(current, status)
+            if current.state is JobState.ADMITTED and final is not JobState.STOPPED:
+                current = jobs_db.move(conn, current, JobState.RUNNING, started_ms=start)
+            jobs_db.move(
+                conn,
+                current,
+                final,
+                cost=cost,
+                voucher_paid=voucher_paid,
+                copaid=cost - voucher_paid,
+                started_ms=start,
+                ended_ms=status.end_ms or now,
+                settled_ms=now,
+                message=current.message or status.message[:500],
+            )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=None,
+                action="job.settle",
+                object_type="job",
+                object_id=current.id,
+                org_id=current.org_id,
+                details={"state": final.value, "cost": cost, "voucher_paid": voucher_paid},
+            )
+            self.c.metrics.record_usage(records)
+
+        self.c.db.write(tx)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _visible(self, principal: Principal, job_id: str) -> Job:
+        scope = None if principal.role == "operator" else principal.org_id
+        return self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope))
+
+    def _cluster_total(self) -> Resources:
+        cached = self._capacity
+        if cached is not None and time.monotonic() - cached[0] < 10:
+            return cached[1]
+        total = self.c.compute.capacity()
+        self._capacity = (time.monotonic(), total)
+        return total
+
+    def _unpack(self, job_id: str, archive_b64: str | None) -> Path | None:
+        if archive_b64 is None:
+            return None
+        try:
+            raw = base64.b64decode(archive_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput("working_dir_zip_b64 is not valid base64") from exc
+        if len(raw) > MAX_CODE_BYTES:
+            raise InvalidInput(f"the working directory archive is over {MAX_CODE_BYTES} bytes")
+        target = (self.c.settings.state_dir / "jobs" / job_id).resolve()
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                total = sum(info.file_size for info in archive.infolist())
+                if total > 4 * MAX_CODE_BYTES:
+                    raise InvalidInput("the working directory expands to more than 128 MiB")
+                for info in archive.infolist():
+                    dest = (target / info.filename).resolve()
+                    if not dest.is_relative_to(target):
+                        raise InvalidInput(
+                            f"the archive entry {info.filename!r} points outside the working directory"
+                        )
+                target.mkdir(parents=True, exist_ok=True)
+                archive.extractall(target)
+        except zipfile.BadZipFile as exc:
+            raise InvalidInput("working_dir_zip_b64 is not a zip archive") from exc
+        return target
+
+
+def _final_state(job: Job, status: BackendStatus) -> JobState:
+    if job.message == TIMEOUT_MESSAGE:
+        return JobState.TIMED_OUT
+    if status.state is BackendState.SUCCEEDED:
+        return JobState.SUCCEEDED
+    if status.state is BackendState.STOPPED or job.stop_requested:
+        return JobState.STOPPED
+    return JobState.FAILED
+
+
+def _check_runtime(max_runtime_s: int) -> None:
+    if not 1 <= max_runtime_s <= MAX_RUNTIME_S:
+        raise InvalidInput(f"max_runtime_s must be between 1 and {MAX_RUNTIME_S} seconds")
+
+
+def _check_request(request: JobRequest) -> None:
+    if not request.entrypoint.strip():
+        raise InvalidInput("a job needs an entrypoint, e.g. 'python train.py'")
+    _check_runtime(request.max_runtime_s)
+    if not -100 <= request.priority <= 100:
+        raise InvalidInput("priority must be between -100 and 100")
+    if request.resources.is_zero:
+        raise InvalidInput("a job must ask for some CPU or memory")
