@@ -290,7 +290,11 @@ class LocalRayBackend:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(head.temp_dir, ignore_errors=True)
+        for _ in range(3):  # a process dying a moment late may still write its port files: sweep again
+            shutil.rmtree(head.temp_dir, ignore_errors=True)
+            time.sleep(0.3)
+            if not Path(head.temp_dir).exists():
+                break
 
 
 def _wait_gone(pid: int, timeout_s: float) -> None:

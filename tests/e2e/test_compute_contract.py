@@ -245,7 +245,8 @@ class RayHarness:
             if not alive and not stray:
                 break
             time.sleep(0.2)
-        return [f"job pid {p}" for p in alive] + [f"ray pid {p}" for p in stray]
+        left = [f"job pid {p}" for p in alive] + [f"ray pid {p}" for p in stray]
+        return left + ([f"temp dir {self.temp_dir}"] if Path(self.temp_dir).exists() else [])
 
 
 def _alive(pid: int) -> bool:
