@@ -1,7 +1,207 @@
-"""Data foundation routes: datasets, access requests, DP queries."""
+"""Data foundation routes: datasets, access requests, DP queries, budgets and per-dataset audit."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import Field
+
+from broker.api.deps import PrincipalDep, ServicesDep
+from broker.api.models import Strict
+from broker.api.policy import policy
+from broker.services.datasets import MAX_QUERIES_PER_BATCH, decode_content
 
 router = APIRouter(prefix="/api/v1")
+
+ReleaseKindName = Literal["query", "training"]
+_MAX_B64 = 512 * 1024 * 1024  # the app's body limit applies first
+
+
+def _query_kinds() -> list[ReleaseKindName]:
+    return ["query"]
+
+
+class DatasetUpload(Strict):
+    """A table and its policy: either the file as base64 or the key of an object under ``incoming/<org>/``."""
+
+    format: Literal["parquet", "csv"]
+    policy: dict[str, Any]
+    content_b64: str | None = Field(default=None, max_length=_MAX_B64)
+    object_key: str | None = Field(default=None, max_length=1024)
+
+
+class DatasetRegister(DatasetUpload):
+    """Register a new dataset."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=4000)
+
+
+class AccessAsk(Strict):
+    """An SME's access request."""
+
+    purpose: str = Field(min_length=1, max_length=2000)
+    epsilon_micro: int = Field(gt=0, le=10**12)
+    delta_e12: int = Field(default=0, ge=0, lt=10**12)
+    kinds: list[ReleaseKindName] = Field(default_factory=_query_kinds, min_length=1)
+    version: int | None = Field(default=None, ge=1)
+
+
+class AccessApprove(Strict):
+    """A custodian's approval, possibly granting less than asked."""
+
+    valid_for_s: int = Field(gt=0, le=5 * 365 * 24 * 3600)
+    epsilon_micro: int | None = Field(default=None, gt=0, le=10**12)
+    delta_e12: int | None = Field(default=None, ge=0, lt=10**12)
+    kinds: list[ReleaseKindName] | None = Field(default=None, min_length=1)
+
+
+class AccessClose(Strict):
+    """A refusal or revocation, with the reason the SME will read."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class QueryBatch(Strict):
+    """DP queries on one dataset (see ``privacy.queries.QuerySpec.from_dict`` for one query's fields)."""
+
+    queries: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_QUERIES_PER_BATCH)
+    version: int | None = Field(default=None, ge=1)
+
+
+def _content(body: DatasetUpload) -> bytes | None:
+    return None if body.content_b64 is None else decode_content(body.content_b64)
+
+
+@router.post("/datasets", status_code=201, openapi_extra=policy("custodian"))
+def register_dataset(body: DatasetRegister, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    """Register a dataset: the broker bounds contributions per privacy unit and stores that version."""
+    return services.datasets.register(
+        principal,
+        name=body.name,
+        description=body.description,
+        policy=body.policy,
+        fmt=body.format,
+        content=_content(body),
+        object_key=body.object_key,
+    )
+
+
+@router.get("/datasets", openapi_extra=policy("custodian", "sme", "operator"))
+def list_datasets(principal: PrincipalDep, services: ServicesDep) -> list[dict[str, Any]]:
+    """Datasets the caller may see (custodians: their own)."""
+    return services.datasets.list_datasets(principal)
+
+
+@router.get("/datasets/{dataset_id}", openapi_extra=policy("custodian", "sme", "operator"))
+def describe_dataset(dataset_id: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    """Schema, policy and versions (never values)."""
+    return services.datasets.describe(principal, dataset_id=dataset_id)
+
+
+@router.post("/datasets/{dataset_id}/versions", status_code=201, openapi_extra=policy("custodian"))
+def add_dataset_version(
+    dataset_id: str, body: DatasetUpload, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Register a new version of one's dataset (what was spent of the budget carries over)."""
+    return services.datasets.add_version(
+        principal,
+        dataset_id=dataset_id,
+        policy=body.policy,
+        fmt=body.format,
+        content=_content(body),
+        object_key=body.object_key,
+    )
+
+
+@router.get("/datasets/{dataset_id}/budget", openapi_extra=policy("custodian", "sme", "operator"))
+def dataset_budget(dataset_id: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    """The privacy-budget ledger of a dataset as the caller may see it."""
+    return services.datasets.budget(principal, dataset_id=dataset_id)
+
+
+@router.get("/datasets/{dataset_id}/audit", openapi_extra=policy("custodian", "operator"))
+def dataset_audit(
+    dataset_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    after_seq: int = Query(default=0, ge=0),
+    limit: int = Query(default=200, ge=1, le=1000),
+) -> list[dict[str, Any]]:
+    """Audit entries of one of the caller's datasets (operators: any)."""
+    return services.datasets.audit_entries(principal, dataset_id=dataset_id, after_seq=after_seq, limit=limit)
+
+
+@router.post("/datasets/{dataset_id}/access-requests", status_code=201, openapi_extra=policy("sme"))
+def request_access(
+    dataset_id: str, body: AccessAsk, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Ask for access with a purpose and an ε (bound to the latest version unless one is named)."""
+    return services.datasets.request_access(
+        principal,
+        dataset_id=dataset_id,
+        purpose=body.purpose,
+        epsilon_micro=body.epsilon_micro,
+        delta_e12=body.delta_e12,
+        kinds=body.kinds,
+        version=body.version,
+    )
+
+
+@router.post("/datasets/{dataset_id}/queries", openapi_extra=policy("sme"))
+def run_queries(
+    dataset_id: str, body: QueryBatch, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Run DP queries within the caller's grant: the cost is reserved before any data is read."""
+    return services.datasets.query(
+        principal, dataset_id=dataset_id, queries=body.queries, version=body.version
+    )
+
+
+@router.get("/access-requests", openapi_extra=policy("custodian", "sme", "operator"))
+def list_access_requests(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    dataset_id: str | None = Query(default=None, max_length=40),
+    status: Literal["pending", "approved", "refused", "revoked", "expired"] | None = Query(default=None),
+) -> list[dict[str, Any]]:
+    """Requests the caller may see (SME: its own; custodian: on its datasets)."""
+    return services.datasets.list_requests(principal, dataset_id=dataset_id, status=status)
+
+
+@router.get("/access-requests/{request_id}", openapi_extra=policy("custodian", "sme", "operator"))
+def show_access_request(request_id: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    """One access request with its grant and what is left of it."""
+    return services.datasets.get_request(principal, request_id=request_id)
+
+
+@router.post("/access-requests/{request_id}/approve", openapi_extra=policy("custodian"))
+def approve_access(
+    request_id: str, body: AccessApprove, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Approve a pending request on one's dataset (possibly with less ε or fewer kinds)."""
+    return services.datasets.approve(
+        principal,
+        request_id=request_id,
+        valid_for_s=body.valid_for_s,
+        epsilon_micro=body.epsilon_micro,
+        delta_e12=body.delta_e12,
+        kinds=body.kinds,
+    )
+
+
+@router.post("/access-requests/{request_id}/refuse", openapi_extra=policy("custodian"))
+def refuse_access(
+    request_id: str, body: AccessClose, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Refuse a pending request with a reason."""
+    return services.datasets.refuse(principal, request_id=request_id, reason=body.reason)
+
+
+@router.post("/access-requests/{request_id}/revoke", openapi_extra=policy("custodian"))
+def revoke_access(
+    request_id: str, body: AccessClose, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Revoke an approval: nothing more runs on it."""
+    return services.datasets.revoke(principal, request_id=request_id, reason=body.reason)
