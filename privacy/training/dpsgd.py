@@ -14,13 +14,14 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from privacy.training.spec import ModelSpec
 
@@ -47,6 +48,23 @@ class _Rows:
 
     def __len__(self) -> int:
         return int(self.index.numel())
+
+
+class _PublicLength(Sampler[list[int]]):
+    """A batch sampler that only states the number of steps per epoch; Opacus replaces it before use.
+
+    ``make_private_with_epsilon`` takes its sampling rate as ``1 / len(data_loader)``; a plain loader's
+    length is ``ceil(n / batch)`` — a function of the private row count. This one's length is public.
+    """
+
+    def __init__(self, steps: int) -> None:
+        self._steps = steps
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        raise RuntimeError("Opacus replaces this sampler with Poisson sampling; it is never iterated")
 
 
 class TensorRows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -142,15 +160,23 @@ def make_private_trainer(
     target_epsilon: float,
     delta: float,
     secure_mode: bool,
+    steps_per_epoch: int,
     noise_generator: torch.Generator | None = None,
 ) -> PrivateTrainer:
     """Wrap ``model`` for DP-SGD so that ``epochs`` epochs are (≤ ``target_epsilon``, ``delta``)-DP.
 
     ``x`` is float32 ``(n, d)``; ``y`` holds class indices (classification) or floats ``(n, 1)``.
-    ``batch_size`` is the expected Poisson batch size; Opacus calibrates the noise multiplier.
+    Each step samples every row independently with rate ``1 / steps_per_epoch`` (Poisson); callers derive
+    ``steps_per_epoch`` from public or DP facts only (a DP size over ``batch_size``), so the sampling rate,
+    the step count and the noise multiplier Opacus calibrates never depend on the private row count.
+    Gradients are averaged over the public ``batch_size``, not over Opacus's ``int(n * rate)``.
     """
+    if steps_per_epoch < 1:
+        raise ValueError("steps_per_epoch must be >= 1")
     engine = _engine(secure_mode)
-    loader = DataLoader(TensorRows(x, y), batch_size=batch_size, collate_fn=collate_rows)
+    loader = DataLoader(
+        TensorRows(x, y), batch_sampler=_PublicLength(steps_per_epoch), collate_fn=collate_rows
+    )
     criterion: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
     private_model, private_opt, private_loss, private_loader = engine.make_private_with_epsilon(
         module=model,
@@ -165,6 +191,7 @@ def make_private_trainer(
         grad_sample_mode=GRAD_SAMPLE_MODE,
         noise_generator=None if secure_mode else noise_generator,
     )
+    private_opt.expected_batch_size = batch_size  # Opacus would use int(n * rate): data-dependent
     return PrivateTrainer(engine, private_model, private_opt, private_loss, private_loader, delta)
 
 
@@ -182,6 +209,7 @@ def fit_private(
     target_epsilon: float,
     delta: float,
     secure_mode: bool,
+    steps_per_epoch: int,
     noise_generator: torch.Generator | None = None,
 ) -> FitOutcome:
     """Train ``model`` in place with DP-SGD for ``epochs`` epochs; see :func:`make_private_trainer`."""
@@ -198,6 +226,7 @@ def fit_private(
         target_epsilon=target_epsilon,
         delta=delta,
         secure_mode=secure_mode,
+        steps_per_epoch=steps_per_epoch,
         noise_generator=noise_generator,
     )
     steps = sum(trainer.run_epoch() for _ in range(epochs))

@@ -6,7 +6,10 @@ Order of work (``train_dp``):
 2. ``prepare``: drop rows whose label is not a declared category (or not finite), keep one random row per
    privacy unit (secure RNG), split the holdout per unit, clamp and scale features with *public* bounds
    only (no data-dependent statistics), non-finite values become the bound's midpoint (0 after scaling);
-3. ``fit``: DP-SGD through Opacus (:mod:`privacy.training.dpsgd`) at the spec's training ε share;
+3. ``size``: a DP count of the training rows (OpenDP, the spec's size share) sets the steps per epoch,
+   ``max(1, round(noisy_n / batch_size))``, hence Opacus's sampling rate, step count and noise multiplier:
+   none of them is a function of the private row count;
+   ``fit``: DP-SGD through Opacus (:mod:`privacy.training.dpsgd`) at the spec's training ε share;
 4. ``accounting``: the accountant's ε, rounded up to micro-ε, must be ≤ the planned share (fail closed);
 5. ``metric``: a DP metric on the holdout through OpenDP (:mod:`privacy.training.metrics`);
 6. ``export``: weights as safetensors bytes (tensors only, no pickle).
@@ -34,7 +37,7 @@ from torch import nn
 
 from privacy.training.dpsgd import GRAD_SAMPLE_MODE, build_model, fit_private, secure_mode_available
 from privacy.training.errors import SecureModeUnavailable, SpecError, TrainingFailed
-from privacy.training.metrics import noisy_accuracy, noisy_mse
+from privacy.training.metrics import noisy_accuracy, noisy_count, noisy_mse
 from privacy.training.sampling import RandomKeys, one_row_per_unit, split_holdout
 from privacy.training.spec import DELTA_UNITS, EPSILON_UNITS, TrainingSpec
 
@@ -47,8 +50,9 @@ _LABEL = "__sbx_label"
 class TrainingResult:
     """What leaves the harness: DP weights, the spec, the privacy spent and noisy metrics only.
 
-    ``epsilon_spent_micro`` is the accountant's training ε rounded up plus the metric's ε: always ≤ the
-    planned (reserved) cost; the reservation, not this number, is what is charged.
+    ``epsilon_spent_micro`` is the accountant's training ε rounded up plus the noisy size's and the metric's
+    ε: always ≤ the planned (reserved) cost; the reservation, not this number, is what is charged.
+    ``steps`` and ``noise_multiplier`` derive from DP values only (see ``train_dp``).
     """
 
     weights: bytes = field(repr=False)
@@ -106,14 +110,17 @@ def train_dp(
     with _rng_scope(seed):
         prepared = _stage("prepare", lambda: _prepare(spec, frame, privacy_unit, bounds, RandomKeys(seed)))
         net = _stage("build", lambda: build_model(spec.model, len(spec.features), spec.n_outputs))
-        outcome = _stage("fit", lambda: _fit(spec, net, prepared, secure_mode, seed))
+        steps_per_epoch = _stage("size", lambda: _steps_per_epoch(spec, prepared))
+        outcome = _stage("fit", lambda: _fit(spec, net, prepared, secure_mode, seed, steps_per_epoch))
         spent_train = _stage("accounting", lambda: _check_accounting(spec, outcome.epsilon))
         metrics = _stage("metric", lambda: _metric(spec, net, prepared))
         weights = _stage("export", lambda: _export(net))
     return TrainingResult(
         weights=weights,
         spec=spec,
-        epsilon_spent_micro=spent_train + (spec.eval_epsilon_micro if metrics else 0),
+        epsilon_spent_micro=spent_train
+        + spec.size_epsilon_micro
+        + (spec.eval_epsilon_micro if metrics else 0),
         delta_e12=spec.delta_e12,
         dp_metrics=metrics,
         steps=outcome.steps,
@@ -223,7 +230,19 @@ def _tensors(
     return x, torch.from_numpy(labels.astype(np.float32).reshape(-1, 1))
 
 
-def _fit(spec: TrainingSpec, net: nn.Module, data: _Prepared, secure_mode: bool, seed: int | None) -> Any:
+def _steps_per_epoch(spec: TrainingSpec, data: _Prepared) -> int:
+    noisy_n = noisy_count(int(data.x_train.shape[0]), spec.size_epsilon_micro)
+    return max(1, (noisy_n + spec.batch_size // 2) // spec.batch_size)
+
+
+def _fit(
+    spec: TrainingSpec,
+    net: nn.Module,
+    data: _Prepared,
+    secure_mode: bool,
+    seed: int | None,
+    steps_per_epoch: int,
+) -> Any:
     return fit_private(
         net,
         data.x_train,
@@ -237,6 +256,7 @@ def _fit(spec: TrainingSpec, net: nn.Module, data: _Prepared, secure_mode: bool,
         target_epsilon=_float_at_most(Fraction(spec.training_epsilon_micro, EPSILON_UNITS)),
         delta=_float_at_most(Fraction(spec.delta_e12, DELTA_UNITS)),
         secure_mode=secure_mode,
+        steps_per_epoch=steps_per_epoch,
         noise_generator=None if seed is None else torch.Generator().manual_seed(seed),
     )
 

@@ -1,4 +1,4 @@
-"""DP quality metrics on the holdout, through OpenDP's vetted integer mechanisms (no hand-written noise).
+"""DP counts and quality metrics on the holdout, through OpenDP's vetted integer mechanisms (no hand-written noise).
 
 Both metrics are a noisy numerator over a noisy holdout size, each a bounded integer sum or count under
 the symmetric (add/remove one unit) distance, released with OpenDP's discrete Laplace. The metric's ε is
@@ -29,7 +29,7 @@ FIXED_POINT = 10**6
 def noisy_accuracy(correct: npt.NDArray[np.bool_], epsilon_micro: int) -> dict[str, float]:
     """A DP accuracy over the holdout's correct/incorrect flags, spending ``epsilon_micro`` in total."""
     count_eps, sum_eps = _halves(epsilon_micro)
-    n_rows = _noisy_count(correct.size, count_eps)
+    n_rows = noisy_count(correct.size, count_eps)
     n_correct = _noisy_bounded_sum(correct.astype(np.int64), 1, sum_eps)
     accuracy = min(max(n_correct / max(n_rows, 1), 0.0), 1.0)
     return {"accuracy": accuracy, "holdout_rows": float(max(n_rows, 0))}
@@ -42,7 +42,7 @@ def noisy_mse(
     count_eps, sum_eps = _halves(epsilon_micro)
     clipped = np.clip(np.nan_to_num(squared_errors, nan=mse_clip, posinf=mse_clip), 0.0, mse_clip)
     fixed = np.floor(clipped / mse_clip * FIXED_POINT).astype(np.int64)
-    n_rows = _noisy_count(fixed.size, count_eps)
+    n_rows = noisy_count(fixed.size, count_eps)
     total = _noisy_bounded_sum(fixed, FIXED_POINT, sum_eps) * mse_clip / FIXED_POINT
     mse = min(max(total / max(n_rows, 1), 0.0), mse_clip)
     return {"mse": mse, "holdout_rows": float(max(n_rows, 0))}
@@ -62,7 +62,8 @@ def _epsilon_float(epsilon_micro: int) -> float:
     return math.nextafter(value, 0.0) if Fraction(value) > exact else value
 
 
-def _noisy_count(n: int, epsilon_micro: int) -> int:
+def noisy_count(n: int, epsilon_micro: int) -> int:
+    """A DP count of ``n`` rows (discrete Laplace through OpenDP) spending ``epsilon_micro``; may be < 0."""
     dp.enable_features("contrib")
     count = dp.t.make_count(dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.symmetric_distance())
     meas = dp.binary_search_chain(

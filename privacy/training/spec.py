@@ -20,9 +20,11 @@ An SME never sends code. It sends a JSON object::
 Privacy cost rule (the reservation is made from :func:`planned_cost` before any data is read):
 
 * ``target_epsilon`` is the run's total ε, in micro-ε exactly (at most 6 decimals; more is refused).
-* The DP metric gets ``floor(target_micro * eval_epsilon_share)`` micro-ε; DP-SGD gets the rest, so
-  ``training + metric == reserved`` exactly. The two compose sequentially (we do not claim the parallel
-  composition that the disjoint holdout would allow: conservative).
+* The DP metric gets ``floor(target_micro * eval_epsilon_share)`` micro-ε; a noisy count of the training
+  units gets ``max(1, floor(target_micro / 100))`` (1 %: it sets the sampling rate and step count from a DP
+  size, never from the private row count); DP-SGD gets the rest, so ``training + size + metric == reserved``
+  exactly. All compose sequentially (we do not claim the parallel composition that the disjoint holdout
+  would allow: conservative).
 * δ belongs to DP-SGD only (the metric is pure ε-DP); it is the spec's δ, at most the policy's δ.
 * Opacus's accountant ε for the run must come out ≤ the training share; the harness fails closed otherwise.
 """
@@ -54,6 +56,7 @@ HOLDOUT_RANGE_PPM = (50_000, 500_000)  # 5 % .. 50 % when a metric is asked
 MAX_EVAL_SHARE_PPM = 500_000  # at most half the ε on the metric
 DEFAULT_HOLDOUT_PPM = 200_000
 DEFAULT_EVAL_SHARE_PPM = 100_000
+SIZE_SHARE_PPM = 10_000  # 1 % of target ε for the noisy training-set size
 
 NUMERIC_KIND = "numeric"
 CATEGORICAL_KIND = "categorical"
@@ -108,6 +111,7 @@ class TrainingSpec:
     optimizer: OptimizerName
     epsilon_micro: int
     eval_epsilon_micro: int
+    size_epsilon_micro: int
     delta_e12: int
     holdout_ppm: int
     label_categories: tuple[str, ...] = ()
@@ -115,8 +119,8 @@ class TrainingSpec:
 
     @property
     def training_epsilon_micro(self) -> int:
-        """The ε share DP-SGD may spend (the total minus the metric's share)."""
-        return self.epsilon_micro - self.eval_epsilon_micro
+        """The ε share DP-SGD may spend (the total minus the metric's and the noisy size's shares)."""
+        return self.epsilon_micro - self.eval_epsilon_micro - self.size_epsilon_micro
 
     @property
     def n_outputs(self) -> int:
@@ -138,6 +142,7 @@ class TrainingSpec:
             "target_epsilon": _decimal_text(self.epsilon_micro, EPSILON_UNITS),
             "epsilon_micro": self.epsilon_micro,
             "eval_epsilon_micro": self.eval_epsilon_micro,
+            "size_epsilon_micro": self.size_epsilon_micro,
             "delta_e12": self.delta_e12,
             "holdout_fraction": _decimal_text(self.holdout_ppm, PPM),
         }
@@ -186,7 +191,8 @@ def validate_spec(
     if share_ppm > MAX_EVAL_SHARE_PPM:
         raise SpecError("eval_epsilon_share must be between 0 and 0.5")
     eval_micro = eps_micro * share_ppm // PPM
-    _check_split(eps_micro, eval_micro, share_ppm)
+    size_micro = max(1, eps_micro * SIZE_SHARE_PPM // PPM)
+    _check_split(eps_micro, eval_micro, size_micro, share_ppm)
     spec = TrainingSpec(
         task=task,
         features=features,
@@ -199,6 +205,7 @@ def validate_spec(
         optimizer=_optimizer(spec_dict.get("optimizer", "sgd")),
         epsilon_micro=eps_micro,
         eval_epsilon_micro=eval_micro,
+        size_epsilon_micro=size_micro,
         delta_e12=_delta_e12(spec_dict.get("delta"), policy_delta_e12),
         holdout_ppm=_holdout_ppm(spec_dict.get("holdout_fraction"), eval_micro),
         label_categories=categories,
@@ -345,10 +352,10 @@ def _ppm(value: object, name: str) -> int:
     return _units(frac, PPM, name)
 
 
-def _check_split(eps_micro: int, eval_micro: int, share_ppm: int) -> None:
-    if share_ppm > 0 and eval_micro == 0:
-        raise SpecError("eval_epsilon_share is too small for target_epsilon: the metric would get 0 ε")
-    if eps_micro - eval_micro <= 0:
+def _check_split(eps_micro: int, eval_micro: int, size_micro: int, share_ppm: int) -> None:
+    if share_ppm > 0 and eval_micro < 2:
+        raise SpecError("eval_epsilon_share is too small for target_epsilon: the metric needs >= 0.000002 ε")
+    if eps_micro - eval_micro - size_micro <= 0:
         raise SpecError("target_epsilon leaves no ε for training")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import traceback
 from typing import Any
@@ -118,10 +119,12 @@ def test_model_at_epsilon_3_beats_the_majority_baseline(trained: TrainingResult)
 def test_accountant_epsilon_within_plan_within_grant(trained: TrainingResult) -> None:
     planned_eps, planned_delta = planned_cost(trained.spec)
     training_share = trained.spec.training_epsilon_micro
-    spent_training = trained.epsilon_spent_micro - trained.spec.eval_epsilon_micro
+    spent_training = (
+        trained.epsilon_spent_micro - trained.spec.eval_epsilon_micro - trained.spec.size_epsilon_micro
+    )
     assert 0 < spent_training <= training_share
     assert trained.epsilon_spent_micro <= planned_eps <= GRANT
-    assert training_share + trained.spec.eval_epsilon_micro == planned_eps
+    assert training_share + trained.spec.eval_epsilon_micro + trained.spec.size_epsilon_micro == planned_eps
     assert trained.delta_e12 == planned_delta <= POLICY_DELTA
     assert trained.steps > 0
     assert trained.noise_multiplier > 0
@@ -129,12 +132,14 @@ def test_accountant_epsilon_within_plan_within_grant(trained: TrainingResult) ->
 
 
 def test_accounting_fails_closed_above_the_plan() -> None:
-    s = spec()  # training share 2.7
-    assert _check_accounting(s, 2.6999989) == 2_699_999  # rounded up to the micro-ε
+    s = spec()  # training share 3 - 0.3 - 0.03 = 2.67
+    assert s.training_epsilon_micro == 2_670_000
+    assert _check_accounting(s, 2.6699989) == 2_669_999  # rounded up to the micro-ε
     with pytest.raises(TrainingFailed, match="accounting"):
-        _check_accounting(s, 2.700001)
+        _check_accounting(s, 2.670001)
+    assert _check_accounting(s, 2.67) == 2_670_000  # the float 2.67 is a hair below 267/100
     with pytest.raises(TrainingFailed, match="accounting"):
-        _check_accounting(s, 2.7)  # the float 2.7 is a hair above 27/10: exact arithmetic refuses it
+        _check_accounting(s, math.nextafter(2.67, 3.0))  # one ulp above: exact arithmetic refuses it
 
 
 def test_weights_are_safetensors_holding_only_tensors(trained: TrainingResult) -> None:
@@ -294,6 +299,7 @@ def test_empty_poisson_batches_are_harmless(task: str) -> None:
         target_epsilon=1.0,
         delta=1e-5,
         secure_mode=False,
+        steps_per_epoch=8,
     )
     loader = trainer._loader
     for index in ([], [1, 2, 3], []):
@@ -303,3 +309,28 @@ def test_empty_poisson_batches_are_harmless(task: str) -> None:
         trainer._loss(trainer._model(xb), yb).backward()
         trainer._opt.step()
     assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_sampling_rate_steps_and_noise_do_not_depend_on_the_row_count() -> None:
+    seen = set()
+    for n in (1_000, 1_337):
+        trainer = make_private_trainer(
+            build_model(ModelSpec("linear"), 3, 2),
+            torch.randn(n, 3),
+            torch.randint(0, 2, (n,)),
+            task="classification",
+            epochs=1,
+            batch_size=100,
+            learning_rate=0.1,
+            optimizer="sgd",
+            max_grad_norm=1.0,
+            target_epsilon=1.0,
+            delta=1e-5,
+            secure_mode=False,
+            steps_per_epoch=10,
+        )
+        loader = trainer._loader
+        seen.add(
+            (len(loader), loader.sample_rate, trainer.noise_multiplier, trainer._opt.expected_batch_size)
+        )
+    assert seen == {(10, 0.1, next(iter(seen))[2], 100)}

@@ -53,7 +53,9 @@ def test_valid_spec_and_exact_planned_cost() -> None:
     eps, delta = planned_cost(spec)
     assert (eps, delta) == (1_234_567, POLICY_DELTA)
     assert spec.eval_epsilon_micro == 123_456  # floor(1_234_567 * 0.1)
-    assert spec.training_epsilon_micro + spec.eval_epsilon_micro == eps
+    assert spec.size_epsilon_micro == 12_345  # floor(1 %)
+    assert spec.training_epsilon_micro == 1_234_567 - 123_456 - 12_345
+    assert spec.training_epsilon_micro + spec.eval_epsilon_micro + spec.size_epsilon_micro == eps
     assert spec.model.hidden == (16, 8)
     assert spec.label_categories == ("no", "yes")
     assert spec.to_dict()["target_epsilon"] == "1.234567"
@@ -63,7 +65,8 @@ def test_no_metric_spends_everything_on_training() -> None:
     spec = check(base(eval_epsilon_share=0))
     assert spec.eval_epsilon_micro == 0
     assert spec.holdout_ppm == 0
-    assert spec.training_epsilon_micro == 3_000_000
+    assert spec.size_epsilon_micro == 30_000
+    assert spec.training_epsilon_micro == 2_970_000
 
 
 def test_delta_defaults_to_policy_and_may_be_smaller() -> None:
@@ -116,6 +119,8 @@ def test_delta_over_policy_is_refused() -> None:
         ({"max_grad_norm": "nan"}, "finite"),
         ({"target_epsilon": 0}, "target_epsilon must be > 0"),
         ({"target_epsilon": 1.0000001}, "more precision"),
+        ({"target_epsilon": 0.000001, "eval_epsilon_share": 0}, "leaves no ε for training"),
+        ({"target_epsilon": 0.00001}, "metric needs"),
         ({"eval_epsilon_share": 0.6}, "between 0 and 0.5"),
         ({"holdout_fraction": 0.9}, "holdout_fraction"),
         ({"eval_epsilon_share": 0, "holdout_fraction": 0.2}, "holdout_fraction needs a metric"),
