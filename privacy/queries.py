@@ -32,6 +32,7 @@ value).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -281,10 +282,12 @@ def _sensitivity(part: str, policy: DatasetPolicy, col: ColumnSpec | None) -> in
     return k * col.max_abs_units
 
 
+@functools.lru_cache(maxsize=512)
 def calibrated_laplace(sensitivity: int, epsilon_micro: int, *, vector: bool) -> tuple[dp.Measurement, float]:
     """OpenDP's discrete Laplace on i64 (a scalar, or a vector under the L1 distance) for (Δ, ε); and its scale.
 
     The scale is the smallest tried one whose OpenDP privacy map at ``d_in = sensitivity`` is at most ε.
+    Measurements are immutable and draw from OpenDP's OS-seeded sampler, so they are cached and reused.
     """
     return _calibrated(_laplace_vector if vector else _laplace_scalar, sensitivity, epsilon_micro)
 
@@ -306,6 +309,7 @@ def quantile_candidates(col: ColumnSpec) -> list[int]:
     return sorted({int(v) for v in np.linspace(lo, hi, MAX_QUANTILE_CANDIDATES).round()})
 
 
+@functools.lru_cache(maxsize=256)
 def calibrated_quantile(
     col: ColumnSpec, level: Fraction, rows_per_unit: int, epsilon_micro: int
 ) -> dp.Measurement:
