@@ -29,7 +29,9 @@ def fake(services: Services, clock: Any) -> FakeBackend:
     return backend
 
 
-def _submit(world: World, *, sme: Any = None, runtime_s: int = 60, priority: int = 0, res: Resources = ONE_CPU) -> dict[str, Any]:
+def _submit(
+    world: World, *, sme: Any = None, runtime_s: int = 60, priority: int = 0, res: Resources = ONE_CPU
+) -> dict[str, Any]:
     return world.services.jobs.submit(
         sme or world.sme, JobRequest("python train.py", res, runtime_s, priority), idempotency_key=None
     )
@@ -81,13 +83,27 @@ def test_quote_matches_the_hold(world: World, fake: FakeBackend) -> None:
     assert quote["affordable"] and quote["voucher_share"] == quote["max_cost"]
     job = _submit(world)
     _tick(world)
-    assert world.services.ledger.get_hold(world.sme, hold_id=_state(world, job)["hold_id"])["amount"] == quote["max_cost"]
+    assert (
+        world.services.ledger.get_hold(world.sme, hold_id=_state(world, job)["hold_id"])["amount"]
+        == quote["max_cost"]
+    )
 
 
-def test_one_cpu_quota_runs_three_jobs_one_at_a_time_in_priority_then_fifo_order(world: World, fake: FakeBackend) -> None:
+def test_one_cpu_quota_runs_three_jobs_one_at_a_time_in_priority_then_fifo_order(
+    world: World, fake: FakeBackend
+) -> None:
     world.credit(10_000_000)
-    world.services.jobs.set_quota(world.operator, org_id=world.sme.org_id, values={
-        "max_milli_cpu": 1000, "max_gpus": 0, "max_memory_mib": 4096, "max_running_jobs": 4, "max_queued_jobs": 10})
+    world.services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={
+            "max_milli_cpu": 1000,
+            "max_gpus": 0,
+            "max_memory_mib": 4096,
+            "max_running_jobs": 4,
+            "max_queued_jobs": 10,
+        },
+    )
     first = _submit(world)
     world.clock.advance(1)
     second = _submit(world)
@@ -98,7 +114,9 @@ def test_one_cpu_quota_runs_three_jobs_one_at_a_time_in_priority_then_fifo_order
     order = []
     for _ in range(20):
         _tick(world, 500)
-        running = [j["id"] for j in (first, second, urgent) if _state(world, j)["state"] in ("admitted", "running")]
+        running = [
+            j["id"] for j in (first, second, urgent) if _state(world, j)["state"] in ("admitted", "running")
+        ]
         assert len(running) <= 1
         if running and running[0] not in order:
             order.append(running[0])
@@ -193,7 +211,9 @@ def test_submission_beyond_quota_is_refused(world: World, fake: FakeBackend) -> 
         world.services.jobs.submit(world.sme, JobRequest("", ONE_CPU, 60), idempotency_key=None)
 
 
-def test_restarted_broker_reconciles_and_settles_once(world: World, fake: FakeBackend, settings: Any, clock: Any) -> None:
+def test_restarted_broker_reconciles_and_settles_once(
+    world: World, fake: FakeBackend, settings: Any, clock: Any
+) -> None:
     world.credit(1_000_000)
     job = _submit(world)
     fake.script(launch_name(job["id"]), FakeScript(run_ms=4_000))
@@ -210,13 +230,17 @@ def test_restarted_broker_reconciles_and_settles_once(world: World, fake: FakeBa
         assert world.services.jobs.reconcile_pass() == 0
         assert restarted.jobs.reconcile_pass() == 0
         done = restarted.jobs.get(world.operator, job_id=job["id"])
-        assert done["state"] == "succeeded" and done["cost"] == price(ONE_CPU, 4_000, _card(restarted.jobs.rate_card()))
+        assert done["state"] == "succeeded" and done["cost"] == price(
+            ONE_CPU, 4_000, _card(restarted.jobs.rate_card())
+        )
         assert restarted.ledger.invariants() == []
     finally:
         other.close()
 
 
-def test_admitted_but_never_started_job_is_requeued_with_its_hold_released(services: Services, clock: Any) -> None:
+def test_admitted_but_never_started_job_is_requeued_with_its_hold_released(
+    services: Services, clock: Any
+) -> None:
     w = make_world(services, clock)
     backend = FakeBackend(clock)
     services.container.use_compute(backend)
