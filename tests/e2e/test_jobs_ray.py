@@ -3,6 +3,7 @@ kill; non-zero exit; and a broker killed with SIGKILL mid-job, restarted, reconc
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -129,7 +130,7 @@ def test_one_cpu_quota_runs_three_jobs_one_at_a_time_in_order(
     assert [d["state"] for d in done] == ["succeeded"] * 3
     admitted = sorted(done, key=lambda d: d["admitted_ms"])
     assert [d["id"] for d in admitted] == [j["id"] for j in jobs]  # FIFO
-    for earlier, later in zip(admitted, admitted[1:], strict=False):
+    for earlier, later in itertools.pairwise(admitted):
         assert earlier["ended_ms"] <= later["started_ms"]  # never two at once
 
 

@@ -196,7 +196,7 @@ def test_fairness_two_smes_alternate(world: World, fake: FakeBackend) -> None:
     by_id = {j["id"]: "A" for j in a} | {j["id"]: "B" for j in b}
     for _ in range(80):
         _tick(world, 600)
-        for job_id, owner in by_id.items():
+        for job_id in by_id:
             if _state(world, {"id": job_id})["admitted_ms"] and job_id not in seen:
                 seen.append(job_id)
     owners = [by_id[j] for j in seen]
