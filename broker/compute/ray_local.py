@@ -153,6 +153,11 @@ class LocalRayBackend:
         """The head's dashboard URL."""
         return self.head.address
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (the head is stopped)."""
+        return self._head is None
+
     # --- ComputeBackend: delegate to the Job Submission API -----------------------------------------
     def create(self, launch: JobLaunch) -> None:
         """Validate the launch (see :meth:`RayJobsBackend.create`)."""

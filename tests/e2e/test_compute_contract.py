@@ -200,7 +200,7 @@ class RayPool:
         self.current: LocalRayBackend | None = None
 
     def get(self) -> LocalRayBackend:
-        if self.current is None or self.current._head is None:
+        if self.current is None or self.current.closed:
             self.current = LocalRayBackend(self.state_dir, num_cpus=2)
         return self.current
 
@@ -263,7 +263,7 @@ def ray_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayPool]:
     pool = RayPool(tmp_path_factory.mktemp("ray-state"))
     yield pool
     if pool.current is not None:
-        temp_dir = pool.current.head.temp_dir if pool.current._head else None
+        temp_dir = None if pool.current.closed else pool.current.head.temp_dir
         pool.current.close()
         if temp_dir:
             assert pids_mentioning(temp_dir) == []
