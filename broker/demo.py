@@ -6,6 +6,7 @@ served from this process on a free local port with a fresh state directory.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -117,8 +118,14 @@ def step_audit(state: DemoState) -> str:
 def all_steps() -> list[Step]:
     """Every demo step in order (later features add theirs before the audit check)."""
     from broker.demo_data import data_steps
+    from broker.demo_jobs import step_training_job
 
-    return [*foundation_steps(), *data_steps(), ("Verify the audit log", step_audit)]
+    return [
+        *foundation_steps(),
+        ("Run a voucher-paid training job on Ray", step_training_job),
+        *data_steps(),
+        ("Verify the audit log", step_audit),
+    ]
 
 
 def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None = None) -> DemoState:
@@ -126,6 +133,7 @@ def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None =
     if fresh and state_dir.exists():
         shutil.rmtree(state_dir)
     settings = (settings or Settings()).model_copy(update={"state_dir": state_dir})
+    logging.getLogger("ray").setLevel(logging.WARNING)  # job uploads log at INFO; the demo prints its own
     print(f"[demo] state directory {state_dir.resolve()} (SQLite, local object store)", flush=True)
     init = initialise(state_dir, settings=settings)
     container = build_container(settings)
