@@ -426,29 +426,33 @@ class FairQueue:
     ) -> tuple[list[tuple[int, int, OrgId]], list[int]]:
         """The heap of SMEs that might admit a job now, and the smallest request among them."""
         heap: list[tuple[int, int, OrgId]] = []
-        floor = [-1, -1, -1]
+        free_cpu, free_gpu, free_mem = free
+        floor_cpu, floor_gpu, floor_mem = free_cpu + 1, free_gpu + 1, free_mem + 1
+        tenants, corners, key = snapshot.tenants, self._corners, drf.key
         for org, jobs in self._jobs.items():
-            state = snapshot.tenants.get(org)
+            state = tenants.get(org)
             if state is None:
                 raise InvalidInput(
                     f"queued job {jobs[0].job_id} belongs to {org}, which the snapshot does not know"
                 )
-            use, limit = state.in_use, state.quota.max_resources
-            cpu, gpu, mem = self._corners[org]
+            cpu, gpu, mem = corners[org]
+            if cpu > free_cpu or gpu > free_gpu or mem > free_mem:
+                continue  # none of its jobs fits the free capacity (the common case on a full cluster)
+            quota, use = state.quota, state.in_use
+            limit = quota.max_resources
             if (
-                state.running_jobs >= state.quota.max_running_jobs
-                or cpu > min(free[0], limit.milli_cpu - use.milli_cpu)
-                or gpu > min(free[1], limit.gpus - use.gpus)
-                or mem > min(free[2], limit.memory_mib - use.memory_mib)
+                state.running_jobs >= quota.max_running_jobs
+                or cpu + use.milli_cpu > limit.milli_cpu
+                or gpu + use.gpus > limit.gpus
+                or mem + use.memory_mib > limit.memory_mib
             ):
-                continue  # this SME cannot admit anything in this pass
-            heap.append((drf.key(use.milli_cpu, use.gpus, use.memory_mib), jobs[0].submitted_ms, org))
-            if floor[0] < 0:
-                floor = [cpu, gpu, mem]
-            else:
-                floor = [min(floor[0], cpu), min(floor[1], gpu), min(floor[2], mem)]
+                continue  # at its running-job limit, or none of its jobs fits its quota room
+            heap.append((key(use.milli_cpu, use.gpus, use.memory_mib), jobs[0].submitted_ms, org))
+            floor_cpu = cpu if cpu < floor_cpu else floor_cpu
+            floor_gpu = gpu if gpu < floor_gpu else floor_gpu
+            floor_mem = mem if mem < floor_mem else floor_mem
         heapq.heapify(heap)
-        return heap, floor
+        return heap, [floor_cpu, floor_gpu, floor_mem]
 
 
 def check_submittable(
