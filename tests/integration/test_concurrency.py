@@ -1,0 +1,221 @@
+"""Races through the services on SQLite and PostgreSQL: many threads start together on one voucher, one
+balance, one hold or one idempotency key, and exactly one effect (or exactly as many as the credit allows)
+must come out; the ledger invariants hold afterwards.
+
+Threads are released together by a :class:`threading.Barrier`; no assertion depends on timing, only on
+counts of outcomes and on the stored state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, text
+
+from broker.container import Container
+from broker.db.orgs import Principal
+from quotas.errors import Conflict, DomainError, InsufficientFunds
+from quotas.ledger import HoldState
+from tests.conftest import BACKENDS, World
+from vouchers import VoucherRefused
+
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+
+Outcome = dict[str, Any] | DomainError
+
+
+def together(n: int, call: Callable[[int], dict[str, Any]]) -> list[Outcome]:
+    """Run ``call(0) … call(n-1)`` on ``n`` threads released at once; each result or domain error."""
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> Outcome:
+        barrier.wait(timeout=120)
+        try:
+            return call(i)
+        except DomainError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def successes(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """The outcomes that are results."""
+    return [o for o in outcomes if isinstance(o, dict)]
+
+
+def refusal_codes(outcomes: list[Outcome]) -> Counter[str]:
+    """How many outcomes were refused with each code."""
+    return Counter(o.code for o in outcomes if isinstance(o, DomainError))
+
+
+def entry_sum(world: World, sme: Principal, *, kind: str, account_kind: str) -> int:
+    """The sum of an SME's ledger entries of one kind on one kind of account."""
+    entries = world.services.ledger.entries(world.operator, org_id=sme.org_id, limit=1000)
+    return sum(e["amount"] for e in entries if e["kind"] == kind and e["account_kind"] == account_kind)
+
+
+def test_32_redemptions_of_one_voucher_make_exactly_one_grant(world: World) -> None:
+    token = world.voucher(credits=500)["token"]
+    outcomes = together(
+        32, lambda _i: world.services.vouchers.redeem(world.sme, token=token, idempotency_key=None)
+    )
+    assert len(successes(outcomes)) == 1
+    assert refusal_codes(outcomes) == Counter({"already_redeemed": 31})
+    assert all(isinstance(o, VoucherRefused) for o in outcomes if not isinstance(o, dict))
+    balance = world.services.ledger.balance(world.sme)
+    assert [g["amount"] for g in balance["grants"]] == [500]
+    assert balance["available"] == 500
+    assert entry_sum(world, world.sme, kind="redeem", account_kind="grant") == 500
+    assert world.services.ledger.invariants() == []
+
+
+def test_64_holds_of_one_credit_against_ten_credits_exactly_ten_succeed(world: World) -> None:
+    world.credit(10)
+    outcomes = together(64, lambda _i: world.services.ledger.place_hold(world.sme, amount=1))
+    won = successes(outcomes)
+    assert len(won) == 10 and len({h["id"] for h in won}) == 10
+    assert refusal_codes(outcomes) == Counter({"insufficient_credit": 54})
+    assert all(isinstance(o, InsufficientFunds) for o in outcomes if not isinstance(o, dict))
+    balance = world.services.ledger.balance(world.sme)
+    assert (balance["available"], balance["held"], balance["copay_used"]) == (0, 10, 0)
+    assert world.services.ledger.invariants() == []
+
+
+def test_100_settlements_of_one_hold_charge_it_exactly_once(world: World) -> None:
+    world.credit(100)
+    led = world.services.ledger
+    hold = led.place_hold(world.sme, amount=60)
+    outcomes = together(
+        100,
+        lambda i: led.close_hold(world.operator, hold_id=hold["id"], target=HoldState.SETTLED, cost=i % 61),
+    )
+    won = successes(outcomes)
+    assert len(won) == 1
+    assert refusal_codes(outcomes) == Counter({"hold_closed": 99})
+    assert all(isinstance(o, Conflict) for o in outcomes if not isinstance(o, dict))
+    cost = won[0]["settled"]
+    stored = led.get_hold(world.sme, hold_id=hold["id"])
+    assert (stored["state"], stored["settled"], stored["released"]) == ("SETTLED", cost, 60 - cost)
+    assert entry_sum(world, world.sme, kind="settle", account_kind="spent") == cost
+    balance = led.balance(world.sme)
+    assert (balance["available"], balance["held"]) == (100 - cost, 0)
+    assert led.invariants() == []
+
+
+def test_settle_racing_release_closes_the_hold_once(world: World) -> None:
+    world.credit(100)
+    led = world.services.ledger
+    hold = led.place_hold(world.sme, amount=40)
+
+    def close(i: int) -> dict[str, Any]:
+        if i % 2:
+            return led.close_hold(world.sme, hold_id=hold["id"], target=HoldState.RELEASED)
+        return led.close_hold(world.operator, hold_id=hold["id"], target=HoldState.SETTLED, cost=30)
+
+    outcomes = together(40, close)
+    won = successes(outcomes)
+    assert len(won) == 1
+    assert refusal_codes(outcomes) == Counter({"hold_closed": 39})
+    charged = 30 if won[0]["state"] == "SETTLED" else 0
+    assert entry_sum(world, world.sme, kind="settle", account_kind="spent") == charged
+    assert led.balance(world.sme)["available"] == 100 - charged
+    assert led.invariants() == []
+
+
+def test_concurrent_holds_across_several_smes_each_stop_at_their_own_credit(world: World) -> None:
+    services = world.services
+    smes = [world.sme, world.sme_b]
+    for i in range(2):
+        org = services.orgs.create(world.operator, name=f"sme-extra-{i}", role="sme")
+        found = services.orgs.authenticate(services.orgs.create_token(None, org_id=org["id"])["token"])
+        assert found is not None
+        smes.append(found)
+    for sme in smes:
+        world.credit(10, sme=sme)
+    outcomes = together(64, lambda i: services.ledger.place_hold(smes[i % 4], amount=1))
+    won = successes(outcomes)
+    assert Counter(h["org_id"] for h in won) == Counter({sme.org_id: 10 for sme in smes})
+    assert refusal_codes(outcomes) == Counter({"insufficient_credit": 24})
+    for sme in smes:
+        balance = services.ledger.balance(sme)
+        assert (balance["available"], balance["held"]) == (0, 10)
+    assert services.ledger.invariants() == []
+
+
+def test_one_idempotency_key_from_many_threads_has_one_effect(world: World) -> None:
+    led = world.services.ledger
+    world.credit(100)
+    outcomes = together(32, lambda _i: led.place_hold(world.sme, amount=7, idempotency_key="same-hold"))
+    won = successes(outcomes)
+    assert len(won) == 32 and all(h == won[0] for h in won)
+    assert led.balance(world.sme)["held"] == 7
+
+    outcomes = together(
+        32,
+        lambda i: led.close_hold(
+            world.operator,
+            hold_id=won[0]["id"],
+            target=HoldState.SETTLED,
+            cost=5,
+            idempotency_key="same-settle",
+        ),
+    )
+    settled = successes(outcomes)
+    assert len(settled) == 32 and all(s == settled[0] for s in settled)
+    assert entry_sum(world, world.sme, kind="settle", account_kind="spent") == 5
+
+    token = world.voucher(credits=50)["token"]
+    outcomes = together(
+        32, lambda _i: world.services.vouchers.redeem(world.sme, token=token, idempotency_key="same-redeem")
+    )
+    redeemed = successes(outcomes)
+    assert len(redeemed) == 32 and all(r == redeemed[0] for r in redeemed)
+    balance = led.balance(world.sme)
+    assert sorted(g["amount"] for g in balance["grants"]) == [50, 100]
+    assert (balance["available"], balance["held"]) == (150 - 5, 0)
+    assert led.invariants() == []
+
+
+def test_one_key_with_two_bodies_from_many_threads_one_body_wins(world: World) -> None:
+    led = world.services.ledger
+    world.credit(100)
+    outcomes = together(
+        32, lambda i: led.place_hold(world.sme, amount=7 + i % 2, idempotency_key="contested")
+    )
+    won = successes(outcomes)
+    assert won and all(h == won[0] for h in won)
+    winner = won[0]["amount"]
+    assert len(won) == 16  # every caller with the winning body gets the first result
+    assert refusal_codes(outcomes) == Counter({"idempotency_conflict": 16})
+    balance = led.balance(world.sme)
+    assert (balance["available"], balance["held"]) == (100 - winner, winner)
+    assert led.invariants() == []
+
+
+def test_a_sqlite_read_does_not_block_a_writer(container: Container) -> None:
+    """A read is a deferred WAL snapshot: while it is open, another connection can still take the write lock."""
+    if container.db.dialect != "sqlite":
+        pytest.skip("WAL reader/writer locking is a SQLite property")
+    path = container.db.engine.url.database
+    assert path is not None
+
+    def write_while_reading(conn: Connection) -> bool:
+        conn.execute(text("SELECT count(*) FROM accounts")).all()
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # refused at once if this read holds the write lock
+            other.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            other.close()
+
+    assert container.db.read(write_while_reading)
