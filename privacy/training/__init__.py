@@ -1,11 +1,12 @@
 """DP-SGD trusted training harness: a declarative spec in, DP weights and noisy metrics out.
 
-Public names: :func:`validate_spec` and :func:`planned_cost` (pure rules, decided before any data is read),
-:func:`train_dp` (the harness), :class:`TrainingSpec`, :class:`TrainingResult` and the errors.
+Public names here are the pure rules, cheap to import (no torch, Opacus or data): :func:`validate_spec`,
+:func:`planned_cost`, :class:`TrainingSpec`, :class:`ModelSpec` and the errors. The harness itself —
+``privacy.training.harness.train_dp`` and ``TrainingResult`` — imports torch and Opacus: import it from
+``privacy.training.harness`` where training runs (the Ray job), not in the API process.
 """
 
 from privacy.training.errors import SecureModeUnavailable, SpecError, SpecOverGrant, TrainingFailed
-from privacy.training.harness import TrainingResult, train_dp
 from privacy.training.spec import ModelSpec, TrainingSpec, planned_cost, validate_spec
 
 __all__ = [
@@ -14,9 +15,7 @@ __all__ = [
     "SpecError",
     "SpecOverGrant",
     "TrainingFailed",
-    "TrainingResult",
     "TrainingSpec",
     "planned_cost",
-    "train_dp",
     "validate_spec",
 ]

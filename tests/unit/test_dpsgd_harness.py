@@ -19,13 +19,11 @@ from privacy.training import (
     SpecError,
     SpecOverGrant,
     TrainingFailed,
-    TrainingResult,
     planned_cost,
-    train_dp,
     validate_spec,
 )
 from privacy.training.dpsgd import build_model, make_private_trainer, secure_mode_available
-from privacy.training.harness import _check_accounting
+from privacy.training.harness import TrainingResult, _check_accounting, train_dp
 from privacy.training.sampling import RandomKeys, one_row_per_unit, split_holdout
 from privacy.training.spec import ModelSpec
 
