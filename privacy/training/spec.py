@@ -38,6 +38,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Literal
 
+from privacy.budget import PrivacyCost
 from privacy.training.errors import SpecError, SpecOverGrant
 
 EPSILON_UNITS = 10**6  # micro-ε
@@ -159,6 +160,12 @@ def planned_cost(spec: TrainingSpec) -> tuple[int, int]:
     Equals training ε + metric ε exactly; the run's accountant ε is checked against it (fail closed).
     """
     return spec.epsilon_micro, spec.delta_e12
+
+
+def planned_privacy_cost(spec: TrainingSpec) -> PrivacyCost:
+    """:func:`planned_cost` as the shared :class:`privacy.budget.PrivacyCost`, ready to reserve."""
+    epsilon_micro, delta_e12 = planned_cost(spec)
+    return PrivacyCost(epsilon_micro=epsilon_micro, delta_e12=delta_e12)
 
 
 def validate_spec(

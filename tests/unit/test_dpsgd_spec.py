@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from privacy.training import SpecError, SpecOverGrant, planned_cost, validate_spec
+from privacy.budget import PrivacyCost
+from privacy.training import SpecError, SpecOverGrant, planned_cost, planned_privacy_cost, validate_spec
 
 COLUMNS = {
     "pid": "unit",
@@ -52,6 +53,7 @@ def test_valid_spec_and_exact_planned_cost() -> None:
     spec = check(base(target_epsilon=1.234567, eval_epsilon_share=0.1))
     eps, delta = planned_cost(spec)
     assert (eps, delta) == (1_234_567, POLICY_DELTA)
+    assert planned_privacy_cost(spec) == PrivacyCost(epsilon_micro=1_234_567, delta_e12=POLICY_DELTA)
     assert spec.eval_epsilon_micro == 123_456  # floor(1_234_567 * 0.1)
     assert spec.size_epsilon_micro == 12_345  # floor(1 %)
     assert spec.training_epsilon_micro == 1_234_567 - 123_456 - 12_345
