@@ -144,6 +144,8 @@ def _preflight(
             "secure-mode DP-SGD needs Opacus's cryptographic RNG (the torchcsprng package), which is not "
             "installed for this torch; no data was read and no budget should be charged"
         )
+    if unit == spec.label or unit in spec.features:
+        raise SpecError(f"the privacy unit column {unit!r} cannot be a feature or the label")
     names = frame.columns
     for column in (unit, spec.label, *spec.features):
         if column not in names:

@@ -276,10 +276,17 @@ def _categories(task: Task, label_categories: Sequence[object] | None) -> tuple[
         return ()
     if label_categories is None:
         raise SpecError("classification needs the label's declared categories")
-    cats = tuple(str(c) for c in label_categories)
+    cats = tuple(_category_text(c) for c in label_categories)
     if not 2 <= len(cats) <= MAX_CATEGORIES or len(set(cats)) != len(cats):
         raise SpecError(f"the label needs 2..{MAX_CATEGORIES} distinct declared categories")
     return cats
+
+
+def _category_text(value: object) -> str:
+    """A category as the harness compares it: the label column cast to text (booleans as true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _model(value: object) -> ModelSpec:

@@ -214,6 +214,11 @@ def test_missing_column_is_refused_before_any_data() -> None:
         train_dp(spec(), NoLabel(), privacy_unit="pid", secure_mode=False, seed=1)  # type: ignore[arg-type]
 
 
+def test_unit_column_as_label_is_refused_before_any_data() -> None:
+    with pytest.raises(SpecError, match="privacy unit"):
+        train_dp(spec(), Untouchable(), privacy_unit="y", secure_mode=False, seed=1)  # type: ignore[arg-type]
+
+
 def test_secure_mode_without_csprng_is_refused_before_any_data() -> None:
     if secure_mode_available():
         pytest.skip("torchcsprng is installed here, so secure mode is available")

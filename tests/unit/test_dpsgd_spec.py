@@ -154,6 +154,10 @@ def test_classification_needs_declared_categories() -> None:
         check(base(), label_categories=["only"])
 
 
+def test_boolean_categories_match_the_text_of_a_boolean_column() -> None:
+    assert check(base(), label_categories=[False, True]).label_categories == ("false", "true")
+
+
 def test_regression_rules() -> None:
     reg = base(task="regression", label="v", model={"kind": "linear"})
     with pytest.raises(SpecError, match="needs mse_clip"):
