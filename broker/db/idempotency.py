@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.canonical import canonical_json
@@ -25,23 +25,36 @@ def request_hash(operation: str, body: Any) -> str:
     return hashlib.sha256(operation.encode() + b"\0" + canonical_json(body)).hexdigest()
 
 
+def _claim_statement(dialect: Any) -> Any:
+    return dialect.insert(t.idempotency).on_conflict_do_nothing().returning(t.idempotency.c.key)
+
+
+# Statements are built once: constructing them per call costs more CPU than running them.
+_CLAIM = {"postgresql": _claim_statement(postgresql), "sqlite": _claim_statement(sqlite)}
+_EARLIER = select(t.idempotency.c.request_hash, t.idempotency.c.response).where(
+    t.idempotency.c.org_id == bindparam("p_org"), t.idempotency.c.key == bindparam("p_key")
+)
+_STORE = (
+    update(t.idempotency)
+    .where(t.idempotency.c.org_id == bindparam("p_org"), t.idempotency.c.key == bindparam("p_key"))
+    .values(response=bindparam("p_response"))
+)
+
+
 def claim(conn: Connection, *, org_id: str, key: str, req_hash: str, now_ms: int) -> Any | None:
     """Claim ``key`` for this request. Returns the stored response of an earlier identical request, or
     ``None`` when this request is the first (and must call :func:`store`)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    inserted = conn.execute(
-        dialect.insert(t.idempotency)
-        .values(org_id=org_id, key=key, request_hash=req_hash, response=_PENDING, created_ms=now_ms)
-        .on_conflict_do_nothing()
-        .returning(t.idempotency.c.key)
-    ).first()
+    row_values = {
+        "org_id": org_id,
+        "key": key,
+        "request_hash": req_hash,
+        "response": _PENDING,
+        "created_ms": now_ms,
+    }
+    inserted = conn.execute(_CLAIM[conn.dialect.name], row_values).first()
     if inserted is not None:
         return None
-    row = conn.execute(
-        select(t.idempotency.c.request_hash, t.idempotency.c.response).where(
-            t.idempotency.c.org_id == org_id, t.idempotency.c.key == key
-        )
-    ).one()
+    row = conn.execute(_EARLIER, {"p_org": org_id, "p_key": key}).one()
     if row.request_hash != req_hash:
         raise Conflict(
             f"idempotency key {key!r} was already used for a different request; use a new key",
@@ -53,7 +66,5 @@ def claim(conn: Connection, *, org_id: str, key: str, req_hash: str, now_ms: int
 def store(conn: Connection, *, org_id: str, key: str, response: Any) -> None:
     """Record the response of the request that claimed ``key`` (same transaction as its effect)."""
     conn.execute(
-        update(t.idempotency)
-        .where(t.idempotency.c.org_id == org_id, t.idempotency.c.key == key)
-        .values(response=json.dumps(response, separators=(",", ":")))
+        _STORE, {"p_org": org_id, "p_key": key, "p_response": json.dumps(response, separators=(",", ":"))}
     )

@@ -179,7 +179,7 @@ class LedgerRepo:
             if leg.delta != 0
         ]
         if rows:
-            conn.execute(insert(t.entries), rows)
+            conn.execute(_INSERT_ENTRIES, rows)
         return txn_id
 
     def _lock_accounts(self, conn: Connection, account_ids: list[int]) -> None:
@@ -326,9 +326,7 @@ class LedgerRepo:
             )
             self._lock_accounts(conn, [copay_id, held_id, *grant_ids])
         grants, issuers = self.grant_balances(conn, org_id=org_id)
-        copay = conn.execute(
-            select(t.accounts.c.balance, t.accounts.c.floor).where(t.accounts.c.id == copay_id)
-        ).one()
+        copay = conn.execute(_BALANCE_AND_FLOOR, {"account_id": copay_id}).one()
         plan = plan_hold(
             amount,
             eligible_grants(grants, resource_classes=resource_classes, now_ms=now_ms),
@@ -343,18 +341,20 @@ class LedgerRepo:
         ]
         legs.append(Leg(held_id, amount))
         conn.execute(
-            insert(t.holds).values(
-                id=hold_id,
-                org_id=org_id,
-                job_id=job_id,
-                amount=amount,
-                settled=0,
-                released=0,
-                state=HoldState.HELD.value,
-                lines=_dump_lines(plan.lines, line_issuers),
-                created_ms=now_ms,
-                expires_ms=expires_ms,
-            )
+            _INSERT_HOLD,
+            {
+                "id": hold_id,
+                "org_id": org_id,
+                "job_id": job_id,
+                "amount": amount,
+                "settled": 0,
+                "released": 0,
+                "state": HoldState.HELD.value,
+                "lines": _dump_lines(plan.lines, line_issuers),
+                "created_ms": now_ms,
+                "expires_ms": expires_ms,
+                "closed_ms": None,
+            },
         )
         self.post(conn, kind="hold", legs=legs, org_id=org_id, hold_id=hold_id, now_ms=now_ms)
         return Hold(
@@ -373,12 +373,9 @@ class LedgerRepo:
 
     def get_hold(self, conn: Connection, *, hold_id: str, org_id: str | None) -> Hold:
         """A hold by id, scoped to ``org_id`` (``None``: any organisation, for operators and loops)."""
-        query = select(t.holds).where(t.holds.c.id == hold_id)
-        if org_id is not None:
-            query = query.where(t.holds.c.org_id == org_id)
-        if conn.dialect.name != "sqlite":
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        locking = conn.dialect.name != "sqlite"
+        query = _HOLD_BY_ID[(org_id is not None, locking)]
+        row = conn.execute(query, {"hold_id": hold_id, "org_id": org_id}).first()
         if row is None:
             raise NotFound(f"no hold {hold_id}")
         return _hold_from_row(row)
@@ -395,9 +392,14 @@ class LedgerRepo:
         if conn.dialect.name != "sqlite":
             self._lock_accounts(conn, [leg.account_id for leg in legs])
         claimed = conn.execute(
-            update(t.holds)
-            .where(t.holds.c.id == hold.id, t.holds.c.state == HoldState.HELD.value)
-            .values(state=target.value, settled=cost, released=hold.amount - cost, closed_ms=now_ms)
+            _CLOSE_HOLD,
+            {
+                "hold_id": hold.id,
+                "p_state": target.value,
+                "p_settled": cost,
+                "p_released": hold.amount - cost,
+                "p_closed": now_ms,
+            },
         )
         if claimed.rowcount != 1:
             raise Conflict(f"hold {hold.id} was already closed", code="hold_closed")
@@ -456,28 +458,12 @@ class LedgerRepo:
         grant_accounts = [line.account_id for line in hold.lines if line.voucher]
         if not grant_accounts:
             return set()
-        rows = conn.execute(
-            select(t.grants.c.account_id).where(
-                t.grants.c.account_id.in_(grant_accounts), t.grants.c.status == "expired"
-            )
-        )
+        rows = conn.execute(_EXPIRED_GRANT_ACCOUNTS, {"accounts": grant_accounts})
         return {int(r.account_id) for r in rows}
 
     def grant_balances(self, conn: Connection, *, org_id: str) -> tuple[list[GrantBalance], dict[int, str]]:
         """Active grants with credit left, and each grant account's issuer."""
-        rows = conn.execute(
-            select(
-                t.grants.c.id,
-                t.grants.c.account_id,
-                t.grants.c.issuer_org,
-                t.accounts.c.balance,
-                t.grants.c.coverage_bps,
-                t.grants.c.expires_ms,
-                t.grants.c.resources,
-            )
-            .join(t.accounts, t.accounts.c.id == t.grants.c.account_id)
-            .where(t.grants.c.org_id == org_id, t.grants.c.status == "active", t.accounts.c.balance > 0)
-        ).all()
+        rows = conn.execute(_GRANT_BALANCES, {"org_id": org_id}).all()
         balances = [
             GrantBalance(
                 r.id,
@@ -578,6 +564,47 @@ class LedgerRepo:
             problems.append(f"open holds total {held_open} but held accounts hold {held_accounts}")
         return problems
 
+
+# Hot statements are built once (building them per call costs more CPU than running them).
+_INSERT_ENTRIES = insert(t.entries)
+_INSERT_HOLD = insert(t.holds)
+_BALANCE_AND_FLOOR = select(t.accounts.c.balance, t.accounts.c.floor).where(
+    t.accounts.c.id == bindparam("account_id")
+)
+_HOLD_SELECT = select(t.holds).where(t.holds.c.id == bindparam("hold_id"))
+_HOLD_SCOPED = _HOLD_SELECT.where(t.holds.c.org_id == bindparam("org_id"))
+_HOLD_BY_ID = {
+    (False, False): _HOLD_SELECT,
+    (True, False): _HOLD_SCOPED,
+    (False, True): _HOLD_SELECT.with_for_update(),
+    (True, True): _HOLD_SCOPED.with_for_update(),
+}
+_CLOSE_HOLD = (
+    update(t.holds)
+    .where(t.holds.c.id == bindparam("hold_id"), t.holds.c.state == HoldState.HELD.value)
+    .values(
+        state=bindparam("p_state"),
+        settled=bindparam("p_settled"),
+        released=bindparam("p_released"),
+        closed_ms=bindparam("p_closed"),
+    )
+)
+_EXPIRED_GRANT_ACCOUNTS = select(t.grants.c.account_id).where(
+    t.grants.c.account_id.in_(bindparam("accounts", expanding=True)), t.grants.c.status == "expired"
+)
+_GRANT_BALANCES = (
+    select(
+        t.grants.c.id,
+        t.grants.c.account_id,
+        t.grants.c.issuer_org,
+        t.accounts.c.balance,
+        t.grants.c.coverage_bps,
+        t.grants.c.expires_ms,
+        t.grants.c.resources,
+    )
+    .join(t.accounts, t.accounts.c.id == t.grants.c.account_id)
+    .where(t.grants.c.org_id == bindparam("org_id"), t.grants.c.status == "active", t.accounts.c.balance > 0)
+)
 
 _CONDITIONAL_UPDATE = (
     update(t.accounts)
