@@ -9,10 +9,10 @@ Order of work (``train_dp``):
 3. ``size``: a DP count of the training rows (OpenDP, the spec's size share) sets the steps per epoch,
    ``max(1, round(noisy_n / batch_size))``, hence Opacus's sampling rate, step count and noise multiplier:
    none of them is a function of the private row count;
-   ``fit``: DP-SGD through Opacus (:mod:`privacy.training.dpsgd`) at the spec's training ε share;
-4. ``accounting``: the accountant's ε, rounded up to micro-ε, must be ≤ the planned share (fail closed);
-5. ``metric``: a DP metric on the holdout through OpenDP (:mod:`privacy.training.metrics`);
-6. ``export``: weights as safetensors bytes (tensors only, no pickle).
+4. ``fit``: DP-SGD through Opacus (:mod:`privacy.training.dpsgd`) at the spec's training ε share;
+5. ``accounting``: the accountant's ε, rounded up to micro-ε, must be ≤ the planned share (fail closed);
+6. ``metric``: a DP metric on the holdout through OpenDP (:mod:`privacy.training.metrics`);
+7. ``export``: weights as safetensors bytes (tensors only, no pickle).
 
 Anything failing after step 1 becomes :class:`TrainingFailed` naming the stage and exception class only.
 Nothing data-dependent leaves except the DP weights and the noisy metrics: no loss curve, no raw accuracy.
@@ -35,7 +35,13 @@ import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from privacy.training.dpsgd import GRAD_SAMPLE_MODE, build_model, fit_private, secure_mode_available
+from privacy.training.dpsgd import (
+    GRAD_SAMPLE_MODE,
+    FitOutcome,
+    build_model,
+    fit_private,
+    secure_mode_available,
+)
 from privacy.training.errors import SecureModeUnavailable, SpecError, TrainingFailed
 from privacy.training.metrics import noisy_accuracy, noisy_count, noisy_mse
 from privacy.training.sampling import RandomKeys, one_row_per_unit, split_holdout
@@ -244,7 +250,7 @@ def _fit(
     secure_mode: bool,
     seed: int | None,
     steps_per_epoch: int,
-) -> Any:
+) -> FitOutcome:
     return fit_private(
         net,
         data.x_train,
