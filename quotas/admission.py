@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class TenantState:
     running_jobs: int
     available_credit: int
     copay_headroom: int
+    last_admitted_ms: int = 0
+    """When this SME last had a job admitted (0: never): among equal dominant shares, the SME served least
+    recently goes first, so SMEs with equal demand alternate even when capacity frees one job at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,14 @@ def dominant_share(in_use: Resources, cluster_total: Resources) -> Fraction:
     return DominantShare(cluster_total).share(in_use)
 
 
+_SERVED_IN_THIS_PASS = itertools.count(2**62)
+
+
+def _served_now() -> int:
+    """A tie-break later than any real admission time: an SME just served in this pass yields ties."""
+    return next(_SERVED_IN_THIS_PASS)
+
+
 def _job_order(job: QueuedJob) -> tuple[int, int, str]:
     return (-job.priority, job.submitted_ms, job.job_id)
 
@@ -177,6 +189,7 @@ class _Tenant:
         "credit",
         "gpu",
         "jobs",
+        "last_admitted_ms",
         "max_cpu",
         "max_gpu",
         "max_mem",
@@ -196,6 +209,7 @@ class _Tenant:
         self.copay = state.copay_headroom
         self.jobs = jobs
         self.next = 0
+        self.last_admitted_ms = state.last_admitted_ms
 
 
 def _tenants(snapshot: Snapshot, groups: dict[OrgId, list[QueuedJob]]) -> dict[OrgId, _Tenant]:
@@ -220,11 +234,14 @@ def order_queue(queue: Iterable[QueuedJob], snapshot: Snapshot) -> list[QueuedJo
     groups = _group_by_org(queue)
     tenants = _tenants(snapshot, groups)
     drf = DominantShare(snapshot.cluster_total)
-    heap = [(drf.key(t.cpu, t.gpu, t.mem), t.jobs[0].submitted_ms, org) for org, t in tenants.items()]
+    heap = [
+        (drf.key(t.cpu, t.gpu, t.mem), t.last_admitted_ms, t.jobs[0].submitted_ms, org)
+        for org, t in tenants.items()
+    ]
     heapq.heapify(heap)
     ordered: list[QueuedJob] = []
     while heap:
-        _, _, org = heapq.heappop(heap)
+        *_, org = heapq.heappop(heap)
         tenant = tenants[org]
         job = tenant.jobs[tenant.next]
         tenant.next += 1
@@ -235,7 +252,7 @@ def order_queue(queue: Iterable[QueuedJob], snapshot: Snapshot) -> list[QueuedJo
         tenant.mem += res.memory_mib
         if tenant.next < len(tenant.jobs):
             key = drf.key(tenant.cpu, tenant.gpu, tenant.mem)
-            heapq.heappush(heap, (key, tenant.jobs[tenant.next].submitted_ms, org))
+            heapq.heappush(heap, (key, _served_now(), tenant.jobs[tenant.next].submitted_ms, org))
     return ordered
 
 
@@ -250,16 +267,19 @@ def decide(snapshot: Snapshot, queue: Iterable[QueuedJob]) -> list[Decision]:
     groups = _group_by_org(queue)
     tenants = _tenants(snapshot, groups)
     drf = DominantShare(snapshot.cluster_total)
-    heap = [(drf.key(t.cpu, t.gpu, t.mem), t.jobs[0].submitted_ms, org) for org, t in tenants.items()]
+    heap = [
+        (drf.key(t.cpu, t.gpu, t.mem), t.last_admitted_ms, t.jobs[0].submitted_ms, org)
+        for org, t in tenants.items()
+    ]
     heapq.heapify(heap)
     decisions: list[Decision] = []
     free = [snapshot.capacity.milli_cpu, snapshot.capacity.gpus, snapshot.capacity.memory_mib]
     while heap:
-        _, _, org = heapq.heappop(heap)
+        *_, org = heapq.heappop(heap)
         tenant = tenants[org]
         if _admit_next(tenant, free, decisions) and tenant.next < len(tenant.jobs):
             key = drf.key(tenant.cpu, tenant.gpu, tenant.mem)
-            heapq.heappush(heap, (key, tenant.jobs[tenant.next].submitted_ms, org))
+            heapq.heappush(heap, (key, _served_now(), tenant.jobs[tenant.next].submitted_ms, org))
     return decisions
 
 
@@ -404,7 +424,7 @@ class FairQueue:
         chosen: list[QueuedJob] = []
         scratch: list[Decision] = []
         while heap and floor[0] <= free[0] and floor[1] <= free[1] and floor[2] <= free[2]:
-            _, _, org = heapq.heappop(heap)
+            *_, org = heapq.heappop(heap)
             corner = self._corners[org]
             if corner[0] > free[0] or corner[1] > free[1] or corner[2] > free[2]:
                 continue  # nothing of this SME fits what is left: all its jobs wait
@@ -415,7 +435,7 @@ class FairQueue:
                 chosen.append(scratch[-1].job)
                 if tenant.next < len(tenant.jobs):
                     key = drf.key(tenant.cpu, tenant.gpu, tenant.mem)
-                    heapq.heappush(heap, (key, tenant.jobs[tenant.next].submitted_ms, org))
+                    heapq.heappush(heap, (key, _served_now(), tenant.jobs[tenant.next].submitted_ms, org))
             scratch.clear()
         for job in chosen:
             self.remove(job.job_id)
@@ -423,9 +443,9 @@ class FairQueue:
 
     def _candidates(
         self, snapshot: Snapshot, drf: DominantShare, free: list[int]
-    ) -> tuple[list[tuple[int, int, OrgId]], list[int]]:
+    ) -> tuple[list[tuple[int, int, int, OrgId]], list[int]]:
         """The heap of SMEs that might admit a job now, and the smallest request among them."""
-        heap: list[tuple[int, int, OrgId]] = []
+        heap: list[tuple[int, int, int, OrgId]] = []
         free_cpu, free_gpu, free_mem = free
         floor_cpu, floor_gpu, floor_mem = free_cpu + 1, free_gpu + 1, free_mem + 1
         tenants, corners, key = snapshot.tenants, self._corners, drf.key
@@ -447,7 +467,14 @@ class FairQueue:
                 or mem + use.memory_mib > limit.memory_mib
             ):
                 continue  # at its running-job limit, or none of its jobs fits its quota room
-            heap.append((key(use.milli_cpu, use.gpus, use.memory_mib), jobs[0].submitted_ms, org))
+            heap.append(
+                (
+                    key(use.milli_cpu, use.gpus, use.memory_mib),
+                    snapshot.tenants[org].last_admitted_ms,
+                    jobs[0].submitted_ms,
+                    org,
+                )
+            )
             floor_cpu = cpu if cpu < floor_cpu else floor_cpu
             floor_gpu = gpu if gpu < floor_gpu else floor_gpu
             floor_mem = mem if mem < floor_mem else floor_mem

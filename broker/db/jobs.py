@@ -310,3 +310,13 @@ def usage_between(conn: Connection, start_ms: int, end_ms: int) -> list[UsageRec
         )
     )
     return [UsageRecord(r.job_id, r.resource, int(r.quantity), int(r.start_ms), int(r.end_ms)) for r in rows]
+
+
+def last_admissions(conn: Connection, org_ids: list[str]) -> dict[str, int]:
+    """Per SME, when a job of it was last admitted (SMEs never served are absent)."""
+    rows = conn.execute(
+        select(t.jobs.c.org_id, func.max(t.jobs.c.admitted_ms))
+        .where(t.jobs.c.org_id.in_(org_ids), t.jobs.c.admitted_ms.is_not(None))
+        .group_by(t.jobs.c.org_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}

@@ -367,6 +367,7 @@ class JobService:
         if not waiting:
             return [], Snapshot(Resources(), {}, Resources())
         use = jobs_db.in_use(conn)
+        served = jobs_db.last_admissions(conn, sorted({job.org_id for job in waiting}))
         total = self._cluster_total()
         used = Resources()
         for res, _count in use.values():
@@ -383,6 +384,7 @@ class JobService:
                     running,
                     balance.available,
                     balance.copay_limit - balance.copay_used,
+                    served.get(job.org_id, 0),
                 )
             grants, _ = self.c.ledger.grant_balances(conn, org_id=job.org_id)
             tenant = tenants[job.org_id]
