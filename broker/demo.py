@@ -119,12 +119,14 @@ def all_steps() -> list[Step]:
     """Every demo step in order (later features add theirs before the audit check)."""
     from broker.demo_data import data_steps
     from broker.demo_jobs import step_training_job
+    from broker.demo_reports import report_steps
 
     return [
         *foundation_steps(),
         ("Run a voucher-paid training job on Ray", step_training_job),
         *data_steps(),
         ("Verify the audit log", step_audit),
+        *report_steps(),
     ]
 
 

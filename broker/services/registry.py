@@ -10,6 +10,7 @@ from broker.services.datasets import DatasetService
 from broker.services.jobs import JobService
 from broker.services.ledger import LedgerService
 from broker.services.orgs import OrgService
+from broker.services.reports import ReportService
 from broker.services.vouchers import VoucherService
 
 
@@ -24,6 +25,7 @@ class Services:
     audit: AuditService
     datasets: DatasetService
     jobs: JobService
+    reports: ReportService
 
 
 def build_services(container: Container) -> Services:
@@ -36,4 +38,5 @@ def build_services(container: Container) -> Services:
         audit=AuditService(container),
         datasets=DatasetService(container),
         jobs=JobService(container),
+        reports=ReportService(container),
     )

@@ -1,0 +1,1 @@
+"""The web dashboard (server-rendered Jinja2 pages) served by the broker."""
