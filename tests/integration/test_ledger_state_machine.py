@@ -43,6 +43,9 @@ from tests.conftest import BACKENDS, DAY_S
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 HOUR_MS = 3600 * 1000
+COPAY = "copay"  # the co-payment line of a hold, in place of a grant id
+COPAY_LIMITS = (0, 150)  # the first SME may not co-pay, the second up to 150 credits
+COVERAGES_BPS = (10_000, 10_000, 7_500, 5_000, 3_333)
 CREDIT_DAYS = (1, 2, 5)  # grants expire 1, 2 or 5 days after redemption
 HOLD_TTLS_S = (3600, DAY_S, 3 * DAY_S)
 CLOCK_STEPS_MS = (HOUR_MS + 1000, DAY_S * 1000, 2 * DAY_S * 1000 + 1)
@@ -61,12 +64,13 @@ class GrantModel:
     sme: str
     balance: int
     expires_ms: int
+    coverage_bps: int
     expired: bool = False  # the reaper has moved it to the issuer's expired account
 
 
 @dataclass
 class HoldModel:
-    """One hold as the model expects it; ``lines`` are ``(grant id, credits)`` in draw order."""
+    """One hold as the model expects it; ``lines`` are ``(grant id or COPAY, credits)`` in draw order."""
 
     id: str
     sme: str
@@ -123,7 +127,9 @@ def new_actors(services: Services) -> Actors:
     operator = principal("sm-op", "operator", None)
     issuer = principal("sm-issuer", "issuer", operator, year_budget=10**9, sme_cap=10**8)
     services.vouchers.create_key(issuer)
-    smes = [principal(f"sm-sme{i}", "sme", operator) for i in range(2)]
+    smes = [
+        principal(f"sm-sme{i}", "sme", operator, copay_limit=limit) for i, limit in enumerate(COPAY_LIMITS)
+    ]
     return Actors(operator, issuer, smes)
 
 
@@ -141,7 +147,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.actors: Actors | None = None
         self.grants: dict[str, GrantModel] = {}
         self.holds: dict[str, HoldModel] = {}
-        self.settled: dict[str, int] = {}
+        self.settled: dict[str, int] = {}  # voucher share of settled costs, per SME
+        self.copaid: dict[str, int] = {}  # co-paid share of settled costs, per SME
+        self.copay_used: dict[str, int] = {}  # co-payment held or settled, per SME
         self.redeemed_tokens: list[tuple[Principal, str, int]] = []
         self.replayable: list[Replayable] = []
         self.keys = itertools.count()
@@ -170,20 +178,60 @@ class LedgerMachine(RuleBasedStateMachine):
     def closed_holds(self) -> list[str]:
         return sorted(h.id for h in self.holds.values() if h.state != "HELD")
 
-    def give_back(self, grant_id: str, credits: int) -> None:
-        """Released credit returns to its grant, unless the reaper already expired that grant."""
+    def give_back(self, sme: str, grant_id: str, credits: int) -> None:
+        """Released credit returns to its grant (unless the reaper already expired that grant) or to the
+        SME's co-payment line."""
+        if grant_id == COPAY:
+            self.copay_used[sme] -= credits
+            return
         grant = self.grants[grant_id]
         if not grant.expired:
             grant.balance += credits
 
-    def issue(self, sme: Principal, credits: int, credit_days: int) -> dict[str, Any]:
+    def plan(self, sme: str, amount: int) -> list[tuple[str, int]] | None:
+        """The documented draw: grants expiring first pay their coverage share of the part they cover
+        (rounded down), the SME co-pays the rest of it and all of any uncovered part; ``None`` when the
+        co-payment exceeds the SME's headroom."""
+        now = self.now()
+        eligible = sorted(
+            (
+                g
+                for g in self.grants.values()
+                if g.sme == sme and not g.expired and g.expires_ms > now and g.balance > 0
+            ),
+            key=lambda g: (g.expires_ms, g.id),
+        )
+        lines: list[tuple[str, int]] = []
+        remaining, copay = amount, 0
+        for grant in eligible:
+            if remaining == 0:
+                break
+            covered = min(remaining, grant.balance * 10_000 // grant.coverage_bps)
+            share = covered * grant.coverage_bps // 10_000
+            if share > 0:
+                lines.append((grant.id, share))
+            copay += covered - share
+            remaining -= covered
+        copay += remaining
+        if copay > self.copay_limit(sme) - self.copay_used[sme]:
+            return None
+        if copay > 0:
+            lines.append((COPAY, copay))
+        return lines
+
+    def copay_limit(self, sme: str) -> int:
+        return COPAY_LIMITS[[s.org_id for s in self.world.smes].index(sme)]
+
+    def issue(
+        self, sme: Principal, credits: int, credit_days: int, coverage_bps: int = 10_000
+    ) -> dict[str, Any]:
         now_s = self.now() // 1000
         return dict(
             self.services.vouchers.issue(
                 self.world.issuer,
                 sme_org=sme.org_id,
                 credits=credits,
-                coverage_bps=10_000,
+                coverage_bps=coverage_bps,
                 resources=("cpu", "memory"),
                 valid_from_s=None,
                 valid_until_s=now_s + DAY_S,
@@ -196,23 +244,25 @@ class LedgerMachine(RuleBasedStateMachine):
     def make_world(self) -> None:
         self.actors = new_actors(self.services)
         for sme in self.world.smes:
-            self.settled[sme.org_id] = 0
+            self.settled[sme.org_id] = self.copaid[sme.org_id] = self.copay_used[sme.org_id] = 0
 
     @rule(
         sme_i=st.integers(0, 1),
         credits=st.integers(1, 60),
         credit_days=st.sampled_from(CREDIT_DAYS),
+        coverage_bps=st.sampled_from(COVERAGES_BPS),
         keyed=st.booleans(),
     )
-    def redeem(self, sme_i: int, credits: int, credit_days: int, keyed: bool) -> None:
+    def redeem(self, sme_i: int, credits: int, credit_days: int, coverage_bps: int, keyed: bool) -> None:
         sme = self.world.smes[sme_i]
-        token = self.issue(sme, credits, credit_days)["token"]
+        token = self.issue(sme, credits, credit_days, coverage_bps)["token"]
         expires_ms = (self.now() // 1000 + credit_days * DAY_S) * 1000
         kwargs: dict[str, Any] = {"token": token, "idempotency_key": self.key(keyed)}
         result = self.services.vouchers.redeem(sme, **kwargs)
         grant = result["grant"]
         assert (grant["amount"], grant["org_id"], grant["expires_ms"]) == (credits, sme.org_id, expires_ms)
-        self.grants[grant["id"]] = GrantModel(grant["id"], sme.org_id, credits, expires_ms)
+        assert grant["coverage_bps"] == coverage_bps
+        self.grants[grant["id"]] = GrantModel(grant["id"], sme.org_id, credits, expires_ms, coverage_bps)
         self.redeemed_tokens.append((sme, token, self.now() // 1000 + DAY_S))
         if keyed:
             self.replayable.append(Replayable("redeem", sme, kwargs, result))
@@ -237,41 +287,37 @@ class LedgerMachine(RuleBasedStateMachine):
         sme = self.world.smes[sme_i]
         now = self.now()
         kwargs: dict[str, Any] = {"amount": amount, "ttl_s": ttl_s, "idempotency_key": self.key(keyed)}
-        if amount > self.available(sme.org_id):
+        lines = self.plan(sme.org_id, amount)
+        if lines is None:
             with pytest.raises(InsufficientFunds) as refused:
                 self.services.ledger.place_hold(sme, **kwargs)
             assert refused.value.code == "insufficient_credit"
             return
         result = self.services.ledger.place_hold(sme, **kwargs)
-        assert (result["amount"], result["voucher_amount"], result["copay_amount"]) == (amount, amount, 0)
-        assert (result["state"], result["expires_ms"]) == ("HELD", now + ttl_s * 1000)
-        eligible = sorted(
-            (
-                g
-                for g in self.grants.values()
-                if g.sme == sme.org_id and not g.expired and g.expires_ms > now and g.balance > 0
-            ),
-            key=lambda g: (g.expires_ms, g.id),
+        copay = sum(credits for source, credits in lines if source == COPAY)
+        assert (result["amount"], result["voucher_amount"], result["copay_amount"]) == (
+            amount,
+            amount - copay,
+            copay,
         )
-        lines: list[tuple[str, int]] = []
-        remaining = amount
-        for grant in eligible:
-            take = min(remaining, grant.balance)
-            if take == 0:
-                break
-            grant.balance -= take
-            remaining -= take
-            lines.append((grant.id, take))
-        assert remaining == 0
+        assert (result["state"], result["expires_ms"]) == ("HELD", now + ttl_s * 1000)
+        for source, credits in lines:
+            if source == COPAY:
+                self.copay_used[sme.org_id] += credits
+            else:
+                self.grants[source].balance -= credits
         self.holds[result["id"]] = HoldModel(result["id"], sme.org_id, amount, lines, now + ttl_s * 1000)
         if keyed:
             self.replayable.append(Replayable("hold", sme, kwargs, result))
 
     def apply_close(self, hold: HoldModel, state: str, cost: int) -> None:
-        for (grant_id, line_amount), share in zip(hold.lines, pro_rata(hold.lines, cost), strict=True):
-            self.give_back(grant_id, line_amount - share)
+        for (source, line_amount), share in zip(hold.lines, pro_rata(hold.lines, cost), strict=True):
+            self.give_back(hold.sme, source, line_amount - share)
+            if source == COPAY:
+                self.copaid[hold.sme] += share
+            else:
+                self.settled[hold.sme] += share
         hold.state, hold.settled, hold.released = state, cost, hold.amount - cost
-        self.settled[hold.sme] += cost
 
     @precondition(lambda self: bool(self.open_holds()))
     @rule(data=st.data(), keyed=st.booleans())
@@ -399,10 +445,11 @@ class LedgerMachine(RuleBasedStateMachine):
             open_held = sum(
                 h.amount for h in self.holds.values() if h.sme == sme.org_id and h.state == "HELD"
             )
-            assert (balance["available"], balance["held"], balance["copay_used"]) == (
+            assert (balance["available"], balance["held"], balance["copay_used"], balance["copay_limit"]) == (
                 self.available(sme.org_id),
                 open_held,
-                0,
+                self.copay_used[sme.org_id],
+                self.copay_limit(sme.org_id),
             )
             grants = {g["id"]: (g["balance"], g["status"]) for g in balance["grants"]}
             assert grants == {
@@ -411,10 +458,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 if g.sme == sme.org_id
             }
             entries = led.entries(self.world.operator, org_id=sme.org_id, limit=1000)
-            charged = sum(
-                e["amount"] for e in entries if e["kind"] == "settle" and e["account_kind"] == "spent"
-            )
-            assert charged == self.settled[sme.org_id]
+            settled = {kind: 0 for kind in ("spent", "copaid")}
+            for entry in entries:
+                if entry["kind"] == "settle" and entry["account_kind"] in settled:
+                    settled[entry["account_kind"]] += entry["amount"]
+            assert settled == {"spent": self.settled[sme.org_id], "copaid": self.copaid[sme.org_id]}
         for hold in self.holds.values():
             seen = led.get_hold(self.world.operator, hold_id=hold.id)
             assert (seen["state"], seen["settled"], seen["released"]) == (
