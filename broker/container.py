@@ -22,6 +22,7 @@ from broker.metrics import Metrics
 from broker.settings import Settings
 from datasets.storage import LocalDirStore, ObjectStore, S3Store
 from quotas.clock import Clock, SystemClock
+from quotas.resources import Resources
 from vouchers import key_id, public_jwk
 
 
@@ -74,6 +75,15 @@ def build_compute(settings: Settings, clock: Clock) -> ComputeBackend:
         ray_token=settings.ray_token,
         kube_namespace=settings.kube_namespace,
         kube_image=settings.kube_image,
+        kube_capacity=(
+            Resources(
+                settings.kube_capacity_milli_cpu,
+                settings.kube_capacity_gpus,
+                settings.kube_capacity_memory_mib,
+            )
+            if settings.kube_capacity_milli_cpu or settings.kube_capacity_gpus
+            else None  # kuberay then refuses to start with a message naming SBX_KUBE_CAPACITY_*
+        ),
         local_num_cpus=settings.ray_num_cpus,
         clock=clock,
     )
@@ -85,7 +95,10 @@ def build_storage(settings: Settings) -> ObjectStore:
         if not (settings.s3_endpoint and settings.s3_access_key and settings.s3_secret_key):
             raise ValueError("SBX_STORAGE=s3 needs SBX_S3_ENDPOINT, SBX_S3_ACCESS_KEY and SBX_S3_SECRET_KEY")
         return S3Store(
-            settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_bucket,
             secure=settings.s3_secure,
         )
     return LocalDirStore(settings.state_dir / "objects")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -19,7 +20,10 @@ from broker.settings import Settings
 def run(*, host: str | None = None, port: int | None = None, settings: Settings | None = None) -> None:
     """Serve until stopped: in-flight requests finish, loops stop, then the database closes."""
     settings = settings or Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
+    problems = settings.production_problems()
+    if problems:
+        raise SystemExit("refusing to start in production:\n  - " + "\n  - ".join(problems))
     container = build_container(settings)
     services = build_services(container)
     loops = BackgroundLoops(services, interval_ms=settings.loop_interval_ms)
@@ -39,6 +43,34 @@ def run(*, host: str | None = None, port: int | None = None, settings: Settings 
     finally:
         loops.stop()
         container.close()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (production log collectors parse it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a JSON line."""
+        payload = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload)
+
+
+def configure_logging(log_format: str) -> None:
+    """Plain text for people, JSON lines for production."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
 
 
 class RunningServer:

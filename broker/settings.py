@@ -9,6 +9,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ComputeKind = Literal["ray-local", "ray", "kuberay", "fake"]
+Environment = Literal["embedded", "production"]
+DEFAULT_SECRETS = frozenset({"", "minioadmin", "changeme", "change-me", "password", "secret", "admin"})
 StorageKind = Literal["local", "s3"]
 
 
@@ -21,6 +23,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SBX_", extra="ignore")
 
+    environment: Environment = Field(
+        default="embedded", description="`production` enforces the checks below."
+    )
+    log_format: Literal["text", "json"] = "text"
     state_dir: Path = Field(default=Path(".sbx"), description="Keys, SQLite file, local object store.")
     database_url: str | None = Field(default=None, description="Defaults to SQLite in the state dir.")
     host: str = "127.0.0.1"
@@ -31,6 +37,11 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = None
     kube_namespace: str = "sandbox-broker"
     kube_image: str = "rayproject/ray:2.60.0-py311"
+    kube_capacity_milli_cpu: int = Field(
+        default=0, description="KubeRay: CPU the broker may schedule (milli)."
+    )
+    kube_capacity_gpus: int = 0
+    kube_capacity_memory_mib: int = 0
     storage: StorageKind = "local"
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
@@ -46,6 +57,27 @@ class Settings(BaseSettings):
     loop_interval_ms: int = 500
     max_token_bytes: int = 8192
     max_body_bytes: int = 64 * 1024 * 1024
+
+    def production_problems(self) -> list[str]:
+        """What stops this configuration from running in production (empty when it may start)."""
+        if self.environment != "production":
+            return []
+        problems = []
+        if not (self.database_url or "").startswith("postgresql"):
+            problems.append("SBX_DATABASE_URL must point at PostgreSQL (several replicas share it)")
+        if self.storage != "s3":
+            problems.append("SBX_STORAGE must be s3 (replicas share the object store)")
+        elif (self.s3_access_key or "") in DEFAULT_SECRETS or (self.s3_secret_key or "") in DEFAULT_SECRETS:
+            problems.append("SBX_S3_ACCESS_KEY / SBX_S3_SECRET_KEY are missing or a well-known default")
+        if self.compute in ("ray-local", "fake"):
+            problems.append("SBX_COMPUTE must be kuberay or ray in production")
+        if self.compute == "ray" and (self.ray_token or "") in DEFAULT_SECRETS:
+            problems.append("SBX_RAY_TOKEN is missing or a well-known default")
+        if self.host == "127.0.0.1":
+            problems.append(
+                "SBX_HOST is 127.0.0.1: behind a TLS-terminating ingress bind 0.0.0.0 (see docs/deploy.md)"
+            )
+        return problems
 
     @property
     def resolved_database_url(self) -> str:
