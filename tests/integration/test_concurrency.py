@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 
 from broker.container import Container
 from broker.db.orgs import Principal
@@ -264,3 +264,77 @@ def test_a_close_racing_the_reaper_never_strands_credit_in_an_expired_grant(
     balance = led.balance(world.sme)
     assert [(g["status"], g["balance"]) for g in balance["grants"]] == [("expired", 0)]
     assert led.invariants() == []
+
+
+def test_the_invariant_check_reads_one_snapshot_while_holds_commit(
+    world: World, container: Container, request: pytest.FixtureRequest
+) -> None:
+    """A hold committed in the middle of ``invariants()`` must not make a sound ledger look broken.
+
+    A cursor hook commits a new hold from another connection just before the check sums the held accounts,
+    after it has summed the open holds: deterministic, no timing involved.
+    """
+    if container.db.dialect == "postgresql":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="BUG: broker/services/ledger.py invariants() runs check_invariants through Database.read, "
+                "which on PostgreSQL is READ COMMITTED: every statement sees its own snapshot, so a hold "
+                "committed between two statements reports 'open holds total X but held accounts hold Y' on a "
+                "sound ledger (needs REPEATABLE READ for the read)",
+            )
+        )
+    led = world.services.ledger
+    world.credit(100)
+    fired: list[dict[str, Any]] = []
+
+    def commit_a_hold_midway(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if fired or "sum(accounts.balance)" not in statement or "accounts.kind" not in statement:
+            return
+        fired.append({})
+        fired[0] = led.place_hold(world.sme, amount=5)
+
+    event.listen(container.db.engine, "before_cursor_execute", commit_a_hold_midway)
+    try:
+        problems = led.invariants()
+    finally:
+        event.remove(container.db.engine, "before_cursor_execute", commit_a_hold_midway)
+    assert fired and fired[0]["state"] == "HELD"  # the hold really committed during the check
+    assert problems == []
+    assert led.invariants() == []
+
+
+def test_a_balance_reads_one_snapshot_while_a_hold_commits(
+    world: World, container: Container, request: pytest.FixtureRequest
+) -> None:
+    """A hold committed between the grant and held-account reads of ``balance()`` must not show its credit
+    twice (available + held may never exceed what was redeemed)."""
+    if container.db.dialect == "postgresql":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="BUG: LedgerService.balance reads grants, the held account and the co-payment line in "
+                "separate READ COMMITTED statements on PostgreSQL (Database.read), so a concurrent hold is "
+                "counted both as available and as held",
+            )
+        )
+    led = world.services.ledger
+    world.credit(100)
+    fired: list[dict[str, Any]] = []
+
+    def commit_a_hold_midway(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        flat = " ".join(statement.split())
+        if fired or not flat.startswith("SELECT accounts.balance FROM accounts WHERE accounts.id"):
+            return
+        fired.append({})
+        fired[0] = led.place_hold(world.sme, amount=5)
+
+    event.listen(container.db.engine, "before_cursor_execute", commit_a_hold_midway)
+    try:
+        balance = led.balance(world.sme)
+    finally:
+        event.remove(container.db.engine, "before_cursor_execute", commit_a_hold_midway)
+    assert fired and fired[0]["state"] == "HELD"
+    assert balance["available"] + balance["held"] == 100
+    after = led.balance(world.sme)
+    assert (after["available"], after["held"]) == (95, 5)
