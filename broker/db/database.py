@@ -59,7 +59,12 @@ class Database:
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` on a read-only snapshot (a plain connection; SQLite WAL readers never block)."""
         with self.engine.connect() as conn:
-            conn = conn.execution_options(**{READ_ONLY: True})
+            if self.sqlite:
+                conn = conn.execution_options(**{READ_ONLY: True})
+            else:
+                # One consistent snapshot for the whole read (READ COMMITTED would let a multi-statement
+                # read, such as the invariant check, see some commits and not others).
+                conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             with conn.begin():
                 return fn(conn)
 

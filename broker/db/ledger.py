@@ -371,10 +371,9 @@ class LedgerRepo:
             expires_ms,
         )
 
-    def get_hold(self, conn: Connection, *, hold_id: str, org_id: str | None) -> Hold:
-        """A hold by id, scoped to ``org_id`` (``None``: any organisation, for operators and loops)."""
-        locking = conn.dialect.name != "sqlite"
-        query = _HOLD_BY_ID[(org_id is not None, locking)]
+    def get_hold(self, conn: Connection, *, hold_id: str, org_id: str | None, lock: bool = False) -> Hold:
+        """A hold by id, scoped to ``org_id`` (``None``: any organisation); ``lock`` row-locks it for a write."""
+        query = _HOLD_BY_ID[(org_id is not None, lock and conn.dialect.name != "sqlite")]
         row = conn.execute(query, {"hold_id": hold_id, "org_id": org_id}).first()
         if row is None:
             raise NotFound(f"no hold {hold_id}")
@@ -385,12 +384,15 @@ class LedgerRepo:
         close_hold(hold.state, target)
         split = split_settlement(hold.lines, cost)
         held_id = self.account_id(conn, AccountKind.HELD, hold.org_id)
+        if conn.dialect.name != "sqlite":
+            # Lock every account this close may touch *before* reading which grants expired, so the reaper
+            # (which locks a grant's account before moving its balance) cannot interleave and strand
+            # released credit in a grant it has just expired.
+            self._lock_accounts(conn, self._close_accounts(conn, hold, held_id))
         legs = [Leg(held_id, -hold.amount)]
         expired_grants = self._expired_grant_accounts(conn, hold)
         for (line, settled, released), issuer in zip(split, hold.issuers, strict=True):
             legs.extend(self._settle_legs(conn, hold.org_id, line, issuer, settled, released, expired_grants))
-        if conn.dialect.name != "sqlite":
-            self._lock_accounts(conn, [leg.account_id for leg in legs])
         claimed = conn.execute(
             _CLOSE_HOLD,
             {
@@ -430,6 +432,18 @@ class LedgerRepo:
         if conn.dialect.name != "sqlite":
             query = query.with_for_update(skip_locked=True)
         return [_hold_from_row(row) for row in conn.execute(query)]
+
+    def _close_accounts(self, conn: Connection, hold: Hold, held_id: int) -> list[int]:
+        """Every account closing ``hold`` may credit or debit."""
+        accounts = [held_id]
+        for line, issuer in zip(hold.lines, hold.issuers, strict=True):
+            accounts.append(line.account_id)
+            if line.voucher and issuer is not None:
+                accounts.append(self.account_id(conn, AccountKind.SPENT, issuer))
+                accounts.append(self.account_id(conn, AccountKind.EXPIRED, issuer))
+            else:
+                accounts.append(self.account_id(conn, AccountKind.COPAID, hold.org_id))
+        return accounts
 
     def _settle_legs(
         self,

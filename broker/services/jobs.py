@@ -470,7 +470,7 @@ class JobService:
             current = jobs_db.get_job(conn, job.id, lock=True)
             if current.state is not JobState.ADMITTED or current.hold_id is None:
                 return
-            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None)
+            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None, lock=True)
             if hold.state is HoldState.HELD:
                 self.c.ledger.close(conn, hold=hold, target=HoldState.RELEASED, cost=0, now_ms=now)
             jobs_db.move(
@@ -551,7 +551,7 @@ class JobService:
             current = jobs_db.get_job(conn, job.id, lock=True)
             if current.state is not JobState.ADMITTED or current.hold_id is None:
                 return
-            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None)
+            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None, lock=True)
             if hold.state is HoldState.HELD:
                 self.c.ledger.close(conn, hold=hold, target=HoldState.RELEASED, cost=0, now_ms=now)
             jobs_db.move(conn, current, JobState.QUEUED, hold_id=None, admitted_ms=None)
@@ -574,7 +574,7 @@ class JobService:
                 end = min(end, start + current.max_runtime_s * 1000)
                 records = meter(current.id, current.resources, start, end)
                 cost = price(current.resources, end - start, card)
-            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None)
+            hold = self.c.ledger.get_hold(conn, hold_id=current.hold_id, org_id=None, lock=True)
             cost = min(cost, hold.amount)
             voucher_paid = sum(s for line, s, _ in split_settlement(hold.lines, cost) if line.voucher)
             jobs_db.record_usage(conn, org_id=current.org_id, records=records)

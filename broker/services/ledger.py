@@ -174,7 +174,7 @@ class LedgerService:
         now = self.c.clock.now_ms()
 
         def tx(conn: Connection) -> dict[str, Any]:
-            hold = self.c.ledger.get_hold(conn, hold_id=hold_id, org_id=scope)
+            hold = self.c.ledger.get_hold(conn, hold_id=hold_id, org_id=scope, lock=True)
             closed = self.c.ledger.close(conn, hold=hold, target=target, cost=cost, now_ms=now)
             return hold_dict(closed)
 

@@ -235,12 +235,6 @@ def wait_for_lock_waiter(container: Container) -> None:
     raise AssertionError("the closing transaction never waited for the reaper's lock")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: broker/db/ledger.py LedgerRepo.close reads which grants are expired "
-    "(_expired_grant_accounts) before locking the accounts (_lock_accounts); a hold closed while the "
-    "reaper expires its grant releases credit into the expired grant's account, where it is stranded",
-)
 def test_a_close_racing_the_reaper_never_strands_credit_in_an_expired_grant(
     world: World, container: Container
 ) -> None:
@@ -274,16 +268,6 @@ def test_the_invariant_check_reads_one_snapshot_while_holds_commit(
     A cursor hook commits a new hold from another connection just before the check sums the held accounts,
     after it has summed the open holds: deterministic, no timing involved.
     """
-    if container.db.dialect == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: broker/services/ledger.py invariants() runs check_invariants through Database.read, "
-                "which on PostgreSQL is READ COMMITTED: every statement sees its own snapshot, so a hold "
-                "committed between two statements reports 'open holds total X but held accounts hold Y' on a "
-                "sound ledger (needs REPEATABLE READ for the read)",
-            )
-        )
     led = world.services.ledger
     world.credit(100)
     fired: list[dict[str, Any]] = []
@@ -309,15 +293,6 @@ def test_a_balance_reads_one_snapshot_while_a_hold_commits(
 ) -> None:
     """A hold committed between the grant and held-account reads of ``balance()`` must not show its credit
     twice (available + held may never exceed what was redeemed)."""
-    if container.db.dialect == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: LedgerService.balance reads grants, the held account and the co-payment line in "
-                "separate READ COMMITTED statements on PostgreSQL (Database.read), so a concurrent hold is "
-                "counted both as available and as held",
-            )
-        )
     led = world.services.ledger
     world.credit(100)
     fired: list[dict[str, Any]] = []
