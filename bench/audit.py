@@ -5,7 +5,7 @@
     ``SBX_BENCH_AUDIT_OPS`` (default 1000) transactions without and with ``AuditRepo.append`` alternate;
     the time the append takes inside its transaction is measured directly (its p50 is the added latency;
     the commit's fsync is shared), and end-to-end p50s of both kinds are printed for context.
-(b) verify: ``SBX_BENCH_AUDIT_ENTRIES`` (default 200,000) entries are appended (2,000 per transaction),
+(b) verify: ``SBX_BENCH_AUDIT_ENTRIES`` (default 100,000) entries are appended (2,000 per transaction),
     checkpointed, and ``AuditRepo.verify`` (chain, signed checkpoints, queryable columns) is timed.
 
 Last line: ``BENCH audit append_overhead_ms=… verify_entries_per_s=…``
@@ -33,7 +33,7 @@ from broker.settings import Settings
 from privacy.budget import PrivacyCost
 
 OPS = int(os.environ.get("SBX_BENCH_AUDIT_OPS", "1000"))
-ENTRIES = int(os.environ.get("SBX_BENCH_AUDIT_ENTRIES", "200000"))
+ENTRIES = int(os.environ.get("SBX_BENCH_AUDIT_ENTRIES", "100000"))
 BATCH = 2000
 CSV = "household_id,kwh\n" + "".join(f"h{i},{i % 90}.5\n" for i in range(200))
 POLICY = {
