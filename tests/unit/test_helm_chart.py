@@ -1,0 +1,441 @@
+"""The Helm chart, checked without a cluster: linted and rendered by Helm's own Go SDK (``helm-python-sdk``)
+for several value sets, every built-in object validated against Kubernetes' OpenAPI schemas
+(``kubernetes-validate``, strict: unknown fields fail), and the RayJobs the broker makes for the chart's
+settings validated against KubeRay's CRD. Plus what the chart promises: hardened pods, a migrations hook,
+a minimal Role, kept secrets, alerts on real metric names, and a values table that is up to date."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from broker.compute import JobLaunch, launch_name, rayjob_manifest
+from broker.compute.kube_fake import crd_validator
+from broker.metrics import Metrics
+from quotas.resources import Resources
+from vouchers import public_jwk
+
+try:
+    import helm_python
+except Exception as exc:  # the bundled Go library may not load on this platform
+    pytest.skip(f"helm-python-sdk cannot load Helm's engine: {exc}", allow_module_level=True)
+import kubernetes_validate
+
+REPO = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO / "helm" / "sandbox-broker"
+RAYJOB_CRD = REPO.parent / "shared" / "kuberay" / "ray.io_rayjobs.yaml"
+RELEASE, NAMESPACE = "sbx", "sandbox"
+FULLNAME = "sbx-sandbox-broker"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas we have.
+KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+# Custom resources of the Prometheus Operator: no built-in schema; checked structurally below.
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+# Metrics the alerts use that the broker does not export yet (named in the production report).
+PENDING_METRICS = {
+    "sbx_credits_available",
+    "sbx_queue_length",
+    "sbx_privacy_budget_epsilon_remaining",
+    "sbx_privacy_budget_epsilon_total",
+    "sbx_audit_chain_valid",
+    "sbx_audit_last_checkpoint_timestamp_seconds",
+}
+
+EXTERNAL_PG = {
+    "database": {
+        "existingSecret": "",
+        "url": "postgresql://sbx:s3cr3t-pw@pg.db.svc:5432/sbx?sslmode=require",
+    },
+    "s3": {"existingSecret": "", "accessKey": "sbx-broker", "secretKey": "a-long-random-secret"},
+}
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "external-postgresql": EXTERNAL_PG,
+    "metrics-on": {"metrics": {"serviceMonitor": True, "prometheusRule": True, "labels": {"release": "kps"}}},
+    "metrics-off": {"metrics": {"serviceMonitor": False, "prometheusRule": False}},
+    "ingress-on": {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "host": "broker.city.example",
+            "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+        }
+    },
+    "ray-cluster-and-persistence": {
+        "config": {"compute": "ray"},
+        "ray": {"address": "http://raycluster-head-svc.ray.svc:8265"},
+        "auditCheckpoints": {"persistence": True, "storageClass": "nfs"},
+        "kuberay": {"namespace": "sme-jobs"},
+        "replicaCount": 3,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    with helm_python.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def render(chart: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart renders for ``values`` (NOTES.txt excluded)."""
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects: list[dict[str, Any]] = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Objects of ``kind`` (and ``name``)."""
+    return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The single object of ``kind`` (and ``name``)."""
+    found = find(objects, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def broker_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The broker container of the Deployment."""
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    containers: list[dict[str, Any]] = pod["containers"]
+    return next(c for c in containers if c["name"] == "broker")
+
+
+# -- lint, render, validate ------------------------------------------------------------------------
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_the_chart_lints_clean(value_set: str) -> None:
+    report = helm_python.lint(CHART_DIR, VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_builtin_object_validates_strictly(chart: Any, value_set: str) -> None:
+    objects = render(chart, VALUE_SETS[value_set])
+    builtin = [o for o in objects if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS]
+    assert builtin
+    for obj in builtin:
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(p) for p in exc.path)
+                pytest.fail(
+                    f"{obj['kind']}/{obj['metadata']['name']} invalid on {version}: {where}: {exc.message}"
+                )
+    names = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(names) == len(set(names)), "two objects share a kind and name"
+
+
+@pytest.mark.parametrize("value_set", ["metrics-on"])
+def test_monitoring_objects_are_well_formed(chart: Any, value_set: str) -> None:
+    objects = render(chart, VALUE_SETS[value_set])
+    monitor = one(objects, "ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    service = one(objects, "Service")
+    assert selector == service["spec"]["selector"]
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    rules = one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]
+
+
+def test_the_four_alerts_exist_and_use_metrics_the_broker_exports_or_will(chart: Any) -> None:
+    objects = render(chart, VALUE_SETS["metrics-on"])
+    rules = {r["alert"]: r["expr"] for r in one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]}
+    for alert in (
+        "SbxCreditsRunningOut",
+        "SbxQueueStuck",
+        "SbxPrivacyBudgetNearlySpent",
+        "SbxAuditVerificationFailing",
+    ):
+        assert alert in rules
+    used = {name for expr in rules.values() for name in _metric_names(expr)}
+    exported = _exported_metric_names()
+    assert used - exported <= PENDING_METRICS, (
+        f"alerts use unknown metrics: {used - exported - PENDING_METRICS}"
+    )
+    assert "sbx_admission_latency_seconds_count" in used  # admissions counted by the existing histogram
+
+
+def _metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bsbx_[a-z0-9_]+", expr))
+
+
+def _exported_metric_names() -> set[str]:
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    # A counter with no sample yet still exposes `<name>_total`; histograms `_count`, `_sum`, `_bucket`.
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_count", "_sum", "_bucket")}.get(family.type, ())
+        names.update(family.name + s for s in suffixes)
+    return names
+
+
+def test_metrics_off_renders_no_monitoring_objects(chart: Any) -> None:
+    objects = render(chart, VALUE_SETS["metrics-off"])
+    assert not find(objects, "ServiceMonitor") and not find(objects, "PrometheusRule")
+
+
+# -- what the Deployment promises ------------------------------------------------------------------
+def test_the_deployment_runs_two_hardened_replicas_with_probes(chart: Any) -> None:
+    objects = render(chart, {})
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = broker_container(objects)
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]] and "emptyDir" in volumes[mounts["/var/lib/sbx"]]
+    assert volumes[mounts["/var/lib/sbx/keys"]]["secret"]["items"][0]["path"] == "broker.pem"
+    assert pod["affinity"]["podAntiAffinity"], "replicas should prefer different nodes"
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_settings_come_from_the_configmap_and_secrets_only(chart: Any) -> None:
+    objects = render(chart, {})
+    config = one(objects, "ConfigMap", FULLNAME)["data"]
+    assert config["SBX_ENVIRONMENT"] == "production" and config["SBX_HOST"] == "0.0.0.0"
+    assert config["SBX_STATE_DIR"] == "/var/lib/sbx" and config["SBX_COMPUTE"] == "kuberay"
+    assert all(key.startswith("SBX_") for key in config)
+    secret_words = ("URL", "KEY", "TOKEN", "PASSWORD")
+    leaked = [k for k in config if any(w in k for w in secret_words) and k != "SBX_MAX_TOKEN_BYTES"]
+    assert leaked == [], "secrets belong in Secrets"
+    container = broker_container(objects)
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("SBX_DATABASE_URL", "SBX_S3_ACCESS_KEY", "SBX_S3_SECRET_KEY"):
+        assert "secretKeyRef" in env[name]["valueFrom"], name
+    assert env["SBX_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "sandbox-broker-database"
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/config"], "a config change must roll the pods"
+
+
+def test_every_setting_the_chart_sets_is_a_broker_setting(chart: Any) -> None:
+    from broker.settings import Settings
+
+    known = {f"SBX_{name.upper()}" for name in Settings.model_fields}
+    for values in VALUE_SETS.values():
+        objects = render(chart, values)
+        names = set(one(objects, "ConfigMap", FULLNAME)["data"])
+        names |= {e["name"] for e in broker_container(objects)["env"] if e["name"].startswith("SBX_")}
+        assert names - known == set(), f"the broker does not read {sorted(names - known)}"
+
+
+def test_migrations_run_as_a_hook_before_install_and_upgrade_with_the_same_database(chart: Any) -> None:
+    objects = render(chart, EXTERNAL_PG)
+    job = one(objects, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["migrate"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    job_db = next(e for e in container["env"] if e["name"] == "SBX_DATABASE_URL")
+    app_db = next(e for e in broker_container(objects)["env"] if e["name"] == "SBX_DATABASE_URL")
+    assert job_db == app_db
+    # The Secret the hook reads is itself a hook created first (lower weight), and it holds the URL.
+    secret = one(objects, "Secret", f"{FULLNAME}-database")
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        annotations["helm.sh/hook-weight"]
+    )
+    url = base64.b64decode(secret["data"]["url"]).decode()
+    assert url == EXTERNAL_PG["database"]["url"]
+
+
+def test_existing_secrets_are_referenced_not_created(chart: Any) -> None:
+    objects = render(chart, {"signingKey": {"existingSecret": "my-key", "existingSecretKey": "pem"}})
+    assert [s["metadata"]["name"] for s in find(objects, "Secret")] == []
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    key = next(v for v in volumes if v["name"] == "signing-key")["secret"]
+    assert key["secretName"] == "my-key" and key["items"] == [{"key": "pem", "path": "broker.pem"}]
+
+
+def test_the_generated_signing_key_is_an_ed25519_key_the_broker_loads_and_is_kept(chart: Any) -> None:
+    objects = render(chart, {})
+    secret = one(objects, "Secret", f"{FULLNAME}-signing-key")
+    pem = base64.b64decode(secret["data"]["broker.pem"])
+    assert public_jwk(pem)["crv"] == "Ed25519"
+    annotations = secret["metadata"]["annotations"]
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    template = next(t for t in chart.templates if t["name"].endswith("secrets.yaml"))
+    assert 'lookup "v1" "Secret"' in template["data"]
+
+
+def test_the_role_allows_only_what_the_kuberay_backend_calls(chart: Any) -> None:
+    for values in (VALUE_SETS["defaults"], {"kuberay": {"namespace": "sme-jobs"}}):
+        objects = render(chart, values)
+        assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+        role = one(objects, "Role")
+        rules = sorted(
+            (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]
+        )
+        assert rules == [
+            (("",), ("pods",), ("list",)),
+            (("",), ("pods/log",), ("get",)),
+            (("ray.io",), ("rayjobs",), ("get", "create", "patch", "delete")),
+        ]
+        binding = one(objects, "RoleBinding")
+        expected_ns = values.get("kuberay", {}).get("namespace") or NAMESPACE
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == expected_ns
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+
+
+def test_ingress_terminates_tls_for_its_host(chart: Any) -> None:
+    objects = render(chart, VALUE_SETS["ingress-on"])
+    ingress = one(objects, "Ingress")
+    assert ingress["spec"]["tls"] == [{"hosts": ["broker.city.example"], "secretName": "sandbox-broker-tls"}]
+    assert ingress["spec"]["rules"][0]["host"] == "broker.city.example"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": FULLNAME, "port": {"name": "http"}}
+    assert not find(render(chart, {}), "Ingress")
+
+
+def test_sme_job_pods_cannot_reach_private_addresses(chart: Any) -> None:
+    objects = render(chart, {"kuberay": {"namespace": "sme-jobs"}})
+    policy = one(objects, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == "sme-jobs"
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    blocks = [p["ipBlock"] for rule in policy["spec"]["egress"] for p in rule.get("to", []) if "ipBlock" in p]
+    assert blocks == [
+        {
+            "cidr": "0.0.0.0/0",
+            "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"],
+        }
+    ]
+    for rule in policy["spec"]["egress"]:
+        for peer in rule.get("to", []):
+            ns = peer.get("namespaceSelector", {}).get("matchLabels", {})
+            assert ns in ({}, {"kubernetes.io/metadata.name": "kube-system"}), (
+                "only DNS outside the namespace"
+            )
+    closed = render(chart, {"jobNetworkPolicy": {"allowInternet": False}})
+    egress = one(closed, "NetworkPolicy")["spec"]["egress"]
+    assert not [p for rule in egress for p in rule.get("to", []) if "ipBlock" in p]
+
+
+def test_audit_checkpoints_persist_per_pod_on_a_kept_volume(chart: Any) -> None:
+    objects = render(chart, VALUE_SETS["ray-cluster-and-persistence"])
+    claim = one(objects, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    mount = next(m for m in broker_container(objects)["volumeMounts"] if m["name"] == "audit")
+    assert mount["mountPath"] == "/var/lib/sbx/audit" and mount["subPathExpr"] == "$(POD_NAME)"
+    env = {e["name"] for e in broker_container(objects)["env"]}
+    assert {"POD_NAME", "SBX_RAY_TOKEN"} <= env
+    assert not find(objects, "Role"), "no Kubernetes API rights when jobs go to an existing Ray cluster"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"database": {"existingSecret": ""}}, "database.existingSecret"),
+        ({"database": {"existingSecret": "", "url": "sqlite:////tmp/x.db"}}, "PostgreSQL"),
+        ({"s3": {"existingSecret": "", "accessKey": "minioadmin", "secretKey": "minioadmin"}}, "default"),
+        ({"config": {"compute": "ray-local"}}, "kuberay or ray"),
+        ({"config": {"compute": "ray"}}, "ray.address"),
+    ],
+)
+def test_values_that_would_break_production_are_refused(
+    chart: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmError, match=message):
+        render(chart, values)
+
+
+# -- the dashboard ConfigMap -----------------------------------------------------------------------
+def test_dashboards_ship_as_a_configmap_and_their_absence_is_tolerated(tmp_path: Path) -> None:
+    copy_dir = tmp_path / "sandbox-broker"
+    shutil.copytree(CHART_DIR, copy_dir, ignore=shutil.ignore_patterns("dashboards"))
+    with helm_python.Chart.load(copy_dir) as bare:
+        assert not find(render(bare, {}), "ConfigMap", f"{FULLNAME}-dashboards")
+    (copy_dir / "dashboards").mkdir()
+    board = {"title": "sandbox-broker", "panels": [{"type": "stat", "title": "Queue | length"}]}
+    (copy_dir / "dashboards" / "broker.json").write_text(json.dumps(board))
+    with helm_python.Chart.load(copy_dir) as shipped:
+        cm = one(render(shipped, {}), "ConfigMap", f"{FULLNAME}-dashboards")
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(cm["data"]["broker.json"]) == board
+        kubernetes_validate.validate(cm, KUBE_VERSIONS[-1], strict=True)
+        off = render(shipped, {"grafanaDashboard": {"enabled": False}})
+        assert not find(off, "ConfigMap", f"{FULLNAME}-dashboards")
+
+
+# -- RayJobs for the chart's settings --------------------------------------------------------------
+@pytest.mark.parametrize("value_set", ["defaults", "ray-cluster-and-persistence"])
+def test_rayjobs_made_with_the_charts_settings_validate_against_the_kuberay_crd(
+    chart: Any, value_set: str
+) -> None:
+    if not RAYJOB_CRD.exists():
+        pytest.skip(f"KubeRay CRD not found at {RAYJOB_CRD}: cannot validate RayJob manifests")
+    validate = crd_validator(RAYJOB_CRD, strict=True)
+    config = one(render(chart, VALUE_SETS[value_set]), "ConfigMap", FULLNAME)["data"]
+    launches = [
+        _launch("01JOBCPU", Resources(500, 0, 512), ()),
+        _launch("01JOBGPU", Resources(4000, 2, 16384), ("torch==2.13.0", "opacus==1.6.0")),
+    ]
+    for launch in launches:
+        for uri in (None, "s3://sbx-code/job.zip"):
+            manifest = rayjob_manifest(
+                dataclasses.replace(launch, working_dir=Path("/w") if uri else None),
+                image=config["SBX_KUBE_IMAGE"],
+                namespace=config["SBX_KUBE_NAMESPACE"],
+                working_dir_uri=uri,
+            )
+            validate(manifest)
+            assert manifest["metadata"]["namespace"] == config["SBX_KUBE_NAMESPACE"]
+
+
+def _launch(job_id: str, resources: Resources, requirements: tuple[str, ...]) -> JobLaunch:
+    return JobLaunch(
+        name=launch_name(job_id),
+        job_id=job_id,
+        org_id="org-acme",
+        entrypoint="python train.py",
+        working_dir=None,
+        requirements=requirements,
+        resources=resources,
+        max_runtime_s=1800,
+        env={"SEED": "1"},
+        labels={"kind": "command"},
+    )
+
+
+# -- the values table --------------------------------------------------------------------------------
+def test_every_value_is_documented_and_the_readme_table_is_up_to_date() -> None:
+    script = REPO / "scripts" / "helm_values_table.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
