@@ -1,12 +1,486 @@
-"""Subsidy reports for funders and data-access reports for custodians."""
+"""Subsidy reports for funders and data-access reports for custodians, signed by the broker.
+
+What a subsidy report counts, for one programme (issuer) and one period ``[start, end)`` in UTC:
+
+* a job belongs to the programme's report when its hold was **settled in the period** and the programme's
+  vouchers paid part of it (a positive ``settle`` entry on the programme's ``spent`` account);
+* ``voucher_share`` is that entry's amount, ``copay`` the same settlement's entry on the SME's ``copaid``
+  account, ``cost`` their sum (a job paid by two programmes shows its co-payment in both reports);
+* CPU-, GPU- and GiB-hours are the usage records of those jobs;
+* ``credit_redeemed`` is what left the programme's source account into the SME's grants in the period,
+  ``credit_expired`` what reached the programme's ``expired`` account for the SME in the period,
+  ``credit_left`` the balance of the SME's grants from this programme at the period's end (credit on hold
+  for a running job is in neither).
+
+The aggregation runs in SQL (``GROUP BY``) and the per-SME sums go through :func:`quotas.report.build_report`.
+A long period is aggregated month by month, reporting progress after each month.
+
+The JSON document carries an Ed25519 signature (the broker's key, published in ``/.well-known/jwks.json``)
+over the canonical bytes (:func:`broker.canonical.canonical_json`) of its ``report`` member.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from broker.canonical import canonical_json
 from broker.container import Container
+from broker.db.orgs import Principal, get_org, list_orgs
+from broker.services.access import require_role
+from quotas.errors import DomainError, InvalidInput, NotFound
+from quotas.report import ReportRow, SmeTotals, build_report
+from vouchers.keys import sign_bytes, verify_bytes
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, what)``: called after each month of a report is aggregated."""
+
+SIGNATURE_ALG = "Ed25519"
+REPORT_FORMAT = "sbx-subsidy-report/1"
+ACCESS_FORMAT = "sbx-data-access-report/1"
+_MAX_MONTHS = 120
+_PERIOD_RE = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:\.\.(\d{4})-(\d{2}))?$")
+
+
+class ReportSignatureInvalid(DomainError):
+    """A report's signature does not verify (changed after signing, or signed by an unknown key)."""
+
+    code = "report_signature_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A half-open UTC interval ``[start_ms, end_ms)`` made of whole calendar months, with its label."""
+
+    label: str
+    start_ms: int
+    end_ms: int
+    months: tuple[tuple[int, int], ...]  # (start_ms, end_ms) of each month, in order
+
+
+def _month_start_ms(year: int, month: int) -> int:
+    return int(datetime(year, month, 1, tzinfo=UTC).timestamp()) * 1000
+
+
+def _next(year: int, month: int) -> tuple[int, int]:
+    return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def parse_period(label: str) -> Period:
+    """Parse ``2026-11`` (a month), ``2026`` (a year) or ``2026-01..2026-06`` (months, inclusive), UTC."""
+    match = _PERIOD_RE.match(label.strip())
+    if match is None:
+        raise InvalidInput(
+            f"period {label!r}: write a month (2026-11), a year (2026) or a range (2026-01..2026-06)"
+        )
+    year, month, end_year, end_month = match.groups()
+    if month is None and end_year is not None:
+        raise InvalidInput(f"period {label!r}: a range goes from month to month (2026-01..2026-06)")
+    first = (int(year), int(month) if month else 1)
+    last = (int(end_year), int(end_month)) if end_year else (first if month else (int(year), 12))
+    for y, m in (first, last):
+        if not 1 <= m <= 12 or not 1970 <= y <= 9999:
+            raise InvalidInput(f"period {label!r}: {y:04d}-{m:02d} is not a calendar month")
+    if last < first:
+        raise InvalidInput(f"period {label!r} ends before it starts")
+    months: list[tuple[int, int]] = []
+    cursor = first
+    while cursor <= last:
+        if len(months) >= _MAX_MONTHS:
+            raise InvalidInput(f"period {label!r} spans more than {_MAX_MONTHS} months; ask for less")
+        after = _next(*cursor)
+        months.append((_month_start_ms(*cursor), _month_start_ms(*after)))
+        cursor = after
+    return Period(label.strip(), months[0][0], months[-1][1], tuple(months))
+
+
+# -- SQL aggregation ----------------------------------------------------------------------------------
+
+# ``paid``: the settled voucher share per hold in [start, end), the legs on the programme's ``spent`` account.
+_MONEY = text(
+    """
+    WITH paid AS (
+    SELECT e.hold_id AS hold_id, e.org_id AS org_id, SUM(e.amount) AS voucher
+    FROM entries e
+    WHERE e.account_id = :spent AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
+    GROUP BY e.hold_id, e.org_id
+    ),
+    copaid AS (
+        SELECT e.hold_id AS hold_id, SUM(e.amount) AS copay
+        FROM entries e JOIN accounts a ON a.id = e.account_id
+        WHERE a.kind = 'copaid' AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
+        GROUP BY e.hold_id
+    )
+    SELECT p.org_id AS org_id, COUNT(*) AS jobs, SUM(p.voucher) AS voucher,
+           SUM(COALESCE(c.copay, 0)) AS copay
+    FROM paid p LEFT JOIN copaid c ON c.hold_id = p.hold_id
+    WHERE p.voucher > 0
+    GROUP BY p.org_id
+    """
+)
+_USAGE = text(
+    """
+    WITH paid AS (
+    SELECT e.hold_id AS hold_id, e.org_id AS org_id, SUM(e.amount) AS voucher
+    FROM entries e
+    WHERE e.account_id = :spent AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
+    GROUP BY e.hold_id, e.org_id
+    )
+    SELECT u.org_id AS org_id, u.resource AS resource, SUM(u.quantity) AS quantity
+    FROM paid p
+    JOIN holds h ON h.id = p.hold_id
+    JOIN usage_records u ON u.job_id = h.job_id
+    WHERE p.voucher > 0
+    GROUP BY u.org_id, u.resource
+    """
+)
+_ACCOUNT_FLOW = text(
+    """
+    SELECT e.org_id AS org_id, SUM(e.amount) AS amount
+    FROM entries e
+    WHERE e.account_id = :account AND e.created_ms >= :start AND e.created_ms < :end
+    GROUP BY e.org_id
+    """
+)
+_LEFT = text(
+    """
+    SELECT g.org_id AS org_id, SUM(e.amount) AS amount
+    FROM grants g JOIN entries e ON e.account_id = g.account_id
+    WHERE g.issuer_org = :issuer AND e.created_ms < :end
+    GROUP BY g.org_id
+    """
+)
+_GRANTEES = text("SELECT DISTINCT org_id FROM grants WHERE issuer_org = :issuer AND created_ms < :end")
+_ISSUER_ACCOUNTS = text(
+    "SELECT kind, id FROM accounts WHERE org_id = :issuer AND grant_id IS NULL "
+    "AND kind IN ('programme', 'spent', 'expired')"
+)
+_USAGE_FIELD = {"cpu": 0, "gpu": 1, "memory": 2}
+
+
+@dataclass
+class _Sums:
+    jobs: int = 0
+    cpu: int = 0
+    gpu: int = 0
+    mem: int = 0
+    voucher: int = 0
+    copay: int = 0
+    redeemed: int = 0
+    expired: int = 0
+    left: int = 0
+
+
+def _aggregate_month(
+    conn: Connection, acc: Mapping[str, int], start: int, end: int, sums: dict[str, _Sums]
+) -> None:
+    """Add one month's settled jobs, usage, redemptions and expiries to ``sums`` (per SME)."""
+    window = {"spent": acc["spent"], "start": start, "end": end}
+    for r in conn.execute(_MONEY, window):
+        s = sums.setdefault(r.org_id, _Sums())
+        s.jobs += int(r.jobs)
+        s.voucher += int(r.voucher)
+        s.copay += int(r.copay)
+    for r in conn.execute(_USAGE, window):
+        s = sums.setdefault(r.org_id, _Sums())
+        field = ("cpu", "gpu", "mem")[_USAGE_FIELD[r.resource]]
+        setattr(s, field, getattr(s, field) + int(r.quantity))
+    for r in conn.execute(_ACCOUNT_FLOW, {"account": acc["programme"], "start": start, "end": end}):
+        if r.org_id is not None:
+            sums.setdefault(r.org_id, _Sums()).redeemed += -int(r.amount)
+    for r in conn.execute(_ACCOUNT_FLOW, {"account": acc["expired"], "start": start, "end": end}):
+        if r.org_id is not None:
+            sums.setdefault(r.org_id, _Sums()).expired += int(r.amount)
+
+
+def subsidy_totals(
+    conn: Connection, *, issuer_org: str, period: Period, progress: Progress | None = None
+) -> list[SmeTotals]:
+    """Per-SME integer sums of one programme over ``period``, aggregated in SQL month by month."""
+    acc = {str(r.kind): int(r.id) for r in conn.execute(_ISSUER_ACCOUNTS, {"issuer": issuer_org})}
+    if set(acc) != {"programme", "spent", "expired"}:
+        raise NotFound(f"no programme {issuer_org}")
+    sums: dict[str, _Sums] = {}
+    for number, (start, end) in enumerate(period.months, start=1):
+        _aggregate_month(conn, acc, start, end, sums)
+        if progress is not None:
+            progress(number, len(period.months), _month_label(start))
+    for r in conn.execute(_GRANTEES, {"issuer": issuer_org, "end": period.end_ms}):
+        sums.setdefault(r.org_id, _Sums())
+    for r in conn.execute(_LEFT, {"issuer": issuer_org, "end": period.end_ms}):
+        if r.org_id in sums:
+            sums[r.org_id].left = int(r.amount)
+    return [
+        SmeTotals(
+            org,
+            s.jobs,
+            s.cpu,
+            s.gpu,
+            s.mem,
+            s.voucher + s.copay,
+            s.voucher,
+            s.copay,
+            s.redeemed,
+            s.expired,
+            s.left,
+        )
+        for org, s in sums.items()
+    ]
+
+
+def _month_label(start_ms: int) -> str:
+    return datetime.fromtimestamp(start_ms / 1000, tz=UTC).strftime("%Y-%m")
+
+
+# -- documents ------------------------------------------------------------------------------------------
+def _fraction(value: Fraction) -> str:
+    return f"{value.numerator}/{value.denominator}"
+
+
+def row_dict(row: ReportRow, name: str) -> dict[str, Any]:
+    """One report row as JSON: credits as integers, hours exact (``"n/d"``) and rounded for display."""
+    shown = row.display()
+    return {
+        "org_id": row.org_id,
+        "name": name,
+        "jobs": row.jobs,
+        "cpu_hours": _fraction(row.cpu_hours),
+        "gpu_hours": _fraction(row.gpu_hours),
+        "gib_hours": _fraction(row.gib_hours),
+        "cpu_hours_display": shown["cpu_hours"],
+        "gpu_hours_display": shown["gpu_hours"],
+        "gib_hours_display": shown["gib_hours"],
+        "cost": row.cost,
+        "voucher_share": row.voucher_share,
+        "copay": row.copay,
+        "credit_redeemed": row.credit_redeemed,
+        "credit_expired": row.credit_expired,
+        "credit_left": row.credit_left,
+    }
+
+
+def sign_report(report: dict[str, Any], *, key_pem: bytes, kid: str) -> dict[str, Any]:
+    """Wrap ``report`` with a detached Ed25519 signature over its canonical JSON bytes."""
+    return {
+        "report": report,
+        "signature": {"alg": SIGNATURE_ALG, "kid": kid, "value": sign_bytes(key_pem, canonical_json(report))},
+    }
+
+
+def verify_report(document: Mapping[str, Any], jwks: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a signed report against a JWK Set; returns ``{"ok": True, "kid": …}`` or raises
+    :class:`ReportSignatureInvalid` saying why (no signature, unknown key, bytes changed)."""
+    signature = document.get("signature")
+    report = document.get("report")
+    if not isinstance(signature, Mapping) or not isinstance(report, dict):
+        raise ReportSignatureInvalid("the document has no 'report' and 'signature' members")
+    kid = signature.get("kid")
+    keys = [k for k in jwks.get("keys", []) if isinstance(k, Mapping) and k.get("kid") == kid]
+    if not keys:
+        raise ReportSignatureInvalid(f"no key {kid!r} in the JWKS; fetch the broker's /.well-known/jwks.json")
+    value = signature.get("value")
+    try:
+        data = canonical_json(report)
+    except (TypeError, ValueError) as exc:
+        raise ReportSignatureInvalid(f"the report is not canonical JSON: {exc}") from exc
+    if signature.get("alg") != SIGNATURE_ALG or not isinstance(value, str):
+        raise ReportSignatureInvalid(f"the signature must be {SIGNATURE_ALG} with a base64url value")
+    if not verify_bytes(keys[0], data, value):
+        raise ReportSignatureInvalid("the signature does not match the report: it was changed after signing")
+    return {"ok": True, "kid": kid, "kind": report.get("format")}
+
+
+CSV_COLUMNS = (
+    "org_id",
+    "name",
+    "jobs",
+    "cpu_hours_display",
+    "gpu_hours_display",
+    "gib_hours_display",
+    "cost",
+    "voucher_share",
+    "copay",
+    "credit_redeemed",
+    "credit_expired",
+    "credit_left",
+)
+
+
+def subsidy_csv(document: Mapping[str, Any]) -> str:
+    """The report's rows and totals as CSV (hours rounded to 2 decimals; credits exact)."""
+    report = document["report"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([c.removesuffix("_display") for c in CSV_COLUMNS])
+    for row in [*report["rows"], report["totals"]]:
+        writer.writerow([_csv_safe(row[c]) for c in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def _csv_safe(value: object) -> object:
+    """Defuse spreadsheet formulas in organisation names (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 class ReportService:
-    """Builds, signs and verifies reports from the ledger and usage records."""
+    """Builds and signs reports from the ledger, usage records and privacy charges."""
 
     def __init__(self, c: Container) -> None:
         self.c = c
+        from broker.metrics import attach_database
+
+        attach_database(c.metrics, c.db)
+
+    def subsidy(
+        self,
+        principal: Principal,
+        *,
+        period: str,
+        issuer_org: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """The signed subsidy report of a programme: issuers their own, operators any (named, or the only one)."""
+        require_role(principal, "issuer", "operator")
+        span = parse_period(period)
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            issuer = self._programme(conn, principal, issuer_org)
+            totals = subsidy_totals(conn, issuer_org=issuer, period=span, progress=progress)
+            built = build_report(totals)
+            names = {o.id: o.name for o in list_orgs(conn, role="sme")}
+            report = {
+                "format": REPORT_FORMAT,
+                "programme": {"org_id": issuer, "name": get_org(conn, issuer).name},
+                "period": {"label": span.label, "start_ms": span.start_ms, "end_ms": span.end_ms},
+                "generated_ms": now,
+                "currency": "credits",
+                "rows": [row_dict(r, names.get(r.org_id, r.org_id)) for r in built.rows],
+                "totals": row_dict(built.totals, "Total"),
+                "monthly": self._monthly(conn, issuer, span),
+            }
+            return sign_report(report, key_pem=self.c.broker_key_pem, kid=self.c.broker_kid)
+
+        return self.c.db.read(tx)
+
+    def _programme(self, conn: Connection, principal: Principal, issuer_org: str | None) -> str:
+        """The programme a caller may report on (a non-operator naming another gets the 404 of a missing one)."""
+        if principal.role == "issuer":
+            if issuer_org not in (None, principal.org_id):
+                raise NotFound(f"no programme {issuer_org}")
+            return principal.org_id
+        if issuer_org is not None:
+            if get_org(conn, issuer_org).role != "issuer":
+                raise NotFound(f"no programme {issuer_org}")
+            return issuer_org
+        issuers = list_orgs(conn, role="issuer")
+        if len(issuers) != 1:
+            raise InvalidInput(
+                f"there are {len(issuers)} programmes; name one with issuer_org "
+                f"({', '.join(o.id for o in issuers[:10])})"
+            )
+        return issuers[0].id
+
+    def _monthly(self, conn: Connection, issuer: str, span: Period) -> list[dict[str, Any]]:
+        """Voucher share and co-payment per day (one month) or per month (longer), for the use-over-time chart."""
+        spent = {str(r.kind): int(r.id) for r in conn.execute(_ISSUER_ACCOUNTS, {"issuer": issuer})}["spent"]
+        bucket_ms = 86_400_000 if len(span.months) == 1 else None
+        rows = conn.execute(_OVER_TIME, {"spent": spent, "start": span.start_ms, "end": span.end_ms}).all()
+        series: dict[int, list[int]] = {}
+        for r in rows:
+            key = self._bucket(int(r.created_ms), span, bucket_ms)
+            acc = series.setdefault(key, [0, 0])
+            acc[0] += int(r.voucher)
+            acc[1] += int(r.copay)
+        return [{"start_ms": k, "voucher_share": v[0], "copay": v[1]} for k, v in sorted(series.items())]
+
+    @staticmethod
+    def _bucket(ts: int, span: Period, bucket_ms: int | None) -> int:
+        if bucket_ms is not None:
+            return span.start_ms + (ts - span.start_ms) // bucket_ms * bucket_ms
+        return next(start for start, end in span.months if start <= ts < end)
+
+    def data_access(
+        self, principal: Principal, *, period: str, custodian_org: str | None = None
+    ) -> dict[str, Any]:
+        """Signed data-access report: per dataset and SME, releases and ε/δ spent in the period (custodians
+        their own datasets, operators one custodian's or all)."""
+        require_role(principal, "custodian", "operator")
+        span = parse_period(period)
+        scope = principal.org_id if principal.role == "custodian" else custodian_org
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            query = _ACCESS_ALL if scope is None else _ACCESS_ONE
+            rows = conn.execute(query, {"custodian": scope, "start": span.start_ms, "end": span.end_ms})
+            names = {o.id: o.name for o in list_orgs(conn)}
+            lines = [
+                {
+                    "dataset_id": r.dataset_id,
+                    "dataset": r.dataset_name,
+                    "custodian_org": r.custodian_org,
+                    "sme_org": r.sme_org,
+                    "sme": names.get(r.sme_org, r.sme_org),
+                    "releases": int(r.releases),
+                    "queries": int(r.queries),
+                    "trainings": int(r.trainings),
+                    "epsilon_micro": int(r.eps),
+                    "delta_e12": int(r.delta),
+                }
+                for r in rows
+            ]
+            report = {
+                "format": ACCESS_FORMAT,
+                "custodian_org": scope,
+                "period": {"label": span.label, "start_ms": span.start_ms, "end_ms": span.end_ms},
+                "generated_ms": now,
+                "rows": lines,
+                "totals": {
+                    "releases": sum(x["releases"] for x in lines),
+                    "epsilon_micro": sum(x["epsilon_micro"] for x in lines),
+                    "delta_e12": sum(x["delta_e12"] for x in lines),
+                },
+            }
+            return sign_report(report, key_pem=self.c.broker_key_pem, kid=self.c.broker_kid)
+
+        return self.c.db.read(tx)
+
+    def jwks(self) -> dict[str, Any]:
+        """The broker's own public key as a JWK Set (what verifies its reports)."""
+        return {"keys": [dict(self.c.broker_public_jwk)]}
+
+
+_OVER_TIME = text(
+    """
+    SELECT e.created_ms AS created_ms, SUM(CASE WHEN e.account_id = :spent THEN e.amount ELSE 0 END) AS voucher,
+           SUM(CASE WHEN a.kind = 'copaid' THEN e.amount ELSE 0 END) AS copay
+    FROM entries e JOIN accounts a ON a.id = e.account_id
+    WHERE e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
+      AND e.hold_id IN (SELECT hold_id FROM entries WHERE account_id = :spent AND kind = 'settle'
+                        AND created_ms >= :start AND created_ms < :end AND amount > 0)
+    GROUP BY e.txn_id, e.created_ms
+    """
+)
+_ACCESS_SELECT = """
+    SELECT c.dataset_id AS dataset_id, d.name AS dataset_name, d.custodian_org AS custodian_org,
+           c.sme_org AS sme_org, SUM(CASE WHEN c.status = 'answered' THEN 1 ELSE 0 END) AS releases,
+           SUM(CASE WHEN c.kind = 'query' THEN 1 ELSE 0 END) AS queries,
+           SUM(CASE WHEN c.kind = 'training' THEN 1 ELSE 0 END) AS trainings,
+           SUM(c.epsilon_micro) AS eps, SUM(c.delta_e12) AS delta
+    FROM privacy_charges c JOIN datasets d ON d.id = c.dataset_id
+    WHERE c.created_ms >= :start AND c.created_ms < :end {extra}
+    GROUP BY c.dataset_id, d.name, d.custodian_org, c.sme_org
+    ORDER BY d.name, c.dataset_id, c.sme_org
+"""
+_ACCESS_ALL = text(_ACCESS_SELECT.format(extra=""))
+_ACCESS_ONE = text(_ACCESS_SELECT.format(extra="AND d.custodian_org = :custodian"))
