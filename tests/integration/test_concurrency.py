@@ -313,3 +313,58 @@ def test_a_balance_reads_one_snapshot_while_a_hold_commits(
     assert balance["available"] + balance["held"] == 100
     after = led.balance(world.sme)
     assert (after["available"], after["held"]) == (95, 5)
+
+
+def test_redeem_racing_revoke_has_exactly_one_outcome(world: World) -> None:
+    jti_token = world.voucher(credits=70)
+    token, jti = jti_token["token"], jti_token["jti"]
+
+    def redeem_or_revoke(i: int) -> dict[str, Any]:
+        if i % 2:
+            return world.services.vouchers.revoke(world.issuer, jti=jti)
+        return world.services.vouchers.redeem(world.sme, token=token, idempotency_key=None)
+
+    outcomes = together(32, redeem_or_revoke)
+    redeemed = [o for o in successes(outcomes) if "grant" in o]
+    revoked = [o for o in successes(outcomes) if o.get("status") == "revoked"]
+    grants = world.services.ledger.balance(world.sme)["grants"]
+    status = world.services.vouchers.show(world.issuer, jti=jti)["status"]
+    if status == "redeemed":  # every revocation was refused, one redemption won
+        assert len(redeemed) == 1 and revoked == []
+        assert [g["amount"] for g in grants] == [70]
+    else:  # the first revocation won (the others repeat it), no redemption went through
+        assert status == "revoked" and redeemed == [] and len(revoked) >= 1
+        assert grants == []
+    assert len(redeemed) + len(revoked) + sum(refusal_codes(outcomes).values()) == 32
+    assert set(refusal_codes(outcomes)) <= {"already_redeemed", "revoked"}
+    assert world.services.ledger.invariants() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: broker/services/vouchers.py VoucherService._redeem_in raises already_redeemed whenever "
+    "vouchers.mark(issued -> redeemed) claims no row, without re-reading the status: a redemption that loses "
+    "the race to a revocation tells the SME 'already_redeemed' instead of 'revoked'",
+)
+def test_a_redemption_that_loses_to_a_revocation_says_revoked(world: World, container: Container) -> None:
+    """The revocation commits between the redemption's read of the voucher and its claim of it."""
+    if container.db.dialect != "postgresql":
+        pytest.skip("on SQLite one writer runs every transaction in turn; the interleaving needs PostgreSQL")
+    issued = world.voucher(credits=70)
+    fired: list[dict[str, Any]] = []
+
+    def revoke_midway(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if fired or not " ".join(statement.split()).startswith("UPDATE vouchers SET status"):
+            return
+        fired.append({})  # before the call: the revocation's own UPDATE passes through this hook too
+        fired[0] = world.services.vouchers.revoke(world.issuer, jti=issued["jti"])
+
+    event.listen(container.db.engine, "before_cursor_execute", revoke_midway)
+    try:
+        with pytest.raises(DomainError) as refused:
+            world.services.vouchers.redeem(world.sme, token=issued["token"], idempotency_key=None)
+    finally:
+        event.remove(container.db.engine, "before_cursor_execute", revoke_midway)
+    assert fired == [{"jti": issued["jti"], "status": "revoked"}]
+    assert world.services.ledger.balance(world.sme)["grants"] == []
+    assert refused.value.code == "revoked"
