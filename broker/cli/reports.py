@@ -1,7 +1,183 @@
-"""``sbx report``: subsidy and data-access reports, and their verification."""
+"""``sbx report``: subsidy and data-access reports, and their verification.
+
+``sbx report subsidy`` asks the broker for the signed report as an NDJSON stream (progress lines, then the
+document), prints progress on stderr, and writes JSON, CSV or printable HTML to ``--out`` or stdout. The CSV
+and HTML are rendered from the signed JSON, so all three carry the same numbers.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
 import typer
 
+from broker.cli.client import fail
+from broker.services.reports import ReportSignatureInvalid, subsidy_csv, verify_report
+from broker.web.render import access_html, subsidy_html
+
 report_app = typer.Typer(help="Subsidy and data-access reports.", no_args_is_help=True)
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")]
+PeriodOpt = Annotated[
+    str, typer.Option(help="A month (2026-11), a year (2026) or a range (2026-01..2026-06), UTC.")
+]
+
+
+def _root(ctx: typer.Context) -> Any:
+    return ctx.find_root().obj
+
+
+def _http(ctx: typer.Context) -> httpx.Client:
+    state = _root(ctx)
+    headers = {"Authorization": f"Bearer {state.token}"} if state.token else {}
+    return httpx.Client(base_url=state.url.rstrip("/"), headers=headers, timeout=600)
+
+
+def _broker_error(payload: Any, status: int) -> str:
+    try:
+        return f"{payload['error']}: {payload['detail']}"
+    except (KeyError, TypeError):
+        return f"HTTP {status}"
+
+
+def _progress(event: dict[str, Any]) -> None:
+    done, total, what = event["done"], event["total"], event["what"]
+    width = 24
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} months ({what})")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def fetch_subsidy(ctx: typer.Context, period: str, issuer: str | None) -> dict[str, Any]:
+    """Stream the signed subsidy report from the broker, showing progress on stderr."""
+    params = {"period": period, "stream": "true"} | ({"issuer_org": issuer} if issuer else {})
+    try:
+        with _http(ctx) as client, client.stream("GET", "/api/v1/reports/subsidy", params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                fail(_broker_error(_json_or_none(response), response.status_code))
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "progress" in event:
+                    _progress(event["progress"])
+                elif "error" in event:
+                    fail(_broker_error(event["error"], int(event.get("status", 500))))
+                elif "result" in event:
+                    result: dict[str, Any] = event["result"]
+                    return result
+    except httpx.TransportError as exc:
+        fail(
+            f"cannot reach the broker at {_root(ctx).url} ({type(exc).__name__}); is `sbx serve` running?", 2
+        )
+    fail("the broker closed the report stream before sending the report")
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _write(content: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(content if content.endswith("\n") else content + "\n")
+        return
+    out.write_text(content, encoding="utf-8")
+    typer.echo(f"wrote {out}", err=True)
+
+
+@report_app.command("subsidy")
+def subsidy(
+    ctx: typer.Context,
+    period: PeriodOpt,
+    format: Annotated[
+        Literal["json", "csv", "html"], typer.Option(help="json (signed), csv or html.")
+    ] = "json",
+    issuer: Annotated[str | None, typer.Option(help="Operators: the programme (issuer org id).")] = None,
+    out: OutOpt = None,
+) -> None:
+    """A programme's subsidy report for a period: per SME jobs, hours, cost, voucher share, co-payment, credit."""
+    document = fetch_subsidy(ctx, period, issuer)
+    if format == "csv":
+        _write(subsidy_csv(document), out)
+    elif format == "html":
+        _write(subsidy_html(document), out)
+    else:
+        _write(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False), out)
+
+
+@report_app.command("access")
+def data_access(
+    ctx: typer.Context,
+    period: PeriodOpt,
+    format: Annotated[Literal["json", "html"], typer.Option(help="json (signed) or html.")] = "json",
+    custodian: Annotated[str | None, typer.Option(help="Operators: one custodian's datasets.")] = None,
+    out: OutOpt = None,
+) -> None:
+    """The data-access report: per dataset and SME, releases and ε spent in the period."""
+    params = {"period": period} | ({"custodian_org": custodian} if custodian else {})
+    try:
+        with _http(ctx) as client:
+            response = client.get("/api/v1/reports/data-access", params=params)
+    except httpx.TransportError as exc:
+        fail(
+            f"cannot reach the broker at {_root(ctx).url} ({type(exc).__name__}); is `sbx serve` running?", 2
+        )
+    if response.status_code >= 400:
+        fail(_broker_error(_json_or_none(response), response.status_code))
+    document = response.json()
+    if format == "html":
+        _write(access_html(document), out)
+    else:
+        _write(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False), out)
+
+
+@report_app.command("verify")
+def verify(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A signed report (JSON) from `sbx report subsidy|access`.")],
+    jwks: Annotated[
+        Path | None, typer.Option(help="A JWKS file; default: fetch /.well-known/jwks.json from the broker.")
+    ] = None,
+) -> None:
+    """Check a report's Ed25519 signature: exit 0 when it verifies, 1 when it was changed or the key is unknown."""
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {file} as JSON: {exc}")
+    keys = _load_jwks(ctx, jwks)
+    try:
+        result = verify_report(document, keys)
+    except ReportSignatureInvalid as exc:
+        fail(f"NOT VALID: {exc.detail}")
+    report = document["report"]
+    who = report.get("programme", {}).get("name") or report.get("custodian_org") or "all datasets"
+    typer.echo(
+        f"valid: {result['kind']} for {who}, period {report['period']['label']}, signed by key {result['kid']}"
+    )
+
+
+def _load_jwks(ctx: typer.Context, path: Path | None) -> dict[str, Any]:
+    if path is not None:
+        try:
+            loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the JWKS {path}: {exc}")
+        return loaded
+    try:
+        with _http(ctx) as client:
+            response = client.get("/.well-known/jwks.json")
+    except httpx.TransportError as exc:
+        fail(f"cannot fetch the JWKS from {_root(ctx).url} ({type(exc).__name__}); pass --jwks FILE", 2)
+    if response.status_code != 200:
+        fail(f"the broker answered HTTP {response.status_code} for its JWKS")
+    fetched: dict[str, Any] = response.json()
+    return fetched
