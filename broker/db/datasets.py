@@ -478,6 +478,20 @@ def finish_charge(
         raise Conflict(f"charge {charge_id} was already finished")
 
 
+def get_charge(conn: Connection, charge_id: str) -> dict[str, Any]:
+    """One budget-ledger row (its dataset, SME, kind and status); NotFound when missing."""
+    row = conn.execute(select(dt.privacy_charges).where(dt.privacy_charges.c.id == charge_id)).first()
+    if row is None:
+        raise NotFound(f"no privacy charge {charge_id}")
+    return {
+        "id": row.id,
+        "dataset_id": row.dataset_id,
+        "sme_org": row.sme_org,
+        "kind": row.kind,
+        "status": row.status,
+    }
+
+
 def list_charges(
     conn: Connection, *, dataset_id: str, sme_org: str | None = None, limit: int = 200
 ) -> list[dict[str, Any]]:

@@ -652,7 +652,12 @@ class DatasetService:
         }
 
     def _grant_for(
-        self, conn: Connection, principal: Principal, dataset_id: str, version: int | None
+        self,
+        conn: Connection,
+        principal: Principal,
+        dataset_id: str,
+        version: int | None,
+        kind: ReleaseKind = ReleaseKind.QUERY,
     ) -> tuple[repo.RequestRow, repo.VersionRow]:
         """The SME's approved grant on this dataset and the version it runs on, or AccessDenied."""
         ds = self._visible_dataset(conn, principal, dataset_id)
@@ -669,7 +674,7 @@ class DatasetService:
             row.request,
             dataset_hash=ver.content_hash,
             sme_org=principal.org_id,
-            kind=ReleaseKind.QUERY,
+            kind=kind,
             clock=self.c.clock,
         )
         return row, ver
@@ -801,6 +806,112 @@ class DatasetService:
             },
         )
         return credits
+
+    # -- DP training (for the jobs workflow) ---------------------------------------------------------
+    def reserve_training(
+        self,
+        principal: Principal,
+        *,
+        dataset_id: str,
+        cost: PrivacyCost,
+        spec: dict[str, Any],
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """Reserve a DP-SGD run's planned privacy cost before its job is submitted (SMEs).
+
+        The grant must allow ``training`` releases. Budgets, the ledger row (kind ``training``, no credit hold:
+        the job bills itself like any job) and an audit entry are written in one transaction. The answer names
+        the stored bounded version (object key and policy) for the broker's trusted harness, never the SME.
+        """
+        require_role(principal, "sme")
+        if cost.epsilon_micro <= 0:
+            raise InvalidInput("a training run must plan a positive epsilon")
+        row, ver = self.c.db.read(
+            lambda conn: self._grant_for(conn, principal, dataset_id, version, ReleaseKind.TRAINING)
+        )
+        charge_id = new_id("trn")
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            current = repo.get_request(conn, row.request.request_id)
+            check_use(
+                current.request,
+                dataset_hash=ver.content_hash,
+                sme_org=principal.org_id,
+                kind=ReleaseKind.TRAINING,
+                clock=self.c.clock,
+            )
+            repo.reserve(
+                conn,
+                dataset_id=ver.dataset_id,
+                sme_org=principal.org_id,
+                request_id=current.request.request_id,
+                cost=cost,
+            )
+            repo.insert_charge(
+                conn,
+                charge_id=charge_id,
+                dataset_id=ver.dataset_id,
+                dataset_version=ver.version,
+                request_id=current.request.request_id,
+                sme_org=principal.org_id,
+                kind="training",
+                cost=cost,
+                spec=[spec],
+                hold_id=None,
+                rate_card_version=current_rate_card(conn).version,
+                now_ms=now,
+            )
+            self._audit(
+                conn,
+                principal,
+                "training.reserve",
+                "training",
+                charge_id,
+                ver.dataset_id,
+                row.custodian_org,
+                {
+                    "request_id": current.request.request_id,
+                    "version": ver.version,
+                    "charged": cost.to_dict(),
+                    "spec": spec,
+                },
+            )
+            return {
+                "charge_id": charge_id,
+                "request_id": current.request.request_id,
+                "dataset_id": ver.dataset_id,
+                "dataset_version": ver.version,
+                "content_hash": ver.content_hash,
+                "object_key": ver.object_key,
+                "policy": ver.policy.to_dict(),
+                "charged": _cost_dict(cost),
+            }
+
+        return self.c.db.write(tx)
+
+    def finish_training(self, *, charge_id: str, ok: bool, elapsed_ms: int) -> None:
+        """Record how a reserved training run ended (the broker calls this; the ε is never refunded)."""
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> None:
+            status = "answered" if ok else "failed"
+            charge = repo.get_charge(conn, charge_id)
+            repo.finish_charge(
+                conn, charge_id=charge_id, status=status, credits=0, elapsed_ms=elapsed_ms, now_ms=now
+            )
+            self._audit(
+                conn,
+                None,
+                f"training.{status}",
+                "training",
+                charge_id,
+                charge["dataset_id"],
+                charge["sme_org"],
+                {"elapsed_ms": elapsed_ms},
+            )
+
+        self.c.db.write(tx)
 
     # -- budgets and audit --------------------------------------------------------------------------
     def budget(self, principal: Principal, *, dataset_id: str) -> dict[str, Any]:

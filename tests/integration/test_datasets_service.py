@@ -21,7 +21,7 @@ from broker.errors import Forbidden
 from broker.services.datasets import QueryFailed
 from datasets import AccessDenied, PolicyError
 from datasets.prepare import content_hash, read_bounded
-from privacy.budget import BudgetExceeded
+from privacy.budget import BudgetExceeded, PrivacyCost
 from privacy.queries import QueryError
 from quotas.errors import Conflict, InsufficientFunds, InvalidInput, NotFound
 from tests.conftest import BACKENDS, DAY_S, World
@@ -356,3 +356,26 @@ def test_32_concurrent_queries_never_overspend(world: World, custodian: Principa
         e for e in svc.audit_entries(custodian, dataset_id=ds["id"]) if e["action"] == "query.reserve"
     ]
     assert len(reserves) == 10
+
+
+def test_training_reserves_only_under_a_training_grant(world: World, custodian: Principal) -> None:
+    svc = world.services.datasets
+    ds = register(world, custodian)
+    grant(world, custodian, ds["id"])  # a query-only grant
+    cost = PrivacyCost(300_000)
+    with pytest.raises(AccessDenied):
+        svc.reserve_training(world.sme, dataset_id=ds["id"], cost=cost, spec={"model": "mlp"})
+    req = svc.request_access(
+        world.sme_b, dataset_id=ds["id"], purpose="p", epsilon_micro=500_000, kinds=("query", "training")
+    )
+    svc.approve(custodian, request_id=req["id"], valid_for_s=DAY_S)
+    out = svc.reserve_training(world.sme_b, dataset_id=ds["id"], cost=cost, spec={"model": "mlp"})
+    assert out["object_key"] == ds["versions"][0]["object_key"] and out["charged"]["epsilon_micro"] == 300_000
+    with pytest.raises(BudgetExceeded):  # 0.2 left on the grant
+        svc.reserve_training(world.sme_b, dataset_id=ds["id"], cost=cost, spec={"model": "mlp"})
+    svc.finish_training(charge_id=out["charge_id"], ok=False, elapsed_ms=5)
+    budget = svc.budget(custodian, dataset_id=ds["id"])
+    assert budget["spent"]["epsilon_micro"] == 300_000
+    assert [(c["kind"], c["status"]) for c in budget["charges"]] == [("training", "failed")]
+    actions = [e["action"] for e in svc.audit_entries(custodian, dataset_id=ds["id"])]
+    assert actions[-2:] == ["training.reserve", "training.failed"]
