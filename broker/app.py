@@ -65,9 +65,10 @@ def _feature_routers() -> list[Any]:
     from broker.api.routes_datasets import router as datasets_router
     from broker.api.routes_jobs import router as jobs_router
     from broker.api.routes_reports import router as reports_router
+    from broker.api.routes_training import router as training_router
     from broker.web.routes import router as web_router
 
-    return [audit_router, jobs_router, datasets_router, reports_router, web_router]
+    return [audit_router, jobs_router, training_router, datasets_router, reports_router, web_router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

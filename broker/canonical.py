@@ -60,3 +60,18 @@ def canonical_json(obj: Any) -> bytes:
     """
     _check(obj, 0)
     return _ENCODER.encode(obj).encode("utf-8")
+
+
+def floats_as_text(value: Any) -> Any:
+    """A copy of ``value`` with every float replaced by its exact ``repr`` text.
+
+    For user input that may carry floats (a learning rate, a DP metric) before it is hashed or signed:
+    ``repr`` round-trips a float exactly, so equal inputs still hash equally and nothing is rounded.
+    """
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: floats_as_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [floats_as_text(v) for v in value]
+    return value

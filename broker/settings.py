@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_bucket: str = "sbx-data"
     s3_secure: bool = False
+    training_secure_mode: bool = Field(
+        default=False,
+        description="Opacus secure_mode (cryptographic RNG). Needs torchcsprng, which this machine cannot install;"
+        " production refuses to start without it.",
+    )
+    training_seed: int | None = Field(default=None, description="Tests only: a fixed seed for training runs.")
     hold_ttl_s: int = Field(
         default=7 * 24 * 3600, description="A hold with no settlement expires after this."
     )
@@ -73,6 +79,10 @@ class Settings(BaseSettings):
             problems.append("SBX_COMPUTE must be kuberay or ray in production")
         if self.compute == "ray" and (self.ray_token or "") in DEFAULT_SECRETS:
             problems.append("SBX_RAY_TOKEN is missing or a well-known default")
+        if not self.training_secure_mode:
+            problems.append("SBX_TRAINING_SECURE_MODE must be true (Opacus secure_mode: cryptographic noise)")
+        if self.training_seed is not None:
+            problems.append("SBX_TRAINING_SEED is for tests only")
         if self.host == "127.0.0.1":
             problems.append(
                 "SBX_HOST is 127.0.0.1: behind a TLS-terminating ingress bind 0.0.0.0 (see docs/deploy.md)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -127,3 +127,16 @@ class JobSubmit(JobResources):
     priority: int = Field(default=0, ge=-100, le=100)
     requirements: list[str] = Field(default_factory=list, max_length=200)
     working_dir_zip_b64: str | None = Field(default=None, max_length=48 * 1024 * 1024)
+
+
+class TrainingSubmit(Strict):
+    """Train a model from the allow-list on a protected dataset (a declarative spec, never code)."""
+
+    dataset_id: str = Field(min_length=1, max_length=40)
+    version: int | None = Field(default=None, ge=1)
+    spec: dict[str, Any] = Field(
+        description="Training spec: task, features, label, model, epochs, ... (docs/training.md)"
+    )
+    milli_cpu: int = Field(default=1000, ge=100, le=64_000)
+    memory_mib: int = Field(default=2048, ge=256, le=262_144)
+    max_runtime_s: int = Field(default=1800, ge=10, le=24 * 3600)

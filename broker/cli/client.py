@@ -65,6 +65,22 @@ class BrokerClient:
             return response.json()
         return response.text
 
+    def download(self, path: str) -> bytes:
+        """GET a binary resource (weights, reports); errors as :meth:`call`."""
+        try:
+            response = self._http.get(path)
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"cannot reach the broker at {self.url} ({type(exc).__name__})", exit_code=2
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                payload = response.json()
+                raise CliError(f"{payload['error']}: {payload['detail']}")
+            except (ValueError, KeyError, TypeError):
+                raise CliError(f"HTTP {response.status_code}") from None
+        return response.content
+
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()

@@ -16,6 +16,7 @@ from broker.cli.client import BrokerClient, CliError, emit, fail
 from broker.cli.data import access_app, dataset_app, query_app
 from broker.cli.jobs import job_app, meter_app, quota_app, ratecard_app
 from broker.cli.reports import report_app
+from broker.cli.training import train_app
 
 app = typer.Typer(
     help="sandbox-broker: voucher-paid compute and private data access for SMEs.", no_args_is_help=True
@@ -38,6 +39,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(ratecard_app, name="ratecard")
 app.add_typer(quota_app, name="quota")
 app.add_typer(meter_app, name="meter")
+app.add_typer(train_app, name="train")
 app.add_typer(report_app, name="report")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(access_app, name="access")

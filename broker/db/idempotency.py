@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from broker.canonical import canonical_json
+from broker.canonical import canonical_json, floats_as_text
 from broker.db import tables as t
 from quotas.errors import Conflict
 
@@ -22,7 +22,7 @@ _PENDING = ""
 
 def request_hash(operation: str, body: Any) -> str:
     """A stable hash of what was asked (operation name plus canonical body)."""
-    return hashlib.sha256(operation.encode() + b"\0" + canonical_json(body)).hexdigest()
+    return hashlib.sha256(operation.encode() + b"\0" + canonical_json(floats_as_text(body))).hexdigest()
 
 
 def _claim_statement(dialect: Any) -> Any:
@@ -55,6 +55,19 @@ def claim(conn: Connection, *, org_id: str, key: str, req_hash: str, now_ms: int
     if inserted is not None:
         return None
     row = conn.execute(_EARLIER, {"p_org": org_id, "p_key": key}).one()
+    if row.request_hash != req_hash:
+        raise Conflict(
+            f"idempotency key {key!r} was already used for a different request; use a new key",
+            code="idempotency_conflict",
+        )
+    return json.loads(row.response)
+
+
+def lookup(conn: Connection, *, org_id: str, key: str, req_hash: str) -> Any | None:
+    """The stored response for ``key`` if an identical request completed (no claim is made)."""
+    row = conn.execute(_EARLIER, {"p_org": org_id, "p_key": key}).first()
+    if row is None or not row.response:
+        return None
     if row.request_hash != req_hash:
         raise Conflict(
             f"idempotency key {key!r} was already used for a different request; use a new key",

@@ -39,3 +39,18 @@ def write_idempotent(
         return result, True
 
     return db.write(tx)
+
+
+def replayed(
+    db: Database, *, org_id: str, key: str | None, operation: str, body: Any
+) -> dict[str, Any] | None:
+    """The stored result of an earlier identical request with ``key`` (None if there is none).
+
+    For calls whose validation depends on state the first call changed (a spent budget): answer the retry
+    before validating it again. The same key with another body raises ``idempotency_conflict``.
+    """
+    if key is None:
+        return None
+    req_hash = idempotency.request_hash(operation, body)
+    earlier = db.read(lambda conn: idempotency.lookup(conn, org_id=org_id, key=key, req_hash=req_hash))
+    return None if earlier is None else dict(earlier)

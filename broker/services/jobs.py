@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -80,6 +81,9 @@ class JobService:
         self.c = c
         self._pass_lock = threading.Lock()
         self._capacity: tuple[float, Resources] | None = None
+        # Per job kind: the environment its launches get, and what to do once it is settled.
+        self.launch_env: dict[str, Callable[[Job], dict[str, str]]] = {}
+        self.on_settled: dict[str, Callable[[Job], None]] = {}
 
     # -- operators: rate card and quotas -----------------------------------------------------------
     def rate_card(self) -> dict[str, Any]:
@@ -199,48 +203,9 @@ class JobService:
         }
 
         def tx(conn: Connection) -> dict[str, Any]:
-            card = jobs_db.current_rate_card(conn)
-            cost = max_cost(request.resources, request.max_runtime_s, card)
-            queued = QueuedJob(job_id, principal.org_id, request.resources, request.priority, now, cost, 0)
-            check_submittable(
-                queued,
-                self._quota(conn, principal.org_id),
-                jobs_db.count_queued(conn, principal.org_id),
-                cluster_total,
+            return self.queue_in(
+                conn, principal, request, job_id=job_id, workdir=workdir, cluster_total=cluster_total
             )
-            jobs_db.insert_job(
-                conn,
-                id=job_id,
-                org_id=principal.org_id,
-                kind=request.kind,
-                name=launch_name(job_id),
-                state=JobState.QUEUED.value,
-                entrypoint=request.entrypoint,
-                working_dir=str(workdir) if workdir else None,
-                requirements=json.dumps(list(request.requirements)),
-                milli_cpu=request.resources.milli_cpu,
-                gpus=request.resources.gpus,
-                memory_mib=request.resources.memory_mib,
-                max_runtime_s=request.max_runtime_s,
-                priority=request.priority,
-                rate_card_version=card.version,
-                max_cost=cost,
-                message="",
-                spec=json.dumps(request.spec) if request.spec is not None else None,
-                submitted_ms=now,
-                stop_requested=False,
-            )
-            self.c.audit.append(
-                conn,
-                ts_ms=now,
-                actor=principal,
-                action="job.submit",
-                object_type="job",
-                object_id=job_id,
-                org_id=principal.org_id,
-                details={"kind": request.kind, "max_cost": cost},
-            )
-            return jobs_db.get_job(conn, job_id).public()
 
         result, fresh = write_idempotent(
             self.c.db,
@@ -254,6 +219,65 @@ class JobService:
         if not fresh and workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         return result
+
+    def queue_in(
+        self,
+        conn: Connection,
+        principal: Principal,
+        request: JobRequest,
+        *,
+        job_id: str,
+        workdir: Path | None,
+        cluster_total: Resources,
+    ) -> dict[str, Any]:
+        """Insert a queued job inside the caller's transaction (quota checked, maximum cost priced, audited)."""
+        now = self.c.clock.now_ms()
+        card = jobs_db.current_rate_card(conn)
+        cost = max_cost(request.resources, request.max_runtime_s, card)
+        queued = QueuedJob(job_id, principal.org_id, request.resources, request.priority, now, cost, 0)
+        check_submittable(
+            queued,
+            self._quota(conn, principal.org_id),
+            jobs_db.count_queued(conn, principal.org_id),
+            cluster_total,
+        )
+        jobs_db.insert_job(
+            conn,
+            id=job_id,
+            org_id=principal.org_id,
+            kind=request.kind,
+            name=launch_name(job_id),
+            state=JobState.QUEUED.value,
+            entrypoint=request.entrypoint,
+            working_dir=str(workdir) if workdir else None,
+            requirements=json.dumps(list(request.requirements)),
+            milli_cpu=request.resources.milli_cpu,
+            gpus=request.resources.gpus,
+            memory_mib=request.resources.memory_mib,
+            max_runtime_s=request.max_runtime_s,
+            priority=request.priority,
+            rate_card_version=card.version,
+            max_cost=cost,
+            message="",
+            spec=json.dumps(request.spec) if request.spec is not None else None,
+            submitted_ms=now,
+            stop_requested=False,
+        )
+        self.c.audit.append(
+            conn,
+            ts_ms=now,
+            actor=principal,
+            action="job.submit",
+            object_type="job",
+            object_id=job_id,
+            org_id=principal.org_id,
+            details={"kind": request.kind, "max_cost": cost},
+        )
+        return jobs_db.get_job(conn, job_id).public()
+
+    def cluster_total(self) -> Resources:
+        """The cluster's total resources (cached for a few seconds)."""
+        return self._cluster_total()
 
     def get(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
         """A job (its SME, operators)."""
@@ -459,7 +483,7 @@ class JobService:
             requirements=job.requirements,
             resources=job.resources,
             max_runtime_s=job.max_runtime_s,
-            env={},
+            env=self.launch_env[job.kind](job) if job.kind in self.launch_env else {},
             labels={"kind": job.kind},
         )
 
@@ -506,6 +530,7 @@ class JobService:
             return self._not_found(job, now)
         if status.state.is_terminal:
             self._settle(job, status)
+            self._after_settle(job)
             return 1
         if status.state is BackendState.RUNNING:
             if job.state is JobState.ADMITTED:
@@ -541,7 +566,13 @@ class JobService:
             self._requeue(job)
             return 0
         self._settle(job, BackendStatus(BackendState.FAILED, job.started_ms, now, "the cluster lost the job"))
+        self._after_settle(job)
         return 1
+
+    def _after_settle(self, job: Job) -> None:
+        hook = self.on_settled.get(job.kind)
+        if hook is not None:
+            hook(job)
 
     def _requeue(self, job: Job) -> None:
         """A job admitted but never started: release its hold and queue it again."""

@@ -11,6 +11,7 @@ from broker.services.jobs import JobService
 from broker.services.ledger import LedgerService
 from broker.services.orgs import OrgService
 from broker.services.reports import ReportService
+from broker.services.training import TrainingService
 from broker.services.vouchers import VoucherService
 
 
@@ -26,10 +27,12 @@ class Services:
     datasets: DatasetService
     jobs: JobService
     reports: ReportService
+    training: TrainingService
 
 
 def build_services(container: Container) -> Services:
     """Build every service over ``container``."""
+    jobs = JobService(container)
     return Services(
         container=container,
         orgs=OrgService(container),
@@ -37,6 +40,7 @@ def build_services(container: Container) -> Services:
         ledger=LedgerService(container),
         audit=AuditService(container),
         datasets=DatasetService(container),
-        jobs=JobService(container),
+        jobs=jobs,
+        training=TrainingService(container, jobs),
         reports=ReportService(container),
     )
