@@ -8,6 +8,7 @@ counts of outcomes and on the stored state.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 from collections import Counter
@@ -261,7 +262,7 @@ def test_a_close_racing_the_reaper_never_strands_credit_in_an_expired_grant(
 
 
 def test_the_invariant_check_reads_one_snapshot_while_holds_commit(
-    world: World, container: Container, request: pytest.FixtureRequest
+    world: World, container: Container
 ) -> None:
     """A hold committed in the middle of ``invariants()`` must not make a sound ledger look broken.
 
@@ -288,9 +289,7 @@ def test_the_invariant_check_reads_one_snapshot_while_holds_commit(
     assert led.invariants() == []
 
 
-def test_a_balance_reads_one_snapshot_while_a_hold_commits(
-    world: World, container: Container, request: pytest.FixtureRequest
-) -> None:
+def test_a_balance_reads_one_snapshot_while_a_hold_commits(world: World, container: Container) -> None:
     """A hold committed between the grant and held-account reads of ``balance()`` must not show its credit
     twice (available + held may never exceed what was redeemed)."""
     led = world.services.ledger
@@ -368,3 +367,62 @@ def test_a_redemption_that_loses_to_a_revocation_says_revoked(world: World, cont
     assert fired == [{"jti": issued["jti"], "status": "revoked"}]
     assert world.services.ledger.balance(world.sme)["grants"] == []
     assert refused.value.code == "revoked"
+
+
+def test_a_mixed_workload_on_many_threads_conserves_every_credit(world: World) -> None:
+    """Holds, settlements, releases, redemptions and the reaper on 16 threads at once (seeded per thread).
+
+    Whatever the interleaving, each SME's credit is conserved: grants + held + settled = redeemed.
+    """
+    led = world.services.ledger
+    smes = [world.sme, world.sme_b]
+    redeemed = dict.fromkeys((s.org_id for s in smes), 0)
+    tally = threading.Lock()
+    for sme in smes:
+        world.credit(200, sme=sme)
+        redeemed[sme.org_id] += 200
+
+    def client(i: int) -> dict[str, Any]:
+        rng = random.Random(1000 + i)
+        sme = smes[i % 2]
+        mine: list[tuple[str, int]] = []
+        refused: Counter[str] = Counter()
+        for _ in range(12):
+            op = rng.choice(("hold", "hold", "settle", "release", "redeem", "reap"))
+            try:
+                if op == "hold":
+                    amount = rng.randint(1, 40)
+                    mine.append(
+                        (led.place_hold(sme, amount=amount, ttl_s=rng.choice((1, 3600)))["id"], amount)
+                    )
+                elif op in ("settle", "release") and mine:
+                    hold_id, amount = mine.pop(rng.randrange(len(mine)))
+                    if op == "settle":
+                        cost = rng.randint(0, amount)
+                        led.close_hold(world.operator, hold_id=hold_id, target=HoldState.SETTLED, cost=cost)
+                    else:
+                        led.close_hold(sme, hold_id=hold_id, target=HoldState.RELEASED)
+                elif op == "redeem":
+                    credits = rng.randint(1, 50)
+                    world.credit(credits, sme=sme)
+                    with tally:
+                        redeemed[sme.org_id] += credits
+                elif op == "reap":
+                    world.clock.advance(1500)
+                    led.reap()
+            except DomainError as exc:
+                refused[exc.code] += 1
+        return dict(refused)
+
+    outcomes = together(16, client)
+    for outcome in outcomes:
+        assert isinstance(outcome, dict)
+        # short of credit, or a hold the reaper expired first; nothing else
+        assert set(outcome) <= {"insufficient_credit", "hold_closed"}, outcome
+    assert led.invariants() == []
+    for sme in smes:
+        balance = led.balance(sme)
+        settled = entry_sum(world, sme, kind="settle", account_kind="spent")
+        assert (
+            sum(g["balance"] for g in balance["grants"]) + balance["held"] + settled == redeemed[sme.org_id]
+        )
