@@ -262,6 +262,10 @@ class VoucherService:
         if record.status == "revoked":
             raise VoucherRefused(REVOKED, f"voucher {claims.jti} was revoked by its issuer")
         if not vouchers.mark(conn, jti=claims.jti, from_status="issued", to_status="redeemed", now_ms=now):
+            # Lost a race: say what won it (a revocation committed meanwhile, or another redemption).
+            winner = vouchers.get_voucher(conn, claims.jti)
+            if winner is not None and winner.status == "revoked":
+                raise VoucherRefused(REVOKED, f"voucher {claims.jti} was revoked by its issuer")
             raise VoucherRefused(ALREADY_REDEEMED, f"voucher {claims.jti} was already redeemed")
         grant = self.c.ledger.create_grant(
             conn,

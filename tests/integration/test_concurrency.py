@@ -339,12 +339,6 @@ def test_redeem_racing_revoke_has_exactly_one_outcome(world: World) -> None:
     assert world.services.ledger.invariants() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: broker/services/vouchers.py VoucherService._redeem_in raises already_redeemed whenever "
-    "vouchers.mark(issued -> redeemed) claims no row, without re-reading the status: a redemption that loses "
-    "the race to a revocation tells the SME 'already_redeemed' instead of 'revoked'",
-)
 def test_a_redemption_that_loses_to_a_revocation_says_revoked(world: World, container: Container) -> None:
     """The revocation commits between the redemption's read of the voucher and its claim of it."""
     if container.db.dialect != "postgresql":
