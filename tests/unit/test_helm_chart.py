@@ -361,9 +361,12 @@ def test_audit_checkpoints_persist_per_pod_on_a_kept_volume(chart: Any) -> None:
     ("values", "message"),
     [
         ({"database": {"existingSecret": ""}}, "database.existingSecret"),
-        ({"database": {"existingSecret": "", "url": "sqlite:////tmp/x.db"}}, "PostgreSQL"),
+        ({"database": {"existingSecret": "", "url": "sqlite:////tmp/x.db"}}, "/database/url"),
         ({"s3": {"existingSecret": "", "accessKey": "minioadmin", "secretKey": "minioadmin"}}, "default"),
-        ({"config": {"compute": "ray-local"}}, "kuberay or ray"),
+        ({"config": {"compute": "ray-local"}}, "'kuberay', 'ray'"),
+        ({"replicaCont": 3}, "replicaCont"),  # a misspelt value is refused, not ignored
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"jobNetworkPolicy": {"deniedCidrs": ["10.0.0.0"]}}, "deniedCidrs"),
         ({"config": {"compute": "ray"}}, "ray.address"),
     ],
 )
