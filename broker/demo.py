@@ -30,6 +30,7 @@ class DemoState:
 
     url: str
     operator: BrokerClient
+    state_dir: Path
     clients: dict[str, BrokerClient] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)
 
@@ -120,11 +121,13 @@ def all_steps() -> list[Step]:
     from broker.demo_data import data_steps
     from broker.demo_jobs import step_training_job
     from broker.demo_reports import report_steps
+    from broker.demo_training import step_private_training
 
     return [
         *foundation_steps(),
         ("Run a voucher-paid training job on Ray", step_training_job),
         *data_steps(),
+        ("Train a private model (DP-SGD) on a protected dataset", step_private_training),
         ("Verify the audit log", step_audit),
         *report_steps(),
     ]
@@ -141,7 +144,7 @@ def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None =
     container = build_container(settings)
     server = serve_in_thread(build_services(container))
     token = init["token"] or (state_dir / "operator.token").read_text().strip()
-    state = DemoState(url=server.url, operator=BrokerClient(server.url, token))
+    state = DemoState(url=server.url, operator=BrokerClient(server.url, token), state_dir=state_dir.resolve())
     steps = all_steps()
     try:
         print(f"[demo] broker serving at {server.url}", flush=True)
