@@ -21,8 +21,10 @@ over the canonical bytes (:func:`broker.canonical.canonical_json`) of its ``repo
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,12 +36,14 @@ from sqlalchemy import Connection, text
 
 from broker.canonical import canonical_json
 from broker.container import Container
+from broker.db import jobs as jobs_db
 from broker.db.orgs import Principal, get_org, list_orgs
 from broker.services.access import require_role
 from quotas.errors import DomainError, InvalidInput, NotFound
 from quotas.report import ReportRow, SmeTotals, build_report
 from vouchers.keys import sign_bytes, verify_bytes
 
+log = logging.getLogger("sbx.reports")
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, what)``: called after each month of a report is aggregated."""
 
@@ -108,7 +112,7 @@ def parse_period(label: str) -> Period:
 _MONEY = text(
     """
     WITH paid AS (
-    SELECT e.hold_id AS hold_id, e.org_id AS org_id, SUM(e.amount) AS voucher
+    SELECT e.hold_id AS hold_id, e.org_id AS org_id, SUM(e.amount) AS voucher, MIN(e.created_ms) AS ts
     FROM entries e
     WHERE e.account_id = :spent AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
     GROUP BY e.hold_id, e.org_id
@@ -119,11 +123,11 @@ _MONEY = text(
         WHERE a.kind = 'copaid' AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
         GROUP BY e.hold_id
     )
-    SELECT p.org_id AS org_id, COUNT(*) AS jobs, SUM(p.voucher) AS voucher,
+    SELECT p.org_id AS org_id, (p.ts - :start) / 86400000 AS day, COUNT(*) AS jobs, SUM(p.voucher) AS voucher,
            SUM(COALESCE(c.copay, 0)) AS copay
     FROM paid p LEFT JOIN copaid c ON c.hold_id = p.hold_id
     WHERE p.voucher > 0
-    GROUP BY p.org_id
+    GROUP BY p.org_id, (p.ts - :start) / 86400000
     """
 )
 _USAGE = text(
@@ -163,6 +167,7 @@ _ISSUER_ACCOUNTS = text(
     "SELECT kind, id FROM accounts WHERE org_id = :issuer AND grant_id IS NULL "
     "AND kind IN ('programme', 'spent', 'expired')"
 )
+_DAY_MS = 86_400_000
 _USAGE_FIELD = {"cpu": 0, "gpu": 1, "memory": 2}
 
 
@@ -179,16 +184,32 @@ class _Sums:
     left: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SubsidySums:
+    """What the SQL aggregation yields: per-SME sums and, per UTC day, (voucher share, co-payment)."""
+
+    totals: list[SmeTotals]
+    daily: dict[int, tuple[int, int]]
+
+
 def _aggregate_month(
-    conn: Connection, acc: Mapping[str, int], start: int, end: int, sums: dict[str, _Sums]
+    conn: Connection,
+    acc: Mapping[str, int],
+    window_ms: tuple[int, int],
+    sums: dict[str, _Sums],
+    daily: dict[int, list[int]],
 ) -> None:
-    """Add one month's settled jobs, usage, redemptions and expiries to ``sums`` (per SME)."""
+    """Add one month's settled jobs, usage, redemptions and expiries to ``sums`` (per SME) and ``daily``."""
+    start, end = window_ms
     window = {"spent": acc["spent"], "start": start, "end": end}
     for r in conn.execute(_MONEY, window):
         s = sums.setdefault(r.org_id, _Sums())
         s.jobs += int(r.jobs)
         s.voucher += int(r.voucher)
         s.copay += int(r.copay)
+        day = daily.setdefault(start + int(r.day) * _DAY_MS, [0, 0])
+        day[0] += int(r.voucher)
+        day[1] += int(r.copay)
     for r in conn.execute(_USAGE, window):
         s = sums.setdefault(r.org_id, _Sums())
         field = ("cpu", "gpu", "mem")[_USAGE_FIELD[r.resource]]
@@ -203,14 +224,16 @@ def _aggregate_month(
 
 def subsidy_totals(
     conn: Connection, *, issuer_org: str, period: Period, progress: Progress | None = None
-) -> list[SmeTotals]:
-    """Per-SME integer sums of one programme over ``period``, aggregated in SQL month by month."""
+) -> SubsidySums:
+    """Per-SME integer sums of one programme over ``period`` (and settled money per day), aggregated in SQL
+    month by month; ``progress`` is called after each month."""
     acc = {str(r.kind): int(r.id) for r in conn.execute(_ISSUER_ACCOUNTS, {"issuer": issuer_org})}
     if set(acc) != {"programme", "spent", "expired"}:
         raise NotFound(f"no programme {issuer_org}")
     sums: dict[str, _Sums] = {}
+    daily: dict[int, list[int]] = {}
     for number, (start, end) in enumerate(period.months, start=1):
-        _aggregate_month(conn, acc, start, end, sums)
+        _aggregate_month(conn, acc, (start, end), sums, daily)
         if progress is not None:
             progress(number, len(period.months), _month_label(start))
     for r in conn.execute(_GRANTEES, {"issuer": issuer_org, "end": period.end_ms}):
@@ -218,7 +241,7 @@ def subsidy_totals(
     for r in conn.execute(_LEFT, {"issuer": issuer_org, "end": period.end_ms}):
         if r.org_id in sums:
             sums[r.org_id].left = int(r.amount)
-    return [
+    totals = [
         SmeTotals(
             org,
             s.jobs,
@@ -234,6 +257,21 @@ def subsidy_totals(
         )
         for org, s in sums.items()
     ]
+    return SubsidySums(totals, {k: (v[0], v[1]) for k, v in daily.items()})
+
+
+def _over_time(span: Period, daily: Mapping[int, tuple[int, int]]) -> list[dict[str, Any]]:
+    """Settled voucher share and co-payment per day (a one-month period) or per month, every bucket present."""
+    if len(span.months) == 1:
+        starts = list(range(span.start_ms, span.end_ms, _DAY_MS))
+    else:
+        starts = [start for start, _ in span.months]
+    series = {start: [0, 0] for start in starts}
+    for ts, (voucher, copay) in daily.items():
+        key = starts[bisect.bisect_right(starts, ts) - 1]
+        series[key][0] += voucher
+        series[key][1] += copay
+    return [{"start_ms": k, "voucher_share": v[0], "copay": v[1]} for k, v in sorted(series.items())]
 
 
 def _month_label(start_ms: int) -> str:
@@ -356,8 +394,8 @@ class ReportService:
 
         def tx(conn: Connection) -> dict[str, Any]:
             issuer = self._programme(conn, principal, issuer_org)
-            totals = subsidy_totals(conn, issuer_org=issuer, period=span, progress=progress)
-            built = build_report(totals)
+            sums = subsidy_totals(conn, issuer_org=issuer, period=span, progress=progress)
+            built = build_report(sums.totals)
             names = {o.id: o.name for o in list_orgs(conn, role="sme")}
             report = {
                 "format": REPORT_FORMAT,
@@ -367,7 +405,7 @@ class ReportService:
                 "currency": "credits",
                 "rows": [row_dict(r, names.get(r.org_id, r.org_id)) for r in built.rows],
                 "totals": row_dict(built.totals, "Total"),
-                "monthly": self._monthly(conn, issuer, span),
+                "over_time": _over_time(span, sums.daily),
             }
             return sign_report(report, key_pem=self.c.broker_key_pem, kid=self.c.broker_kid)
 
@@ -390,25 +428,6 @@ class ReportService:
                 f"({', '.join(o.id for o in issuers[:10])})"
             )
         return issuers[0].id
-
-    def _monthly(self, conn: Connection, issuer: str, span: Period) -> list[dict[str, Any]]:
-        """Voucher share and co-payment per day (one month) or per month (longer), for the use-over-time chart."""
-        spent = {str(r.kind): int(r.id) for r in conn.execute(_ISSUER_ACCOUNTS, {"issuer": issuer})}["spent"]
-        bucket_ms = 86_400_000 if len(span.months) == 1 else None
-        rows = conn.execute(_OVER_TIME, {"spent": spent, "start": span.start_ms, "end": span.end_ms}).all()
-        series: dict[int, list[int]] = {}
-        for r in rows:
-            key = self._bucket(int(r.created_ms), span, bucket_ms)
-            acc = series.setdefault(key, [0, 0])
-            acc[0] += int(r.voucher)
-            acc[1] += int(r.copay)
-        return [{"start_ms": k, "voucher_share": v[0], "copay": v[1]} for k, v in sorted(series.items())]
-
-    @staticmethod
-    def _bucket(ts: int, span: Period, bucket_ms: int | None) -> int:
-        if bucket_ms is not None:
-            return span.start_ms + (ts - span.start_ms) // bucket_ms * bucket_ms
-        return next(start for start, end in span.months if start <= ts < end)
 
     def data_access(
         self, principal: Principal, *, period: str, custodian_org: str | None = None
@@ -455,22 +474,35 @@ class ReportService:
 
         return self.c.db.read(tx)
 
+    def in_use(self, principal: Principal) -> dict[str, Any]:
+        """Resources of admitted and running jobs per SME and in total, with the cluster's capacity (operators;
+        an SME gets its own line only). Capacity is ``None`` when the compute backend cannot say."""
+        require_role(principal, "operator", "sme")
+        used = self.c.db.read(jobs_db.in_use)
+        if principal.role == "sme":
+            used = {k: v for k, v in used.items() if k == principal.org_id}
+        per_org = {
+            org: {"milli_cpu": r.milli_cpu, "gpus": r.gpus, "memory_mib": r.memory_mib, "jobs": n}
+            for org, (r, n) in used.items()
+        }
+        total = {
+            key: sum(int(v[key]) for v in per_org.values())
+            for key in ("milli_cpu", "gpus", "memory_mib", "jobs")
+        }
+        capacity: dict[str, int] | None = None
+        if principal.role == "operator":
+            try:
+                cap = self.c.compute.capacity()
+                capacity = {"milli_cpu": cap.milli_cpu, "gpus": cap.gpus, "memory_mib": cap.memory_mib}
+            except DomainError as exc:  # a backend that is down must not take the dashboard with it
+                log.warning("dashboard: compute capacity unavailable (%s)", exc.code)
+        return {"per_org": per_org, "total": total, "capacity": capacity}
+
     def jwks(self) -> dict[str, Any]:
         """The broker's own public key as a JWK Set (what verifies its reports)."""
         return {"keys": [dict(self.c.broker_public_jwk)]}
 
 
-_OVER_TIME = text(
-    """
-    SELECT e.created_ms AS created_ms, SUM(CASE WHEN e.account_id = :spent THEN e.amount ELSE 0 END) AS voucher,
-           SUM(CASE WHEN a.kind = 'copaid' THEN e.amount ELSE 0 END) AS copay
-    FROM entries e JOIN accounts a ON a.id = e.account_id
-    WHERE e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
-      AND e.hold_id IN (SELECT hold_id FROM entries WHERE account_id = :spent AND kind = 'settle'
-                        AND created_ms >= :start AND created_ms < :end AND amount > 0)
-    GROUP BY e.txn_id, e.created_ms
-    """
-)
 _ACCESS_SELECT = """
     SELECT c.dataset_id AS dataset_id, d.name AS dataset_name, d.custodian_org AS custodian_org,
            c.sme_org AS sme_org, SUM(CASE WHEN c.status = 'answered' THEN 1 ELSE 0 END) AS releases,

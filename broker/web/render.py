@@ -64,7 +64,7 @@ def subsidy_html(document: Mapping[str, Any]) -> str:
                 p["voucher_share"],
                 p["copay"],
             )
-            for p in report["monthly"]
+            for p in report["over_time"]
         ],
         title="Settled cost over time (credits, per day)"
         if single_month
