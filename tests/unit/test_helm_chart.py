@@ -442,3 +442,28 @@ def test_every_value_is_documented_and_the_readme_table_is_up_to_date() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("value_set", ["defaults", "ray-cluster-and-persistence"])
+def test_the_broker_accepts_the_charts_settings_for_production(
+    chart: Any, value_set: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.settings import Settings
+
+    if not hasattr(Settings, "production_problems"):
+        pytest.skip("this broker version has no production checks (Settings.production_problems)")
+    objects = render(chart, VALUE_SETS[value_set])
+    for name, value in one(objects, "ConfigMap", FULLNAME)["data"].items():
+        monkeypatch.setenv(name, value)
+    secret_values = {
+        "SBX_DATABASE_URL": "postgresql://sbx:pw@pg:5432/sbx",
+        "SBX_S3_ACCESS_KEY": "sbx-broker",
+        "SBX_S3_SECRET_KEY": "a-long-random-secret",
+        "SBX_RAY_TOKEN": "a-long-random-token",
+    }
+    for env in broker_container(objects)["env"]:
+        if "secretKeyRef" in env.get("valueFrom", {}):
+            monkeypatch.setenv(env["name"], secret_values[env["name"]])
+    settings = Settings()
+    assert settings.environment == "production"
+    assert settings.production_problems() == []
