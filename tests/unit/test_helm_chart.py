@@ -467,3 +467,19 @@ def test_the_broker_accepts_the_charts_settings_for_production(
     settings = Settings()
     assert settings.environment == "production"
     assert settings.production_problems() == []
+
+
+def test_the_dockerfile_builds_what_the_chart_runs(chart: Any) -> None:
+    """No Docker engine here: check the Dockerfile's contract with the chart and the project statically."""
+    import tomllib
+
+    lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
+    pod = one(render(chart, {}), "Deployment")["spec"]["template"]["spec"]
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert f"USER {user}" in lines, "the image's user must be the chart's runAsUser:runAsGroup"
+    assert 'ENTRYPOINT ["sbx"]' in lines, "the chart passes `serve` / `migrate` as arguments to sbx"
+    copied = {line.split()[1] for line in lines if line.startswith("COPY ") and "--from" not in line}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages <= copied, f"the image misses packages: {sorted(packages - copied)}"
+    assert all((REPO / p).is_dir() for p in packages)
