@@ -44,7 +44,7 @@ from tests.helpers import DAY_S, bootstrap_world
 pytestmark = pytest.mark.postgres
 PG_URL = os.environ.get("SBX_TEST_DATABASE_URL")
 REPO = Path(__file__).resolve().parents[2]
-VOUCHERS, HOLDS, JOBS, LATE_JOBS = 12, 12, 10, 3
+VOUCHERS, HOLDS, JOBS, LATE_JOBS, EXPIRING = 12, 12, 10, 3, 6
 TERMINAL = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
 
 
@@ -105,6 +105,10 @@ def _env(state_dir: Path, database_url: str) -> dict[str, str]:
         SBX_COMPUTE="fake",
         SBX_BACKGROUND_LOOPS="true",
         SBX_LOOP_INTERVAL_MS="100",
+        # The clients below are one SME hammering on purpose: per-tenant rate limits must not interfere.
+        SBX_RATE_REDEEM_PER_S="10000",
+        SBX_RATE_SUBMIT_PER_S="10000",
+        SBX_RATE_BURST="10000",
         RAY_USAGE_STATS_ENABLED="0",
     )
     return env
@@ -239,6 +243,7 @@ class Outcomes:
     holds: dict[int, list[str]] = field(default_factory=dict)
     closes: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     jobs: dict[int, list[str]] = field(default_factory=dict)
+    expiring: dict[int, list[str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, table: dict[Any, list[Any]], key: Any, value: Any) -> None:
@@ -279,6 +284,28 @@ def _hold_lifecycle(router: Router, world: dict[str, str], out: Outcomes, i: int
         for future in futures:
             response = future.result()
             out.add(out.closes, hold_id, (response.status_code, response.json()))
+
+
+def _expiring_hold(router: Router, world: dict[str, str], out: Outcomes, i: int) -> None:
+    """A hold nobody closes: the reapers of both replicas race to expire it after one second."""
+    body = {"amount": 100 + i, "ttl_s": 1}
+    for prefer in (i, i + 1):
+        response = router.call(
+            world["sme"], "POST", "/api/v1/holds", prefer=prefer, body=body, key=f"exp-{i}"
+        )
+        assert response.status_code == 201, response.text
+        out.add(out.expiring, i, response.json()["id"])
+
+
+def _wait_expired(router: Router, token: str, hold_ids: set[str]) -> None:
+    deadline = time.monotonic() + 30
+    for hold_id in sorted(hold_ids):
+        while (
+            state := router.call(token, "GET", f"/api/v1/holds/{hold_id}", prefer=1).json()["state"]
+        ) == "HELD":
+            assert time.monotonic() < deadline, f"hold {hold_id} not expired in 30 s"
+            time.sleep(0.2)
+        assert state == "EXPIRED", f"hold {hold_id} is {state}"
 
 
 def _submit(router: Router, world: dict[str, str], out: Outcomes, i: int, prefer: int) -> None:
@@ -332,6 +359,8 @@ def test_two_replicas_on_one_postgresql_keep_every_invariant_when_one_is_killed(
             tasks.append(partial(_hold_lifecycle, router, world, out, i))
         if i < JOBS:
             tasks += [partial(_submit, router, world, out, i, prefer) for prefer in (0, 1)]
+        if i < EXPIRING:
+            tasks.append(partial(_expiring_hold, router, world, out, i))
 
     _run_concurrently(tasks, on_half=a.kill)
     assert a.proc.returncode == -signal.SIGKILL
@@ -339,6 +368,9 @@ def test_two_replicas_on_one_postgresql_keep_every_invariant_when_one_is_killed(
         _submit(router, world, out, i, prefer=1)
     job_ids = {ids[0] for ids in out.jobs.values()}
     jobs = _wait_settled(router, world["sme"], job_ids)
+    for i, ids in out.expiring.items():
+        assert len(set(ids)) == 1, f"one idempotency key made two holds: {ids} (expiring hold {i})"
+    _wait_expired(router, world["sme"], {ids[0] for ids in out.expiring.values()})
     checkpoint = router.call(operator_token, "POST", "/api/v1/audit/checkpoint", prefer=1)
     assert checkpoint.status_code in (200, 201), checkpoint.text
 
@@ -412,6 +444,14 @@ def _check_database(
             ).all()
             for hold_id, state, txns in closes:
                 assert txns == (0 if state == "HELD" else 1), f"hold {hold_id} ({state}) closed {txns} times"
+            expire_audits = Counter(
+                r[0]
+                for r in conn.execute(
+                    text("SELECT object_id FROM audit_entries WHERE action = 'hold.expire'")
+                )
+            )
+            for ids in out.expiring.values():
+                assert expire_audits[ids[0]] == 1, f"hold {ids[0]} expired {expire_audits[ids[0]]} times"
             explicit = {hold_id for hold_id in out.closes}
             assert {h for h, state, _ in closes if state != "HELD"} >= explicit
             actions = Counter(
