@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -30,7 +29,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     _install_error_handlers(app)
-    _install_body_limit(app, services.container.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=services.container.settings.max_body_bytes)
     app.include_router(core_router)
     for router in _feature_routers():
         app.include_router(router)
@@ -101,13 +100,57 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _install_body_limit(app: FastAPI, max_bytes: int) -> None:
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_bytes):
-            return JSONResponse(
-                error_body("payload_too_large", f"request bodies are limited to {max_bytes} bytes"),
-                status_code=413,
-            )
-        return await call_next(request)
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` with 413, by Content-Length or while streaming
+    (chunked uploads have no Content-Length), before a route ever sees them."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Pass the request on, counting its body."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        response = JSONResponse(
+            error_body("payload_too_large", f"request bodies are limited to {self.max_bytes} bytes"),
+            status_code=413,
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}

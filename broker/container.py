@@ -22,6 +22,7 @@ from broker.metrics import Metrics
 from broker.settings import Settings
 from datasets.storage import LocalDirStore, ObjectStore, S3Store
 from quotas.clock import Clock, SystemClock
+from quotas.ratelimit import Rate, RateLimiter
 from quotas.resources import Resources
 from vouchers import key_id, public_jwk
 
@@ -40,6 +41,7 @@ class Container:
     broker_kid: str
     broker_public_jwk: dict[str, Any]
     storage: ObjectStore
+    limiter: RateLimiter
     closers: list[Any] = field(default_factory=list)
     _compute: ComputeBackend | None = None
     _compute_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -89,6 +91,19 @@ def build_compute(settings: Settings, clock: Clock) -> ComputeBackend:
     )
 
 
+def build_limiter(settings: Settings, clock: Clock) -> RateLimiter:
+    """Per-tenant rate limits (per replica: with N replicas a tenant may reach N times the rate)."""
+    burst = settings.rate_burst
+    return RateLimiter(
+        clock,
+        {
+            "redeem": Rate(settings.rate_redeem_per_s, burst),
+            "submit": Rate(settings.rate_submit_per_s, burst),
+            "query": Rate(settings.rate_query_per_s, burst),
+        },
+    )
+
+
 def build_storage(settings: Settings) -> ObjectStore:
     """The object store the settings ask for: a directory in the state dir, or an S3 bucket."""
     if settings.storage == "s3":
@@ -123,4 +138,5 @@ def build_container(
         broker_kid=key_id(key_pem),
         broker_public_jwk=jwk,
         storage=build_storage(settings),
+        limiter=build_limiter(settings, the_clock),
     )

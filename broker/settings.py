@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         default=True, description="Run admission, reaper and reconciliation loops."
     )
     loop_interval_ms: int = 500
+    rate_redeem_per_s: int = Field(default=20, description="Redemptions per second per organisation.")
+    rate_submit_per_s: int = Field(default=20, description="Job and training submissions per second per SME.")
+    rate_query_per_s: int = Field(default=20, description="DP query batches per second per SME.")
+    rate_burst: int = Field(default=40, description="Requests a tenant may burst above its rate.")
+    max_open_holds: int = Field(default=1000, description="Open (HELD) holds per SME.")
     max_token_bytes: int = 8192
     max_body_bytes: int = 64 * 1024 * 1024
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, params
 
 from broker.db.orgs import Principal
-from broker.errors import Unauthorized
+from broker.errors import RateLimited, Unauthorized
 from broker.services.registry import Services
 
 
@@ -38,3 +38,18 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key", max_length=200, description="Retry-safe key: same key and body, same result."
     ),
 ]
+
+
+def rate_limited(category: str) -> params.Depends:
+    """A dependency that spends one of the caller's ``category`` tokens or answers 429 with Retry-After."""
+
+    def check(principal: PrincipalDep, services: ServicesDep) -> Principal:
+        wait_s = services.container.limiter.take(principal.org_id, category)
+        if wait_s:
+            raise RateLimited(
+                f"too many {category} requests from your organisation; retry in {wait_s} s",
+                retry_after_s=wait_s,
+            )
+        return principal
+
+    return params.Depends(check)

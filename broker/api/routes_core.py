@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from broker.api import models as m
-from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep
+from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
 from quotas.ledger import HoldState
 
@@ -106,7 +106,9 @@ def list_vouchers(principal: PrincipalDep, services: ServicesDep) -> list[dict[s
     return services.vouchers.list(principal)
 
 
-@router.post("/vouchers/redeem", status_code=201, openapi_extra=policy("sme"))
+@router.post(
+    "/vouchers/redeem", status_code=201, openapi_extra=policy("sme"), dependencies=[rate_limited("redeem")]
+)
 def redeem_voucher(
     body: m.VoucherRedeem,
     principal: PrincipalDep,

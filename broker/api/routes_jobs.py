@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from broker.api import models as m
-from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep
+from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
 from broker.services.jobs import JobRequest
 from quotas.resources import Resources
@@ -55,7 +55,7 @@ def quote_job(body: m.JobResources, principal: PrincipalDep, services: ServicesD
     return services.jobs.quote(principal, resources=resources, max_runtime_s=body.max_runtime_s)
 
 
-@router.post("/jobs", status_code=201, openapi_extra=policy("sme"))
+@router.post("/jobs", status_code=201, openapi_extra=policy("sme"), dependencies=[rate_limited("submit")])
 def submit_job(
     body: m.JobSubmit, principal: PrincipalDep, services: ServicesDep, idempotency_key: IdempotencyKey = None
 ) -> dict[str, Any]:

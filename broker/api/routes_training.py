@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from broker.api import models as m
-from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep
+from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
 from quotas.resources import Resources
 
 router = APIRouter(prefix="/api/v1/training")
 
 
-@router.post("", status_code=201, openapi_extra=policy("sme"))
+@router.post("", status_code=201, openapi_extra=policy("sme"), dependencies=[rate_limited("submit")])
 def submit_training(
     body: m.TrainingSubmit,
     principal: PrincipalDep,

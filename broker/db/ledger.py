@@ -421,6 +421,10 @@ class LedgerRepo:
             hold.expires_ms,
         )
 
+    def open_hold_count(self, conn: Connection, *, org_id: str) -> int:
+        """How many holds of an SME are still HELD."""
+        return int(conn.execute(_OPEN_HOLDS, {"p_org": org_id}).scalar_one())
+
     def stale_holds(self, conn: Connection, *, now_ms: int, limit: int = 500) -> list[Hold]:
         """Holds still ``HELD`` after their expiry (the reaper closes them as ``EXPIRED``)."""
         query = (
@@ -593,6 +597,11 @@ _HOLD_BY_ID = {
     (False, True): _HOLD_SELECT.with_for_update(),
     (True, True): _HOLD_SCOPED.with_for_update(),
 }
+_OPEN_HOLDS = (
+    select(func.count())
+    .select_from(t.holds)
+    .where(t.holds.c.org_id == bindparam("p_org"), t.holds.c.state == HoldState.HELD.value)
+)
 _CLOSE_HOLD = (
     update(t.holds)
     .where(t.holds.c.id == bindparam("hold_id"), t.holds.c.state == HoldState.HELD.value)

@@ -13,7 +13,7 @@ from broker.db.ledger import Hold
 from broker.db.orgs import Principal
 from broker.services.access import own_or_operator, require_role
 from broker.services.idem import write_idempotent
-from quotas.errors import InvalidInput
+from quotas.errors import Conflict, InvalidInput
 from quotas.ledger import HoldState
 
 RESOURCE_CLASSES = frozenset({"cpu", "gpu", "memory"})
@@ -130,6 +130,12 @@ class LedgerService:
         }
 
         def tx(conn: Connection) -> dict[str, Any]:
+            open_holds = self.c.ledger.open_hold_count(conn, org_id=target)
+            if open_holds >= self.c.settings.max_open_holds:
+                raise Conflict(
+                    f"{target} already has {open_holds} open holds (the limit); settle or release some first",
+                    code="too_many_holds",
+                )
             hold = self.c.ledger.place_hold(
                 conn,
                 org_id=target,
