@@ -24,11 +24,13 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     updates in the repositories.
     """
     if is_sqlite(url):
+        # SQLite connections are cheap and every request thread reads on its own: keep enough for the
+        # server's whole threadpool (40) so no request waits for a connection.
         engine = create_engine(
             url,
             poolclass=QueuePool,
-            pool_size=pool_size,
-            max_overflow=pool_size * 2,
+            pool_size=max(pool_size, 48),
+            max_overflow=16,
             connect_args={"check_same_thread": False, "timeout": 60, "isolation_level": None},
         )
         _configure_sqlite(engine)

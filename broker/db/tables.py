@@ -152,6 +152,7 @@ holds = Table(
     CheckConstraint("state = 'HELD' OR settled + released = amount", name="closed_balanced"),
 )
 Index("ix_holds_state_expires", holds.c.state, holds.c.expires_ms)
+Index("ix_holds_org_state", holds.c.org_id, holds.c.state)
 
 entries = Table(
     "entries",

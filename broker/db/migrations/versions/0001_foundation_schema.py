@@ -96,6 +96,7 @@ def upgrade() -> None:
     with op.batch_alter_table('holds', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_holds_job_id'), ['job_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_holds_org_id'), ['org_id'], unique=False)
+        batch_op.create_index('ix_holds_org_state', ['org_id', 'state'], unique=False)
         batch_op.create_index('ix_holds_state_expires', ['state', 'expires_ms'], unique=False)
 
     op.create_table('issuer_keys',
@@ -239,6 +240,7 @@ def downgrade() -> None:
     op.drop_table('issuer_keys')
     with op.batch_alter_table('holds', schema=None) as batch_op:
         batch_op.drop_index('ix_holds_state_expires')
+        batch_op.drop_index('ix_holds_org_state')
         batch_op.drop_index(batch_op.f('ix_holds_org_id'))
         batch_op.drop_index(batch_op.f('ix_holds_job_id'))
 
