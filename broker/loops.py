@@ -31,6 +31,8 @@ class BackgroundLoops:
             ("audit-checkpoint", lambda: services.audit.checkpoint(None), 60),
         ]
         self._round = 0
+        self._wake = threading.Event()
+        services.jobs.wakeup = self.wake
 
     def start(self) -> None:
         """Start the loop thread."""
@@ -48,12 +50,21 @@ class BackgroundLoops:
             except Exception:  # a loop must survive one bad round; the next round retries
                 log.exception("background loop %s failed", name)
 
+    def wake(self) -> None:
+        """Run a round now instead of at the next tick (a job was submitted: admit it at once)."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Ask the loop to stop and wait for the round in progress to finish."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.run_once()

@@ -61,6 +61,7 @@ MANAGED_BY = "sandbox-broker"
 STOPPED_AT = "sandbox-broker.io/stopped-at-ms"
 LABEL_ORG = "sandbox-broker.io/org-id"
 LABEL_JOB = "sandbox-broker.io/job-id"
+LABEL_KIND = "sandbox-broker.io/job-kind"
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_RETRIES = 5
 _LOG_TAIL_LINES = 5_000  # limitBytes would cut the head of the log; we want its tail
@@ -81,7 +82,9 @@ def _quantities(resources: Resources) -> dict[str, str]:
     return out
 
 
-def _pod_template(role: str, image: str, resources: Resources, env: Mapping[str, str]) -> dict[str, Any]:
+def _pod_template(
+    role: str, image: str, resources: Resources, env: Mapping[str, str], labels: Mapping[str, str]
+) -> dict[str, Any]:
     quantities = _quantities(resources)
     container: dict[str, Any] = {
         "name": f"ray-{role}",
@@ -91,7 +94,7 @@ def _pod_template(role: str, image: str, resources: Resources, env: Mapping[str,
     }
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
-    return {"spec": {"containers": [container]}}
+    return {"metadata": {"labels": dict(labels)}, "spec": {"containers": [container]}}
 
 
 def rayjob_manifest(
@@ -120,11 +123,17 @@ def rayjob_manifest(
         LABEL_ORG: label_value(launch.org_id),
         LABEL_JOB: label_value(launch.job_id),
     }
+    # Pod labels let a NetworkPolicy tell the broker's trusted harness (kind=training) from SME code.
+    pod_labels = {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_KIND: label_value(launch.labels.get("kind", "job")),
+        LABEL_JOB: label_value(launch.job_id),
+    }
     cluster: dict[str, Any] = {
         "authOptions": {"mode": "token"},
         "headGroupSpec": {
             "rayStartParams": {},
-            "template": _pod_template("head", image, launch.resources, launch.env),
+            "template": _pod_template("head", image, launch.resources, launch.env, pod_labels),
         },
         "workerGroupSpecs": [
             {
@@ -133,7 +142,7 @@ def rayjob_manifest(
                 "minReplicas": 0,
                 "maxReplicas": worker_replicas,
                 "rayStartParams": {},
-                "template": _pod_template("worker", image, launch.resources, launch.env),
+                "template": _pod_template("worker", image, launch.resources, launch.env, pod_labels),
             }
         ],
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import shutil
@@ -82,6 +83,7 @@ class JobService:
         self._pass_lock = threading.Lock()
         self._capacity: tuple[float, Resources] | None = None
         # Per job kind: the environment its launches get, and what to do once it is settled.
+        self.wakeup: Callable[[], None] | None = None  # set by the background loops: admit without waiting
         self.launch_env: dict[str, Callable[[Job], dict[str, str]]] = {}
         self.on_settled: dict[str, Callable[[Job], None]] = {}
 
@@ -218,7 +220,13 @@ class JobService:
         )
         if not fresh and workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        self.wake()
         return result
+
+    def wake(self) -> None:
+        """Ask the background loops for an admission pass now."""
+        if self.wakeup is not None:
+            self.wakeup()
 
     def queue_in(
         self,
@@ -280,9 +288,31 @@ class JobService:
         return self._cluster_total()
 
     def get(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
-        """A job (its SME, operators)."""
+        """A job (its SME, operators); an admitted job is refreshed from the backend first (RUNNING at once)."""
         scope = None if principal.role == "operator" else principal.org_id
-        return self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope).public())
+        job = self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope))
+        if job.state is JobState.ADMITTED:
+            with contextlib.suppress(BackendError):  # the loops will catch up; answer what we know
+                self._observe_start(job)
+            job = self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope))
+        return job.public()
+
+    def _observe_start(self, job: Job) -> None:
+        """Record that an admitted job is running (the reconcile loop does the same, and the rest)."""
+        status = self.c.compute.status(job.name)
+        if status.state is BackendState.RUNNING:
+            self._mark_running(job, status)
+
+    def _mark_running(self, job: Job, status: BackendStatus) -> None:
+        """ADMITTED → RUNNING with the backend's start time, unless someone already moved it."""
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> None:
+            current = jobs_db.get_job(conn, job.id, lock=True)
+            if current.state is JobState.ADMITTED:
+                jobs_db.move(conn, current, JobState.RUNNING, started_ms=status.start_ms or now)
+
+        self.c.db.write(tx)
 
     def list_jobs(
         self, principal: Principal, *, org_id: str | None = None, limit: int = 200
@@ -521,6 +551,8 @@ class JobService:
                     settled += self._reconcile(job)
                 except BackendError:
                     continue  # the backend is unreachable: try again next round, bill nothing meanwhile
+                except Conflict:
+                    continue  # another replica or request moved this job meanwhile: next round sees it
             return settled
 
     def _reconcile(self, job: Job) -> int:
@@ -534,14 +566,7 @@ class JobService:
             return 1
         if status.state is BackendState.RUNNING:
             if job.state is JobState.ADMITTED:
-                self.c.db.write(
-                    lambda conn: jobs_db.move(
-                        conn,
-                        jobs_db.get_job(conn, job.id, lock=True),
-                        JobState.RUNNING,
-                        started_ms=status.start_ms or now,
-                    )
-                )
+                self._mark_running(job, status)
             start = status.start_ms or job.started_ms or now
             if now - start >= job.max_runtime_s * 1000 and job.message != TIMEOUT_MESSAGE:
                 self.c.db.write(
