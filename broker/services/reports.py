@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
 from broker.canonical import canonical_json
 from broker.container import Container
@@ -108,44 +108,36 @@ def parse_period(label: str) -> Period:
 
 # -- SQL aggregation ----------------------------------------------------------------------------------
 
-# ``paid``: the settled voucher share per hold in [start, end), the legs on the programme's ``spent`` account.
+# ``v``: per hold settled in [start, end), its voucher legs on every programme's ``spent`` account (``allv``) and
+# this programme's part (``mine``). The co-payment of a hold is its settled cost minus all voucher legs.
 _MONEY = text(
     """
-    WITH paid AS (
-    SELECT e.hold_id AS hold_id, e.org_id AS org_id, SUM(e.amount) AS voucher, MIN(e.created_ms) AS ts
-    FROM entries e
-    WHERE e.account_id = :spent AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
-    GROUP BY e.hold_id, e.org_id
-    ),
-    copaid AS (
-        SELECT e.hold_id AS hold_id, SUM(e.amount) AS copay
-        FROM entries e JOIN accounts a ON a.id = e.account_id
-        WHERE a.kind = 'copaid' AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
-        GROUP BY e.hold_id
+    WITH v AS (
+        SELECT hold_id, org_id, SUM(CASE WHEN account_id = :spent THEN amount ELSE 0 END) AS mine,
+               SUM(amount) AS allv, MIN(created_ms) AS ts
+        FROM entries
+        WHERE account_id IN :spent_ids AND kind = 'settle' AND created_ms >= :start AND created_ms < :end
+        GROUP BY hold_id, org_id
     )
-    SELECT p.org_id AS org_id, (p.ts - :start) / 86400000 AS day, COUNT(*) AS jobs, SUM(p.voucher) AS voucher,
-           SUM(COALESCE(c.copay, 0)) AS copay
-    FROM paid p LEFT JOIN copaid c ON c.hold_id = p.hold_id
-    WHERE p.voucher > 0
-    GROUP BY p.org_id, (p.ts - :start) / 86400000
+    SELECT v.org_id AS org_id, (v.ts - :start) / 86400000 AS day, COUNT(*) AS jobs, SUM(v.mine) AS voucher,
+           SUM(h.settled - v.allv) AS copay
+    FROM v JOIN holds h ON h.id = v.hold_id
+    WHERE v.mine > 0
+    GROUP BY v.org_id, (v.ts - :start) / 86400000
     """
-)
+).bindparams(bindparam("spent_ids", expanding=True))
 _USAGE = text(
     """
-    WITH paid AS (
-    SELECT e.hold_id AS hold_id, e.org_id AS org_id, SUM(e.amount) AS voucher
-    FROM entries e
-    WHERE e.account_id = :spent AND e.kind = 'settle' AND e.created_ms >= :start AND e.created_ms < :end
-    GROUP BY e.hold_id, e.org_id
+    WITH v AS (
+        SELECT DISTINCT hold_id FROM entries
+        WHERE account_id = :spent AND kind = 'settle' AND amount > 0 AND created_ms >= :start AND created_ms < :end
     )
     SELECT u.org_id AS org_id, u.resource AS resource, SUM(u.quantity) AS quantity
-    FROM paid p
-    JOIN holds h ON h.id = p.hold_id
-    JOIN usage_records u ON u.job_id = h.job_id
-    WHERE p.voucher > 0
+    FROM v JOIN holds h ON h.id = v.hold_id JOIN usage_records u ON u.job_id = h.job_id
     GROUP BY u.org_id, u.resource
     """
 )
+_SPENT_ACCOUNTS = text("SELECT id FROM accounts WHERE kind = 'spent' AND grant_id IS NULL")
 _ACCOUNT_FLOW = text(
     """
     SELECT e.org_id AS org_id, SUM(e.amount) AS amount
@@ -202,7 +194,8 @@ def _aggregate_month(
     """Add one month's settled jobs, usage, redemptions and expiries to ``sums`` (per SME) and ``daily``."""
     start, end = window_ms
     window = {"spent": acc["spent"], "start": start, "end": end}
-    for r in conn.execute(_MONEY, window):
+    spent_ids = [int(x) for x in conn.execute(_SPENT_ACCOUNTS).scalars()]
+    for r in conn.execute(_MONEY, {**window, "spent_ids": spent_ids}):
         s = sums.setdefault(r.org_id, _Sums())
         s.jobs += int(r.jobs)
         s.voucher += int(r.voucher)
