@@ -80,3 +80,21 @@ def test_exposition_is_valid_documented_and_bounded(live: Live) -> None:
         [promtool, "check", "metrics"], input=body, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(live: Live) -> None:
+    import json
+    import re
+
+    body, samples = _scrape(live)
+    exported = set(samples) | {
+        f.name + suffix for f in text_string_to_metric_families(body) for suffix in ("", "_total", "_bucket")
+    }
+    board = json.loads(
+        (DOCUMENTED.parents[1] / "helm/sandbox-broker/dashboards/sandbox-broker.json").read_text()
+    )
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    used = {name for e in exprs for name in re.findall(r"\bsbx_[a-z0-9_]+", e)}
+    assert len(exprs) >= 15 and used
+    assert used <= exported, used - exported
+    assert {p["title"] for p in board["panels"]} >= {"Queued jobs", "Privacy budget left per dataset (ε)"}
