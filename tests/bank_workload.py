@@ -1,0 +1,896 @@
+"""A Jepsen-style bank workload against real ``sbx serve`` processes that are SIGKILLed at random.
+
+Many client threads redeem vouchers, place holds, settle them partially, release them, close them a second
+time on purpose, redeem a voucher twice on purpose and submit jobs — every mutating call with an
+idempotency key, retried on connection errors, 5xx and 429 until it gets a definite answer. A seeded chaos
+loop SIGKILLs a broker (one of one on SQLite, either of two on PostgreSQL) at random moments and restarts
+it. A reader checks at every read it completes that credit is conserved (``/metrics`` is one database
+snapshot: the balances of all account kinds sum to zero) and, per SME (``/balance``, one snapshot), that
+what the clients were told is visible and that nothing appeared from nowhere:
+
+    acknowledged redemptions  <=  redeemed  <=  attempted redemptions
+    acknowledged settle costs <=  spent     <=  attempted settle costs + attempted jobs x their max cost
+    available >= 0, held >= 0, available + held + spent = redeemed
+
+At the end every acknowledged answer is replayed with its key (the same key must give the same answer
+after the crashes) and a container built over the same database checks the ledger invariants, balances,
+holds, grants, jobs and the audit chain. Used by ``tests/e2e/test_bank.py`` (bounded) and
+``bench/soak.py`` (long).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Connection, func, select
+
+from broker.container import build_container
+from broker.db import tables as t
+from broker.server import free_port
+from broker.services.registry import build_services
+from broker.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DAY_S = 24 * 3600
+API = "/api/v1"
+JOB_BODY = {"entrypoint": "python step.py", "milli_cpu": 250, "memory_mib": 128, "max_runtime_s": 5}
+TERMINAL_JOBS = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
+# Operation mix: holds and their closes dominate (cheap), redemptions and jobs are rarer.
+WEIGHTS = {"hold": 34, "settle": 22, "release": 14, "close_again": 6, "redeem": 8, "redeem_dup": 2, "job": 3}
+OPEN_HOLDS_PER_CLIENT = 12
+# Importing the broker takes seconds on a busy machine; a restart would spend most of the run importing.
+# So each broker keeps a warm spare: a process that has imported everything and runs the real `sbx serve`
+# entry point (``broker.cli.main.main``) once told to. Serving, crashing and recovering are unchanged.
+WARM_SPARE = """
+import sys
+import broker.app, broker.cli.main, broker.container, broker.server, broker.services.registry
+if sys.stdin.readline().strip() == "serve":
+    sys.argv = ["sbx", "serve", *sys.argv[1:]]
+    broker.cli.main.main()
+"""
+
+
+class Stop(Exception):
+    """The run is over: a client abandons the call it was retrying."""
+
+
+@dataclass(frozen=True, slots=True)
+class BankConfig:
+    """How big, how long and how violent one run is (``seed`` fixes every random choice but timing)."""
+
+    seed: int
+    work_dir: Path
+    database_url: str | None = None  # None: SQLite in the first replica's state directory
+    replicas: int = 1
+    smes: int = 3
+    clients_per_sme: int = 2
+    vouchers_per_sme: int = 40
+    voucher_credits: int = 20_000
+    min_ops: int = 10_000
+    min_kills: int = 5
+    min_seconds: float = 0.0
+    max_seconds: float = 300.0
+    kill_gap_s: tuple[float, float] = (2.0, 8.0)
+    replay_sample: int = 300
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass
+class Report:
+    """What a run did and every violation it saw (empty ``violations``: every promise kept)."""
+
+    seed: int
+    ops: int = 0
+    kills: int = 0
+    reads: int = 0
+    retries: int = 0
+    replayed: int = 0
+    seconds: float = 0.0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    answers: Counter[str] = field(default_factory=Counter)
+    kill_times: list[tuple[float, str]] = field(default_factory=list)
+    unsettled_jobs: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """A one-line summary."""
+        return (
+            f"seed={self.seed} ops={self.ops} kills={self.kills} reads={self.reads} retries={self.retries}"
+            f" replayed={self.replayed} seconds={self.seconds:.1f} unsettled_jobs={self.unsettled_jobs}"
+            f" violations={len(self.violations)} ops_by_kind={dict(self.by_kind)}"
+        )
+
+
+# -- broker processes ------------------------------------------------------------------------------
+
+
+def broker_env(state_dir: Path, database_url: str | None) -> dict[str, str]:
+    """The environment of one ``sbx`` process: fake compute, fast loops, limits out of the way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SBX_")}
+    env.update(
+        SBX_STATE_DIR=str(state_dir),
+        SBX_COMPUTE="fake",
+        SBX_BACKGROUND_LOOPS="true",
+        SBX_LOOP_INTERVAL_MS="200",
+        SBX_RATE_REDEEM_PER_S="1000000",
+        SBX_RATE_SUBMIT_PER_S="1000000",
+        SBX_RATE_QUERY_PER_S="1000000",
+        SBX_RATE_BURST="1000000",
+        SBX_MAX_OPEN_HOLDS="1000000",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    if database_url:
+        env["SBX_DATABASE_URL"] = database_url
+    return env
+
+
+class Broker:
+    """One ``sbx serve`` process on a fixed port (it comes back on the same port after a kill)."""
+
+    def __init__(self, name: str, state_dir: Path, database_url: str | None) -> None:
+        self.name = name
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = broker_env(state_dir, database_url)
+        self.log = state_dir.parent / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spare: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Let the warm spare serve, wait until ``/readyz`` answers, then warm the next spare."""
+        proc = self.spare or self.warm()
+        self.spare = None
+        assert proc.stdin is not None
+        proc.stdin.write(b"serve\n")
+        proc.stdin.close()
+        self.proc = proc
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"broker {self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.spare = self.warm()
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"broker {self.name} not ready in 90 s: {self.log.read_text()[-2000:]}")
+
+    def warm(self) -> subprocess.Popen[bytes]:
+        """A spare process that imports the broker, then waits for a line on stdin to run ``sbx serve``."""
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-c", WARM_SPARE, "--port", str(self.port)],
+                env=self.env,
+                cwd=REPO,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no graceful shutdown, in-flight transactions die."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), SIGKILL if it does not exit within 30 s; end the spare."""
+        if self.spare is not None:
+            os.killpg(self.spare.pid, signal.SIGKILL)
+            self.spare.wait(timeout=30)
+            self.spare = None
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def init_state(state_dirs: list[Path], database_url: str | None) -> str:
+    """``sbx init`` the first state directory (and database); share its broker key; return the operator token."""
+    first = state_dirs[0]
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli.main", "init", "--state-dir", str(first), "--json"],
+        env=broker_env(first, database_url),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"sbx init failed: {done.stderr}")
+    for other in state_dirs[1:]:
+        (other / "keys").mkdir(parents=True, mode=0o700)
+        shutil.copy2(first / "keys" / "broker.pem", other / "keys" / "broker.pem")
+    return str(json.loads(done.stdout)["token"])
+
+
+@contextmanager
+def running_brokers(config: BankConfig) -> Iterator[tuple[list[Broker], str]]:
+    """Initialise the state and database, start ``config.replicas`` brokers, stop them afterwards."""
+    dirs = [config.work_dir / f"state-{i}" for i in range(config.replicas)]
+    brokers = [Broker(f"broker-{i}", d, config.database_url) for i, d in enumerate(dirs)]
+    try:
+        for broker in brokers:  # the spares import while `sbx init` runs
+            broker.spare = broker.warm()
+        token = init_state(dirs, config.database_url)
+        for broker in brokers:
+            broker.start()
+        yield brokers, token
+    finally:
+        for broker in brokers:
+            broker.stop()
+
+
+# -- what the clients know -------------------------------------------------------------------------
+
+
+@dataclass
+class Ack:
+    """A definite answer to a mutating call: replayed with its key at the end."""
+
+    token: str
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    key: str
+    status: int
+    answer: Any
+
+
+@dataclass
+class SmeBook:
+    """Per-SME totals the reader's bounds are built from (attempted totals grow before a call is sent)."""
+
+    redeem_attempted: int = 0
+    redeem_acked: int = 0
+    acked_jtis: set[str] = field(default_factory=set)
+    settle_attempted: int = 0
+    settle_acked: int = 0
+    jobs_attempted: int = 0
+
+
+@dataclass
+class Knowledge:
+    """Everything the clients were told, under one lock."""
+
+    books: dict[str, SmeBook]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    grants: dict[str, str] = field(default_factory=dict)  # voucher jti -> grant id
+    holds: dict[str, tuple[str, int]] = field(default_factory=dict)  # hold id -> (sme, amount)
+    closed: dict[str, tuple[str, int]] = field(default_factory=dict)  # hold id -> (state, settled)
+    jobs: dict[str, str] = field(default_factory=dict)  # job id -> sme
+    acks: list[Ack] = field(default_factory=list)
+
+
+class Run:
+    """Shared state of one run: brokers, tokens, knowledge, counters, violations."""
+
+    def __init__(self, config: BankConfig, brokers: list[Broker], tokens: dict[str, str]) -> None:
+        self.config = config
+        self.brokers = brokers
+        self.tokens = tokens
+        self.report = Report(seed=config.seed)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+
+    def violation(self, text: str) -> None:
+        """Record one broken promise."""
+        with self.lock:
+            self.report.violations.append(text)
+        if self.config.progress is not None:
+            self.config.progress(f"VIOLATION: {text}")
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a counter of the report."""
+        with self.lock:
+            setattr(self.report, name, getattr(self.report, name) + amount)
+
+
+class Caller:
+    """One thread's HTTP clients, one per broker, and the retry-until-definite loop."""
+
+    def __init__(self, run: Run, rng: random.Random) -> None:
+        self.run = run
+        self.rng = rng
+        self.clients = [httpx.Client(base_url=b.url, timeout=15) for b in run.brokers]
+
+    def close(self) -> None:
+        """Close the connections."""
+        for client in self.clients:
+            client.close()
+
+    def call(
+        self,
+        token: str,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        key: str | None = None,
+        params: dict[str, Any] | None = None,
+        patient: bool = False,
+    ) -> httpx.Response:
+        """Send until a definite answer (not a transport error, 5xx or 429); ``patient`` ignores ``stop``."""
+        headers = {"Authorization": f"Bearer {token}"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        deadline = time.monotonic() + 120
+        attempt = 0
+        while True:
+            if (self.run.stop.is_set() and not patient) or time.monotonic() > deadline:
+                raise Stop(f"{method} {path} got no definite answer")
+            client = self.clients[self.rng.randrange(len(self.clients))]
+            attempt += 1
+            if attempt > 1:
+                self.run.count("retries")
+            try:
+                response = client.request(method, path, json=body, headers=headers, params=params)
+            except httpx.TransportError:
+                time.sleep(0.02 * min(attempt, 10))
+                continue
+            if response.status_code >= 500:
+                self.run.violation(f"{method} {path} answered {response.status_code}: {response.text[:300]}")
+                time.sleep(0.05)
+                continue
+            if response.status_code == 429:
+                time.sleep(min(float(response.headers.get("Retry-After", "1")), 1.0))
+                continue
+            return response
+
+
+# -- the clients -----------------------------------------------------------------------------------
+
+
+class Client:
+    """One SME's client thread: a seeded random mix of operations, each retried until definite."""
+
+    def __init__(
+        self, run: Run, know: Knowledge, sme: str, name: str, vouchers: list[dict[str, Any]], seed: int
+    ) -> None:
+        self.run = run
+        self.know = know
+        self.sme = sme
+        self.name = name
+        self.vouchers = vouchers
+        self.redeemed: list[dict[str, Any]] = []
+        self.open: list[tuple[str, int]] = []
+        self.closed: list[str] = []
+        self.rng = random.Random(seed)
+        self.caller = Caller(run, random.Random(seed + 1))
+        self.n = 0
+
+    def loop(self) -> None:
+        """Run operations until the run stops."""
+        kinds = list(WEIGHTS)
+        weights = list(WEIGHTS.values())
+        try:
+            while not self.run.stop.is_set():
+                kind = self.rng.choices(kinds, weights)[0]
+                if len(self.open) >= OPEN_HOLDS_PER_CLIENT and kind == "hold":
+                    kind = "settle"
+                op = getattr(self, f"op_{kind}")
+                if op():
+                    self.run.count("ops")
+                    with self.run.lock:
+                        self.run.report.by_kind[kind] += 1
+        except Stop:
+            pass
+        finally:
+            self.caller.close()
+
+    def key(self, what: str) -> str:
+        """A fresh idempotency key."""
+        self.n += 1
+        return f"{self.name}-{what}-{self.n}"
+
+    def send(
+        self, role: str, method: str, path: str, body: dict[str, Any] | None, key: str
+    ) -> tuple[int, Any]:
+        """Send a mutating call until definite; remember successful answers for the replay."""
+        token = self.run.tokens[role]
+        response = self.caller.call(token, method, path, body=body, key=key)
+        answer = response.json()
+        with self.run.lock:
+            self.run.report.answers[f"{path.split('/')[-1]}:{response.status_code}"] += 1
+        if response.status_code < 300:
+            with self.know.lock:
+                self.know.acks.append(Ack(token, method, path, body, key, response.status_code, answer))
+        return response.status_code, answer
+
+    def unexpected(self, what: str, status: int, answer: Any) -> None:
+        """A definite answer the broker should not have given."""
+        self.run.violation(f"{self.name} {what}: unexpected {status} {json.dumps(answer)[:300]}")
+
+    def op_redeem(self) -> bool:
+        """Redeem the next voucher (a retried key must return the same grant, never already_redeemed)."""
+        if not self.vouchers:
+            return False
+        voucher = self.vouchers[0]
+        with self.know.lock:
+            self.know.books[self.sme].redeem_attempted += voucher["credits"]
+        status, answer = self.send(
+            f"sme:{self.sme}",
+            "POST",
+            f"{API}/vouchers/redeem",
+            {"token": voucher["token"]},
+            self.key("redeem"),
+        )
+        self.vouchers.pop(0)
+        if status != 201 or answer["grant"]["amount"] != voucher["credits"]:
+            self.unexpected(f"redeem {voucher['jti']}", status, answer)
+            return True
+        with self.know.lock:
+            book = self.know.books[self.sme]
+            book.redeem_acked += voucher["credits"]
+            book.acked_jtis.add(voucher["jti"])
+            self.know.grants[voucher["jti"]] = answer["grant"]["id"]
+        self.redeemed.append(voucher)
+        return True
+
+    def op_redeem_dup(self) -> bool:
+        """Redeem an already redeemed voucher under a new key: must be refused ``already_redeemed``."""
+        if not self.redeemed:
+            return False
+        voucher = self.rng.choice(self.redeemed)
+        status, answer = self.send(
+            f"sme:{self.sme}", "POST", f"{API}/vouchers/redeem", {"token": voucher["token"]}, self.key("dup")
+        )
+        if status != 409 or answer.get("error") != "already_redeemed":
+            self.unexpected(f"second redemption of {voucher['jti']}", status, answer)
+        return True
+
+    def op_hold(self) -> bool:
+        """Hold a few credits: placed, or refused for want of credit."""
+        amount = self.rng.randint(1, 60)
+        status, answer = self.send(
+            f"sme:{self.sme}", "POST", f"{API}/holds", {"amount": amount}, self.key("hold")
+        )
+        if status == 201 and answer["amount"] == amount and answer["state"] == "HELD":
+            with self.know.lock:
+                self.know.holds[answer["id"]] = (self.sme, amount)
+            self.open.append((answer["id"], amount))
+        elif answer.get("error") != "insufficient_credit":
+            self.unexpected("hold", status, answer)
+        return True
+
+    def op_settle(self) -> bool:
+        """Settle a random open hold for a random part of it (operator)."""
+        if not self.open:
+            return False
+        hold_id, amount = self.open.pop(self.rng.randrange(len(self.open)))
+        cost = self.rng.randint(0, amount)
+        with self.know.lock:
+            self.know.books[self.sme].settle_attempted += cost
+        status, answer = self.send(
+            "operator", "POST", f"{API}/holds/{hold_id}/settle", {"cost": cost}, self.key("settle")
+        )
+        if status != 200 or answer["state"] != "SETTLED" or answer["settled"] != cost:
+            self.unexpected(f"settle {hold_id} for {cost}", status, answer)
+            return True
+        with self.know.lock:
+            self.know.books[self.sme].settle_acked += cost
+            self.know.closed[hold_id] = ("SETTLED", cost)
+        self.closed.append(hold_id)
+        return True
+
+    def op_release(self) -> bool:
+        """Release a random open hold (the SME itself)."""
+        if not self.open:
+            return False
+        hold_id, _amount = self.open.pop(self.rng.randrange(len(self.open)))
+        status, answer = self.send(
+            f"sme:{self.sme}", "POST", f"{API}/holds/{hold_id}/release", None, self.key("release")
+        )
+        if status != 200 or answer["state"] != "RELEASED" or answer["settled"] != 0:
+            self.unexpected(f"release {hold_id}", status, answer)
+            return True
+        with self.know.lock:
+            self.know.closed[hold_id] = ("RELEASED", 0)
+        self.closed.append(hold_id)
+        return True
+
+    def op_close_again(self) -> bool:
+        """Release a hold already closed, under a new key: must be refused with a 409."""
+        if not self.closed:
+            return False
+        hold_id = self.rng.choice(self.closed)
+        status, answer = self.send(
+            f"sme:{self.sme}", "POST", f"{API}/holds/{hold_id}/release", None, self.key("again")
+        )
+        if status != 409:
+            self.unexpected(f"second close of {hold_id}", status, answer)
+        return True
+
+    def op_job(self) -> bool:
+        """Submit a small job (the fake backend runs it for a second): queued, or refused by quota/credit."""
+        with self.know.lock:
+            self.know.books[self.sme].jobs_attempted += 1
+        status, answer = self.send(f"sme:{self.sme}", "POST", f"{API}/jobs", dict(JOB_BODY), self.key("job"))
+        if status == 201:
+            with self.know.lock:
+                self.know.jobs[answer["id"]] = self.sme
+        elif answer.get("error") not in ("insufficient_credit", "quota_exceeded"):
+            self.unexpected("job", status, answer)
+        return True
+
+
+# -- the reader ------------------------------------------------------------------------------------
+
+
+def _ledger_kinds(text: str) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "sbx_ledger_balance_credits":
+            for sample in family.samples:
+                kinds[sample.labels["kind"]] = int(sample.value)
+    return kinds
+
+
+class Reader:
+    """Checks conservation at every read it completes while the clients and the chaos run."""
+
+    def __init__(self, run: Run, know: Knowledge, job_max_cost: int, issued: int) -> None:
+        self.run = run
+        self.know = know
+        self.job_max_cost = job_max_cost
+        self.issued = issued
+        self.caller = Caller(run, random.Random(run.config.seed + 7))
+
+    def loop(self) -> None:
+        """Read until the run stops."""
+        try:
+            while not self.run.stop.is_set():
+                self.read_total()
+                for sme in self.know.books:
+                    self.read_sme(sme)
+                self.run.count("reads")
+                time.sleep(0.2)
+        except Stop:
+            pass
+        finally:
+            self.caller.close()
+
+    def read_total(self) -> None:
+        """One snapshot of every account kind: they sum to zero, none is negative but the programme."""
+        response = self.caller.call(self.run.tokens["operator"], "GET", "/metrics")
+        kinds = _ledger_kinds(response.text)
+        if not kinds:
+            return  # the database did not answer this scrape (sbx_metrics_database_up 0)
+        if sum(kinds.values()) != 0:
+            self.run.violation(f"ledger total is {sum(kinds.values())}, not 0: {kinds}")
+        negative = {k: v for k, v in kinds.items() if v < 0 and k not in ("programme", "copay")}
+        if negative or kinds.get("programme", 0) > 0 or -kinds.get("programme", 0) > self.issued:
+            self.run.violation(f"impossible account totals: {kinds} (issued {self.issued})")
+
+    def read_sme(self, sme: str) -> None:
+        """One SME's balance snapshot against what was acknowledged before and attempted after it."""
+        with self.know.lock:
+            before = self.know.books[sme]
+            low_redeem, low_settle, jtis = before.redeem_acked, before.settle_acked, set(before.acked_jtis)
+        response = self.caller.call(
+            self.run.tokens["operator"], "GET", f"{API}/balance", params={"org_id": sme}
+        )
+        if response.status_code != 200:
+            self.run.violation(f"balance of {sme}: {response.status_code} {response.text[:200]}")
+            return
+        view = response.json()
+        with self.know.lock:
+            after = self.know.books[sme]
+            high_redeem = after.redeem_attempted
+            high_spend = after.settle_attempted + after.jobs_attempted * self.job_max_cost
+        redeemed = sum(g["amount"] for g in view["grants"])
+        available, held = view["available"], view["held"]
+        spent = redeemed - available - held
+        seen = {g["voucher_jti"] for g in view["grants"]}
+        problems = []
+        if available < 0 or held < 0 or view["copay_used"] != 0:
+            problems.append("negative available/held or co-payment used")
+        if not low_redeem <= redeemed <= high_redeem or not jtis <= seen:
+            problems.append(
+                f"redeemed {redeemed} outside [{low_redeem}, {high_redeem}] or acked grant missing"
+            )
+        if not low_settle <= spent <= high_spend:
+            problems.append(f"spent {spent} outside [{low_settle}, {high_spend}]")
+        if problems:
+            self.run.violation(
+                f"SME {sme}: {'; '.join(problems)} (available {available}, held {held}, redeemed {redeemed})"
+            )
+
+
+# -- chaos -----------------------------------------------------------------------------------------
+
+
+def chaos(run: Run, rng: random.Random) -> None:
+    """SIGKILL a random broker after a random pause, restart it, repeat until the run stops."""
+    low, high = run.config.kill_gap_s
+    while not run.stop.wait(rng.uniform(low, high)):
+        broker = rng.choice(run.brokers)
+        at = time.monotonic() - run.started
+        broker.kill()
+        run.count("kills")
+        with run.lock:
+            run.report.kill_times.append((round(at, 2), broker.name))
+        try:
+            broker.start()
+        except RuntimeError as exc:
+            run.violation(f"restart failed: {exc}")
+            run.stop.set()
+        if run.config.progress is not None:
+            down = time.monotonic() - run.started - at
+            run.config.progress(
+                f"t={at:.1f}s SIGKILL {broker.name} (kill {run.report.kills}), back in {down:.1f}s"
+            )
+
+
+# -- set-up ----------------------------------------------------------------------------------------
+
+
+def setup_world(config: BankConfig, url: str, operator: str) -> tuple[dict[str, str], dict[str, list[Any]]]:
+    """Create an issuer and the SMEs (no co-payment), issue every voucher up front; return tokens, vouchers."""
+    tokens = {"operator": operator}
+    vouchers: dict[str, list[Any]] = {}
+    with httpx.Client(base_url=url, timeout=60) as http:
+
+        def post(token: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            response = http.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+            if response.status_code not in (200, 201):
+                raise RuntimeError(f"set-up {path}: {response.status_code} {response.text}")
+            return response.json()
+
+        issuer = post(
+            operator,
+            f"{API}/orgs",
+            {"name": "bank-issuer", "role": "issuer", "year_budget": 10**13, "sme_cap": 10**12},
+        )
+        tokens["issuer"] = post(operator, f"{API}/orgs/{issuer['id']}/tokens", {})["token"]
+        post(tokens["issuer"], f"{API}/issuer/keys")
+        now = int(time.time())
+        for i in range(config.smes):
+            sme = post(operator, f"{API}/orgs", {"name": f"bank-sme-{i}", "role": "sme", "copay_limit": 0})
+            tokens[f"sme:{sme['id']}"] = post(operator, f"{API}/orgs/{sme['id']}/tokens", {})["token"]
+            vouchers[sme["id"]] = [
+                post(
+                    tokens["issuer"],
+                    f"{API}/vouchers",
+                    {
+                        "sme_org": sme["id"],
+                        "credits": config.voucher_credits,
+                        "coverage_bps": 10_000,
+                        "resources": ["cpu", "memory"],
+                        "valid_until_s": now + DAY_S,
+                        "credit_expires_s": now + 30 * DAY_S,
+                    },
+                )
+                for _ in range(config.vouchers_per_sme)
+            ]
+        shape = {k: v for k, v in JOB_BODY.items() if k != "entrypoint"}
+        quote = post(tokens[f"sme:{next(iter(vouchers))}"], f"{API}/jobs/quote", shape)
+    for batch in vouchers.values():
+        for voucher in batch:
+            voucher["credits"] = config.voucher_credits
+    tokens["job_max_cost"] = str(int(quote["max_cost"]))
+    return tokens, vouchers
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def run_bank(config: BankConfig) -> Report:
+    """Run the whole workload under chaos and check everything; the report lists every violation."""
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    say = config.progress or (lambda _text: None)
+    say(f"bank workload: seed={config.seed} replicas={config.replicas} db={config.database_url or 'sqlite'}")
+    begin = time.monotonic()
+    with running_brokers(config) as (brokers, operator):
+        tokens, vouchers = setup_world(config, brokers[0].url, operator)
+        say(f"brokers up and world set up in {time.monotonic() - begin:.1f}s")
+        job_max_cost = int(tokens.pop("job_max_cost"))
+        run = Run(config, brokers, tokens)
+        know = Knowledge(books={sme: SmeBook() for sme in vouchers})
+        clients = _clients(run, know, vouchers)
+        issued = config.voucher_credits * config.vouchers_per_sme * config.smes
+        reader = Reader(run, know, job_max_cost, issued)
+        threads = [threading.Thread(target=c.loop, name=c.name) for c in clients]
+        threads.append(threading.Thread(target=reader.loop, name="reader"))
+        chaos_thread = threading.Thread(target=chaos, args=(run, random.Random(config.seed)), name="chaos")
+        for thread in [*threads, chaos_thread]:
+            thread.start()
+        try:
+            _wait_until_done(run, say)
+        finally:
+            run.stop.set()
+            chaos_thread.join(timeout=120)
+            for thread in threads:
+                thread.join(timeout=180)
+        run.report.seconds = time.monotonic() - run.started
+        say(f"clients stopped after {run.report.seconds:.1f}s: {run.report.line()}")
+        _final_http_checks(run, know)
+        _final_database_checks(run, know, list(vouchers))
+        say(f"final checks done at {time.monotonic() - begin:.1f}s")
+    say(f"brokers stopped at {time.monotonic() - begin:.1f}s")
+    return run.report
+
+
+def _clients(run: Run, know: Knowledge, vouchers: dict[str, list[Any]]) -> list[Client]:
+    clients = []
+    per = run.config.clients_per_sme
+    for s, (sme, batch) in enumerate(vouchers.items()):
+        for c in range(per):
+            name = f"c{s}.{c}"
+            mine = batch[c::per]
+            clients.append(Client(run, know, sme, name, mine, run.config.seed * 1000 + s * 10 + c))
+    return clients
+
+
+def _wait_until_done(run: Run, say: Callable[[str], None]) -> None:
+    config = run.config
+    last = time.monotonic()
+    while True:
+        time.sleep(0.2)
+        elapsed = time.monotonic() - run.started
+        report = run.report
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            say(f"t={elapsed:.0f}s ops={report.ops} kills={report.kills} reads={report.reads}")
+        enough = report.ops >= config.min_ops and report.kills >= config.min_kills
+        if (enough and elapsed >= config.min_seconds) or elapsed >= config.max_seconds:
+            return
+
+
+def _final_http_checks(run: Run, know: Knowledge) -> None:
+    """Wait for jobs to settle, replay acknowledged answers with their keys, take an audit checkpoint."""
+    caller = Caller(run, random.Random(run.config.seed + 11))
+    try:
+        deadline = time.monotonic() + 30
+        operator = run.tokens["operator"]
+        while True:
+            jobs = caller.call(operator, "GET", f"{API}/jobs", params={"limit": 1000}, patient=True).json()
+            pending = [j for j in jobs if j["settled_ms"] is None]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        run.report.unsettled_jobs = len(pending)
+        for job in jobs:
+            if job["settled_ms"] is not None and job["state"] not in TERMINAL_JOBS:
+                run.violation(f"job {job['id']} settled in state {job['state']}")
+            if job["settled_ms"] is not None and not 0 <= job["cost"] <= job["max_cost"]:
+                run.violation(f"job {job['id']} cost {job['cost']} outside [0, {job['max_cost']}]")
+        missing = set(know.jobs) - {j["id"] for j in jobs}
+        if missing:
+            run.violation(f"acknowledged jobs missing from the job list: {sorted(missing)[:5]}")
+        rng = random.Random(run.config.seed + 13)
+        sample = rng.sample(know.acks, min(run.config.replay_sample, len(know.acks)))
+        for ack in sample:
+            again = caller.call(ack.token, ack.method, ack.path, body=ack.body, key=ack.key, patient=True)
+            run.report.replayed += 1
+            if again.status_code != ack.status or again.json() != ack.answer:
+                run.violation(
+                    f"replay of key {ack.key} on {ack.path}: {again.status_code} {again.text[:300]}"
+                    f" != first answer {ack.status} {json.dumps(ack.answer)[:300]}"
+                )
+        checkpoint = caller.call(operator, "POST", f"{API}/audit/checkpoint", patient=True)
+        if checkpoint.status_code not in (200, 201):
+            run.violation(f"audit checkpoint: {checkpoint.status_code} {checkpoint.text[:300]}")
+    finally:
+        caller.close()
+
+
+def _final_database_checks(run: Run, know: Knowledge, smes: list[str]) -> None:
+    """A container over the same database: invariants, balances, holds, grants, jobs, audit chain."""
+    first = run.brokers[0].state_dir
+    settings = Settings(
+        state_dir=first, database_url=run.config.database_url, compute="fake", background_loops=False
+    )
+    container = build_container(settings, group_commit=False)
+    try:
+        services = build_services(container)
+        for problem in services.ledger.invariants():
+            run.violation(f"ledger invariant: {problem}")
+        services.audit.checkpoint(None)
+        verdict = services.audit.verify(None)
+        if not verdict["ok"]:
+            run.violation(f"audit chain does not verify: {verdict}")
+        for problem in container.db.read(lambda conn: _table_problems(conn, know, smes)):
+            run.violation(problem)
+    finally:
+        container.close()
+
+
+def _table_problems(conn: Connection, know: Knowledge, smes: list[str]) -> list[str]:
+    problems: list[str] = []
+    negative = conn.execute(
+        select(t.accounts.c.id, t.accounts.c.kind, t.accounts.c.balance).where(
+            t.accounts.c.kind.not_in(("programme", "copay")), t.accounts.c.balance < 0
+        )
+    ).all()
+    problems.extend(f"account {r.id} ({r.kind}) is negative: {r.balance}" for r in negative)
+    problems.extend(_hold_problems(conn, know))
+    problems.extend(_grant_problems(conn, know, smes))
+    problems.extend(_job_problems(conn, know))
+    return problems
+
+
+def _hold_problems(conn: Connection, know: Knowledge) -> list[str]:
+    problems: list[str] = []
+    closes: dict[str, int] = dict(
+        conn.execute(
+            select(t.entries.c.hold_id, func.count(func.distinct(t.entries.c.txn_id)))
+            .where(
+                t.entries.c.kind.in_(("settle", "release", "expire_hold")), t.entries.c.hold_id.is_not(None)
+            )
+            .group_by(t.entries.c.hold_id)
+        ).tuples()
+    )
+    holds = {r.id: r for r in conn.execute(select(t.holds)).all()}
+    for hold in holds.values():
+        txns = int(closes.get(hold.id, 0))
+        if hold.state == "HELD":
+            if txns != 0 or hold.expires_ms <= hold.created_ms:
+                problems.append(f"hold {hold.id} is HELD with {txns} closings, expires {hold.expires_ms}")
+        elif txns != 1:
+            problems.append(f"hold {hold.id} ({hold.state}) was closed in {txns} transactions")
+    for hold_id, (_sme, amount) in know.holds.items():
+        if hold_id not in holds or holds[hold_id].amount != amount:
+            problems.append(f"acknowledged hold {hold_id} of {amount} is missing or changed")
+    for hold_id, (state, settled) in know.closed.items():
+        row = holds.get(hold_id)
+        if row is None or row.state != state or row.settled != settled:
+            problems.append(f"hold {hold_id} acknowledged {state} {settled}, stored {row}")
+    return problems
+
+
+def _grant_problems(conn: Connection, know: Knowledge, smes: list[str]) -> list[str]:
+    rows = conn.execute(select(t.grants.c.voucher_jti, t.grants.c.id, t.grants.c.org_id)).all()
+    per_jti = Counter(r.voucher_jti for r in rows)
+    problems = [f"voucher {jti} made {n} grants" for jti, n in per_jti.items() if n != 1]
+    by_jti = {r.voucher_jti: r for r in rows}
+    for jti, grant_id in know.grants.items():
+        row = by_jti.get(jti)
+        if row is None or row.id != grant_id:
+            problems.append(f"voucher {jti} acknowledged as grant {grant_id}, stored {row}")
+    foreign = [r for r in rows if r.org_id not in smes]
+    problems.extend(f"grant {r.id} belongs to an unknown organisation {r.org_id}" for r in foreign)
+    return problems
+
+
+def _job_problems(conn: Connection, know: Knowledge) -> list[str]:
+    problems: list[str] = []
+    settles = Counter(
+        r.object_id
+        for r in conn.execute(
+            select(t.audit_entries.c.object_id).where(t.audit_entries.c.action == "job.settle")
+        )
+    )
+    problems.extend(f"job {job} settled {n} times" for job, n in settles.items() if n > 1)
+    jobs = {r.id: r for r in conn.execute(select(t.jobs.c.id, t.jobs.c.hold_id, t.jobs.c.settled_ms))}
+    for job_id in know.jobs:
+        if job_id not in jobs:
+            problems.append(f"acknowledged job {job_id} is not stored")
+        elif jobs[job_id].settled_ms is not None and settles[job_id] != 1:
+            problems.append(f"job {job_id} is settled but its settlement was audited {settles[job_id]} times")
+    return problems
