@@ -404,16 +404,26 @@ class JobService:
 
     # -- the admission pass ------------------------------------------------------------------------
     def admission_pass(self) -> int:
-        """Admit every queued job that fits now; returns how many were admitted and started."""
+        """Admit every queued job that fits now; returns how many were admitted and started.
+
+        One transaction writes the holds and state changes of the whole pass (one fsync), each admission in
+        its own savepoint so a job whose credit moved meanwhile stays queued without undoing the others; the
+        backend submits follow, and a failed submit releases that job's hold.
+        """
         with self._pass_lock:
+            started_at = time.perf_counter()
             queued, snapshot = self.c.db.read(self._snapshot)
             if not queued:
                 return 0
-            started = 0
-            for decision in decide(snapshot, queued):
-                if decision.admitted and self._admit(decision.job.job_id):
-                    started += 1
-            return started
+            chosen = [d.job.job_id for d in decide(snapshot, queued) if d.admitted]
+            if not chosen:
+                return 0
+            now = self.c.clock.now_ms()
+            admitted = self.c.db.write(lambda conn: self._admit_all(conn, chosen, now))
+            elapsed = time.perf_counter() - started_at
+            for _ in admitted:
+                self.c.metrics.admission_latency.observe(elapsed)
+            return sum(self._start(job) for job in admitted)
 
     def _snapshot(self, conn: Connection) -> tuple[list[QueuedJob], Snapshot]:
         now = self.c.clock.now_ms()
@@ -457,51 +467,57 @@ class JobService:
             )
         return queued, Snapshot(total - used, tenants, total)
 
-    def _admit(self, job_id: str) -> bool:
-        started_at = time.perf_counter()
-        now = self.c.clock.now_ms()
+    def _admit_all(self, conn: Connection, job_ids: list[str], now: int) -> list[Job]:
+        admitted = []
+        for job_id in job_ids:
+            savepoint = conn.begin_nested()
+            try:
+                job = self._hold_and_admit(conn, job_id, now)
+            except (InsufficientFunds, Conflict):
+                savepoint.rollback()  # credit moved or another replica took it: it stays as it is
+                continue
+            savepoint.commit()
+            if job is not None:
+                admitted.append(job)
+        return admitted
 
-        def hold_and_admit(conn: Connection) -> Job | None:
-            job = jobs_db.get_job(conn, job_id, lock=True)
-            if job.state is not JobState.QUEUED:
-                return None
-            hold = self.c.ledger.place_hold(
-                conn,
-                org_id=job.org_id,
-                amount=job.max_cost,
-                resource_classes=_classes(job.resources),
-                job_id=job.id,
-                now_ms=now,
-                expires_ms=now + (job.max_runtime_s + HOLD_GRACE_S) * 1000,
-            )
-            admitted = jobs_db.move(conn, job, JobState.ADMITTED, hold_id=hold.id, admitted_ms=now)
-            self.c.audit.append(
-                conn,
-                ts_ms=now,
-                actor=None,
-                action="job.admit",
-                object_type="job",
-                object_id=job.id,
-                org_id=job.org_id,
-                details={"hold_id": hold.id, "held": hold.amount},
-            )
-            return admitted
+    def _hold_and_admit(self, conn: Connection, job_id: str, now: int) -> Job | None:
+        """Hold the job's maximum cost and move it to ADMITTED (None when it is no longer queued)."""
+        job = jobs_db.get_job(conn, job_id, lock=True)
+        if job.state is not JobState.QUEUED:
+            return None
+        hold = self.c.ledger.place_hold(
+            conn,
+            org_id=job.org_id,
+            amount=job.max_cost,
+            resource_classes=_classes(job.resources),
+            job_id=job.id,
+            now_ms=now,
+            expires_ms=now + (job.max_runtime_s + HOLD_GRACE_S) * 1000,
+        )
+        admitted = jobs_db.move(conn, job, JobState.ADMITTED, hold_id=hold.id, admitted_ms=now)
+        self.c.audit.append(
+            conn,
+            ts_ms=now,
+            actor=None,
+            action="job.admit",
+            object_type="job",
+            object_id=job.id,
+            org_id=job.org_id,
+            details={"hold_id": hold.id, "held": hold.amount},
+        )
+        return admitted
 
-        try:
-            job = self.c.db.write(hold_and_admit)
-        except (InsufficientFunds, Conflict):
-            return False  # credit moved or someone else admitted it: it stays queued or is already taken
-        if job is None:
-            return False
-        self.c.metrics.admission_latency.observe(time.perf_counter() - started_at)
+    def _start(self, job: Job) -> int:
+        """Hand an admitted job to the backend; a refusal releases its hold. Returns 1 when started."""
         try:
             launch = self._launch(job)
             self.c.compute.create(launch)
             self.c.compute.start(launch)
         except BackendError as exc:
             self._fail_submit(job, exc.detail)
-            return False
-        return True
+            return 0
+        return 1
 
     def _launch(self, job: Job) -> JobLaunch:
         return JobLaunch(
