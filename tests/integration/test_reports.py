@@ -206,3 +206,41 @@ def test_data_access_report_is_scoped_to_the_custodian(world: World) -> None:
     doc = world.services.reports.data_access(world.operator, period=period)
     assert doc["report"]["rows"] == [] and doc["report"]["totals"]["releases"] == 0
     assert verify_report(doc, world.services.vouchers.jwks())["ok"]
+
+
+def test_a_job_paid_by_two_programmes_splits_exactly(world: World, fake: FakeBackend) -> None:
+    services = world.services
+    second = services.orgs.create(
+        world.operator, name="second-programme", role="issuer", year_budget=10**9, sme_cap=10**8
+    )
+    token = services.orgs.create_token(None, org_id=second["id"])["token"]
+    issuer2 = services.orgs.authenticate(token)
+    assert issuer2 is not None
+    services.vouchers.create_key(issuer2)
+    world.credit(50, coverage_bps=10_000)  # the first programme's small grant expires first: drawn first
+    now_s = world.clock.now_ms() // 1000
+    big = services.vouchers.issue(
+        issuer2,
+        sme_org=world.sme.org_id,
+        credits=100_000,
+        coverage_bps=10_000,
+        resources=("cpu", "memory"),
+        valid_from_s=None,
+        valid_until_s=now_s + 30 * DAY_S,
+        credit_expires_s=now_s + 400 * DAY_S,
+    )
+    services.vouchers.redeem(world.sme, token=big["token"], idempotency_key=None)
+    job = _run_job(world, fake, world.sme, 8_000)
+    period = _period(world)
+    first = {r["org_id"]: r for r in services.reports.subsidy(world.issuer, period=period)["report"]["rows"]}
+    other = {
+        r["org_id"]: r
+        for r in services.reports.subsidy(world.operator, period=period, issuer_org=issuer2.org_id)["report"][
+            "rows"
+        ]
+    }
+    a, b = first[world.sme.org_id], other[world.sme.org_id]
+    assert a["jobs"] == b["jobs"] == 1
+    assert a["voucher_share"] + b["voucher_share"] == job["voucher_paid"] == job["cost"]
+    assert a["voucher_share"] > 0 and b["voucher_share"] > 0 and a["copay"] == b["copay"] == 0
+    assert a["credit_left"] == 50 - a["voucher_share"] and b["credit_left"] == 100_000 - b["voucher_share"]
