@@ -47,7 +47,9 @@ def _say(message: str) -> None:
     print(f"[bench report] {message}", file=sys.stderr, flush=True)
 
 
-def _rows(issuer: str, programme_acc: int, spent_acc: int, first_acc: int) -> dict[str, list[tuple[Any, ...]]]:
+def _rows(
+    issuer: str, programme_acc: int, spent_acc: int, first_acc: int
+) -> dict[str, list[tuple[Any, ...]]]:
     """Every row to insert, per table (ids are deterministic; amounts vary with the job number)."""
     out: dict[str, list[tuple[Any, ...]]] = {
         k: [] for k in ("orgs", "accounts", "vouchers", "grants", "jobs", "holds", "entries", "usage")
@@ -61,33 +63,86 @@ def _rows(issuer: str, programme_acc: int, spent_acc: int, first_acc: int) -> di
         copay, held, copaid, grant_acc = acc, acc + 1, acc + 2, acc + 3
         acc += 4
         out["accounts"] += [
-            (copay, "copay", org, None, 0, -10**9),
+            (copay, "copay", org, None, 0, -(10**9)),
             (held, "held", org, None, 0, 0),
             (copaid, "copaid", org, None, 0, 0),
             (grant_acc, "grant", org, f"grant_b{s:05d}", 0, 0),
         ]
         jti = f"vch_b{s:05d}"
         out["vouchers"].append(
-            (jti, issuer, org, "kid", 10**9, 8000, "cpu,gpu,memory", 0, 2**40, 2**40, 2026, MONTH_START, "redeemed", MONTH_START)
+            (
+                jti,
+                issuer,
+                org,
+                "kid",
+                10**9,
+                8000,
+                "cpu,gpu,memory",
+                0,
+                2**40,
+                2**40,
+                2026,
+                MONTH_START,
+                "redeemed",
+                MONTH_START,
+            )
         )
         out["grants"].append(
-            (f"grant_b{s:05d}", org, issuer, jti, grant_acc, 10**9, 8000, "cpu,gpu,memory", 2**40, MONTH_START, "active")
+            (
+                f"grant_b{s:05d}",
+                org,
+                issuer,
+                jti,
+                grant_acc,
+                10**9,
+                8000,
+                "cpu,gpu,memory",
+                2**40,
+                MONTH_START,
+                "active",
+            )
         )
         out["entries"] += [
             (f"txn_r{s:05d}", "redeem", programme_acc, -(10**9), org, issuer, None, MONTH_START + 1),
             (f"txn_r{s:05d}", "redeem", grant_acc, 10**9, org, issuer, None, MONTH_START + 1),
         ]
-        for j in range(JOBS_PER_SME):
+        for _ in range(JOBS_PER_SME):
             job, hold = f"job_b{job_no:07d}", f"hold_b{job_no:07d}"
             t0 = MONTH_START + 60_000 + (job_no * 7_919) % (MONTH_MS - 7_200_000)
             run_ms = 60_000 + (job_no % 97) * 1_000
             cost = 10 + job_no % 500
             voucher = cost * 8 // 10
             out["jobs"].append(
-                (job, org, "job", f"b{job_no}", "succeeded", "python x.py", "[]", 1000, 1 if job_no < gpu_jobs else 0,
-                 2048, 3600, 0, 1, cost * 4, hold, cost, voucher, cost - voucher, "", t0, t0, t0, t0 + run_ms, t0 + run_ms + 1)
+                (
+                    job,
+                    org,
+                    "job",
+                    f"b{job_no}",
+                    "succeeded",
+                    "python x.py",
+                    "[]",
+                    1000,
+                    1 if job_no < gpu_jobs else 0,
+                    2048,
+                    3600,
+                    0,
+                    1,
+                    cost * 4,
+                    hold,
+                    cost,
+                    voucher,
+                    cost - voucher,
+                    "",
+                    t0,
+                    t0,
+                    t0,
+                    t0 + run_ms,
+                    t0 + run_ms + 1,
+                )
             )
-            out["holds"].append((hold, org, job, cost * 4, cost, cost * 3, "SETTLED", "[]", t0, t0 + 10**9, t0 + run_ms + 1))
+            out["holds"].append(
+                (hold, org, job, cost * 4, cost, cost * 3, "SETTLED", "[]", t0, t0 + 10**9, t0 + run_ms + 1)
+            )
             settled_at = t0 + run_ms + 1
             out["entries"] += [
                 (f"txn_s{job_no:07d}", "settle", held, -cost, org, None, hold, settled_at),
@@ -173,7 +228,9 @@ def main() -> None:
     """Build the data, time both paths, check they agree, print the BENCH line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--keep", type=Path, default=None, help="Keep the state directory here (must not exist).")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="Keep the state directory here (must not exist)."
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sbx-bench-report-") as tmp:
         state = args.keep or Path(tmp) / "state"
@@ -184,13 +241,19 @@ def main() -> None:
         try:
             op = services.orgs.authenticate((state / "operator.token").read_text().strip())
             assert op is not None
-            issuer_org = services.orgs.create(op, name="Bench Programme", role="issuer", year_budget=10**15, sme_cap=10**12)
+            issuer_org = services.orgs.create(
+                op, name="Bench Programme", role="issuer", year_budget=10**15, sme_cap=10**12
+            )
             token = services.orgs.create_token(None, org_id=issuer_org["id"])["token"]
             issuer = services.orgs.authenticate(token)
             assert issuer is not None
             db_path = state / "broker.db"
             with sqlite3.connect(db_path) as conn:
-                accounts = dict(conn.execute("SELECT kind, id FROM accounts WHERE org_id = ?", (issuer.org_id,)).fetchall())
+                accounts = dict(
+                    conn.execute(
+                        "SELECT kind, id FROM accounts WHERE org_id = ?", (issuer.org_id,)
+                    ).fetchall()
+                )
                 first = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM accounts").fetchone()[0]
             _say("generating rows …")
             rows = _rows(issuer.org_id, accounts["programme"], accounts["spent"], first)
@@ -201,15 +264,21 @@ def main() -> None:
                     conn.executemany(_INSERTS[table], values)
                     _say(f"inserted {len(values):,} {table}")
                 conn.execute("ANALYZE")
-            _say(f"{len(rows['usage']):,} usage records, {len(rows['jobs']):,} jobs in {time.perf_counter() - started:.1f} s")
+            _say(
+                f"{len(rows['usage']):,} usage records, {len(rows['jobs']):,} jobs in {time.perf_counter() - started:.1f} s"
+            )
             period = "2026-11"
             report_s, document = _best(lambda: services.reports.subsidy(issuer, period=period), args.repeat)
             raw_s, raw = _best(lambda: raw_report(db_path, issuer.org_id, accounts["spent"]), args.repeat)
             _check(document["report"]["rows"], raw)
         finally:
             container.close()
-    print(f"report rows: {len(document['report']['rows'])}, totals cost {document['report']['totals']['cost']:,}")
-    print(f"BENCH report report_s={report_s:.3f} raw_s={raw_s:.3f} ratio={report_s / raw_s:.2f} rows={len(rows['usage'])}")
+    print(
+        f"report rows: {len(document['report']['rows'])}, totals cost {document['report']['totals']['cost']:,}"
+    )
+    print(
+        f"BENCH report report_s={report_s:.3f} raw_s={raw_s:.3f} ratio={report_s / raw_s:.2f} rows={len(rows['usage'])}"
+    )
 
 
 def _check(rows: list[dict[str, Any]], raw: dict[str, dict[str, int]]) -> None:
