@@ -63,6 +63,14 @@ _STATUS_BY_CODE: dict[str, int] = {
     "budget_exceeded": 409,
     "quota_exceeded": 409,
     "backend_unavailable": 503,
+    "access_denied": 403,
+    "invalid_policy": 422,
+    "invalid_query": 422,
+    "invalid_training_spec": 422,
+    "query_failed": 500,
+    "training_failed": 500,
+    "secure_rng_unavailable": 503,
+    "rate_limited": 429,
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import Field
 
-from broker.api.deps import PrincipalDep, ServicesDep
+from broker.api.deps import PrincipalDep, ServicesDep, rate_limited
 from broker.api.models import Strict
 from broker.api.policy import policy
 from broker.services.datasets import MAX_QUERIES_PER_BATCH, decode_content
@@ -149,7 +149,9 @@ def request_access(
     )
 
 
-@router.post("/datasets/{dataset_id}/queries", openapi_extra=policy("sme"))
+@router.post(
+    "/datasets/{dataset_id}/queries", openapi_extra=policy("sme"), dependencies=[rate_limited("query")]
+)
 def run_queries(
     dataset_id: str, body: QueryBatch, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:

@@ -615,7 +615,7 @@ class DatasetService:
         if not 1 <= len(queries) <= MAX_QUERIES_PER_BATCH:
             raise InvalidInput(f"send 1..{MAX_QUERIES_PER_BATCH} queries in one batch")
         specs = [QuerySpec.from_dict(q) for q in queries]
-        grant_row, ver = self.c.db.read(lambda conn: self._grant_for(conn, principal, dataset_id, version))
+        grant_row, ver = self.c.db.read(lambda conn: self.grant_for(conn, principal, dataset_id, version))
         cost = compose(estimate_cost(s, ver.policy) for s in specs)
         charge_id = new_id("qry")
         hold, remaining = self.c.db.write(
@@ -651,7 +651,7 @@ class DatasetService:
             "elapsed_ms": elapsed,
         }
 
-    def _grant_for(
+    def grant_for(
         self,
         conn: Connection,
         principal: Principal,
@@ -659,7 +659,8 @@ class DatasetService:
         version: int | None,
         kind: ReleaseKind = ReleaseKind.QUERY,
     ) -> tuple[repo.RequestRow, repo.VersionRow]:
-        """The SME's approved grant on this dataset and the version it runs on, or AccessDenied."""
+        """The SME's approved grant on this dataset (for ``kind`` of release) and the version it runs on, or
+        AccessDenied; also used by the training service."""
         ds = self._visible_dataset(conn, principal, dataset_id)
         approved = repo.list_requests(
             conn, sme_org=principal.org_id, dataset_id=ds.id, statuses=(AccessStatus.APPROVED.value,)
@@ -808,111 +809,6 @@ class DatasetService:
         return credits
 
     # -- DP training (for the jobs workflow) ---------------------------------------------------------
-    def reserve_training(
-        self,
-        principal: Principal,
-        *,
-        dataset_id: str,
-        cost: PrivacyCost,
-        spec: dict[str, Any],
-        version: int | None = None,
-    ) -> dict[str, Any]:
-        """Reserve a DP-SGD run's planned privacy cost before its job is submitted (SMEs).
-
-        The grant must allow ``training`` releases. Budgets, the ledger row (kind ``training``, no credit hold:
-        the job bills itself like any job) and an audit entry are written in one transaction. The answer names
-        the stored bounded version (object key and policy) for the broker's trusted harness, never the SME.
-        """
-        require_role(principal, "sme")
-        if cost.epsilon_micro <= 0:
-            raise InvalidInput("a training run must plan a positive epsilon")
-        row, ver = self.c.db.read(
-            lambda conn: self._grant_for(conn, principal, dataset_id, version, ReleaseKind.TRAINING)
-        )
-        charge_id = new_id("trn")
-        now = self.c.clock.now_ms()
-
-        def tx(conn: Connection) -> dict[str, Any]:
-            current = repo.get_request(conn, row.request.request_id)
-            check_use(
-                current.request,
-                dataset_hash=ver.content_hash,
-                sme_org=principal.org_id,
-                kind=ReleaseKind.TRAINING,
-                clock=self.c.clock,
-            )
-            repo.reserve(
-                conn,
-                dataset_id=ver.dataset_id,
-                sme_org=principal.org_id,
-                request_id=current.request.request_id,
-                cost=cost,
-            )
-            repo.insert_charge(
-                conn,
-                charge_id=charge_id,
-                dataset_id=ver.dataset_id,
-                dataset_version=ver.version,
-                request_id=current.request.request_id,
-                sme_org=principal.org_id,
-                kind="training",
-                cost=cost,
-                spec=[spec],
-                hold_id=None,
-                rate_card_version=current_rate_card(conn).version,
-                now_ms=now,
-            )
-            self._audit(
-                conn,
-                principal,
-                "training.reserve",
-                "training",
-                charge_id,
-                ver.dataset_id,
-                row.custodian_org,
-                {
-                    "request_id": current.request.request_id,
-                    "version": ver.version,
-                    "charged": cost.to_dict(),
-                    "spec": spec,
-                },
-            )
-            return {
-                "charge_id": charge_id,
-                "request_id": current.request.request_id,
-                "dataset_id": ver.dataset_id,
-                "dataset_version": ver.version,
-                "content_hash": ver.content_hash,
-                "object_key": ver.object_key,
-                "policy": ver.policy.to_dict(),
-                "charged": _cost_dict(cost),
-            }
-
-        return self.c.db.write(tx)
-
-    def finish_training(self, *, charge_id: str, ok: bool, elapsed_ms: int) -> None:
-        """Record how a reserved training run ended (the broker calls this; the ε is never refunded)."""
-        now = self.c.clock.now_ms()
-
-        def tx(conn: Connection) -> None:
-            status = "answered" if ok else "failed"
-            charge = repo.get_charge(conn, charge_id)
-            repo.finish_charge(
-                conn, charge_id=charge_id, status=status, credits=0, elapsed_ms=elapsed_ms, now_ms=now
-            )
-            self._audit(
-                conn,
-                None,
-                f"training.{status}",
-                "training",
-                charge_id,
-                charge["dataset_id"],
-                charge["sme_org"],
-                {"elapsed_ms": elapsed_ms},
-            )
-
-        self.c.db.write(tx)
-
     # -- budgets and audit --------------------------------------------------------------------------
     def budget(self, principal: Principal, *, dataset_id: str) -> dict[str, Any]:
         """The budget ledger of a dataset: custodians and operators see all, an SME its own grants and charges."""

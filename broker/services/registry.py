@@ -33,14 +33,15 @@ class Services:
 def build_services(container: Container) -> Services:
     """Build every service over ``container``."""
     jobs = JobService(container)
+    datasets = DatasetService(container)
     return Services(
         container=container,
         orgs=OrgService(container),
         vouchers=VoucherService(container),
         ledger=LedgerService(container),
         audit=AuditService(container),
-        datasets=DatasetService(container),
+        datasets=datasets,
         jobs=jobs,
-        training=TrainingService(container, jobs),
+        training=TrainingService(container, jobs, datasets),
         reports=ReportService(container),
     )

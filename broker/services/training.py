@@ -9,6 +9,7 @@ storage credentials. The privacy cost is never refunded: it was reserved before 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -22,10 +23,11 @@ from broker.db.jobs import Job
 from broker.db.orgs import Principal
 from broker.ids import new_id
 from broker.services.access import require_role
+from broker.services.datasets import DatasetService
 from broker.services.idem import replayed, write_idempotent
 from broker.services.jobs import JobRequest, JobService
 from broker.training_job import input_key, result_key, weights_key
-from datasets import AccessDenied, AccessStatus, ReleaseKind, check_use
+from datasets import ReleaseKind, check_use
 from datasets.policy import ColumnKind
 from datasets.storage import StorageNotFound
 from privacy.budget import PrivacyCost
@@ -42,9 +44,10 @@ DEFAULT_RESOURCES = Resources(milli_cpu=1000, gpus=0, memory_mib=2048)
 class TrainingService:
     """SMEs submit training specs, follow runs, download weights; the audit log records each run."""
 
-    def __init__(self, c: Container, jobs: JobService) -> None:
+    def __init__(self, c: Container, jobs: JobService, datasets: DatasetService) -> None:
         self.c = c
         self.jobs = jobs
+        self.datasets = datasets
         jobs.launch_env[KIND] = self._env
         jobs.on_settled[KIND] = self._record
 
@@ -234,22 +237,7 @@ class TrainingService:
     def _grant(
         self, conn: Connection, principal: Principal, dataset_id: str, version: int | None
     ) -> tuple[repo.RequestRow, repo.VersionRow]:
-        approved = repo.list_requests(
-            conn, sme_org=principal.org_id, dataset_id=dataset_id, statuses=(AccessStatus.APPROVED.value,)
-        )
-        if not approved:
-            repo.get_dataset(conn, dataset_id)  # NotFound for a missing dataset
-            raise AccessDenied("you have no approved access to this dataset; ask with `sbx access request`")
-        row = approved[-1]
-        ver = repo.get_version(conn, dataset_id, version if version is not None else row.dataset_version)
-        check_use(
-            row.request,
-            dataset_hash=ver.content_hash,
-            sme_org=principal.org_id,
-            kind=ReleaseKind.TRAINING,
-            clock=self.c.clock,
-        )
-        return row, ver
+        return self.datasets.grant_for(conn, principal, dataset_id, version, ReleaseKind.TRAINING)
 
     def _own(self, principal: Principal, job_id: str) -> Job:
         scope = None if principal.role == "operator" else principal.org_id
@@ -282,9 +270,10 @@ class TrainingService:
         return env
 
     def _record(self, job: Job) -> None:
-        """After settlement: audit the run's outcome (ε spent, DP metrics) against its dataset."""
-        result = self._result(job) or {"ok": False, "error": "the run ended without a result"}
-        summary = _spec_summary(job)
+        """After settlement: close the privacy charge and audit the run's outcome against its dataset."""
+        settled = self.c.db.read(lambda conn: jobs_db.get_job(conn, job.id))
+        result = self._result(settled) or {"ok": False, "error": "the run ended without a result"}
+        summary = _spec_summary(settled)
         now = self.c.clock.now_ms()
         details = {
             "ok": bool(result.get("ok")),
@@ -293,19 +282,31 @@ class TrainingService:
             "weights": result.get("weights"),
             "error": result.get("error"),
         }
-        self.c.db.write(
-            lambda conn: self.c.audit.append(
-                conn,
-                ts_ms=now,
-                actor=None,
-                action="training.finish",
-                object_type="job",
-                object_id=job.id,
-                org_id=job.org_id,
-                dataset_id=summary["dataset_id"],
-                details=floats_as_text(details),
-            )
-        )
+        elapsed = max(0, (settled.ended_ms or now) - (settled.started_ms or settled.ended_ms or now))
+
+        def tx(conn: Connection) -> None:
+            with contextlib.suppress(Conflict):  # already recorded (a retried round or another replica)
+                repo.finish_charge(
+                    conn,
+                    charge_id=settled.id,
+                    status="answered" if details["ok"] else "failed",
+                    credits=settled.cost or 0,
+                    elapsed_ms=elapsed,
+                    now_ms=now,
+                )
+                self.c.audit.append(
+                    conn,
+                    ts_ms=now,
+                    actor=None,
+                    action="training.finish",
+                    object_type="job",
+                    object_id=settled.id,
+                    org_id=settled.org_id,
+                    dataset_id=summary["dataset_id"],
+                    details=floats_as_text(details),
+                )
+
+        self.c.db.write(tx)
 
 
 def _spec_summary(job: Job) -> dict[str, Any]:

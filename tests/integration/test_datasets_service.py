@@ -21,9 +21,9 @@ from broker.errors import Forbidden
 from broker.services.datasets import QueryFailed
 from datasets import AccessDenied, PolicyError
 from datasets.prepare import content_hash, read_bounded
-from privacy.budget import BudgetExceeded, PrivacyCost
+from privacy.budget import BudgetExceeded
 from privacy.queries import QueryError
-from quotas.errors import Conflict, InsufficientFunds, InvalidInput, NotFound
+from quotas.errors import Conflict, DomainError, InsufficientFunds, InvalidInput, NotFound
 from tests.conftest import BACKENDS, DAY_S, World
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
@@ -359,23 +359,40 @@ def test_32_concurrent_queries_never_overspend(world: World, custodian: Principa
 
 
 def test_training_reserves_only_under_a_training_grant(world: World, custodian: Principal) -> None:
+    """A query-only grant cannot train; a training grant reserves the run's ε with its queued job."""
+    from tests import training_data as td
+
     svc = world.services.datasets
-    ds = register(world, custodian)
-    grant(world, custodian, ds["id"])  # a query-only grant
-    cost = PrivacyCost(300_000)
+    ds = svc.register(
+        custodian,
+        name="signal",
+        description="generated",
+        policy=td.policy(),
+        fmt="parquet",
+        content=td.parquet_bytes(td.make_frame(500)),
+    )
+    query_only = svc.request_access(
+        world.sme, dataset_id=ds["id"], purpose="p", epsilon_micro=500_000, delta_e12=10_000_000
+    )
+    svc.approve(custodian, request_id=query_only["id"], valid_for_s=DAY_S)
     with pytest.raises(AccessDenied):
-        svc.reserve_training(world.sme, dataset_id=ds["id"], cost=cost, spec={"model": "mlp"})
+        world.services.training.submit(world.sme, dataset_id=ds["id"], spec=td.spec(target_epsilon=0.3))
     req = svc.request_access(
-        world.sme_b, dataset_id=ds["id"], purpose="p", epsilon_micro=500_000, kinds=("query", "training")
+        world.sme_b,
+        dataset_id=ds["id"],
+        purpose="p",
+        epsilon_micro=500_000,
+        delta_e12=20_000_000,
+        kinds=("query", "training"),
     )
     svc.approve(custodian, request_id=req["id"], valid_for_s=DAY_S)
-    out = svc.reserve_training(world.sme_b, dataset_id=ds["id"], cost=cost, spec={"model": "mlp"})
-    assert out["object_key"] == ds["versions"][0]["object_key"] and out["charged"]["epsilon_micro"] == 300_000
-    with pytest.raises(BudgetExceeded):  # 0.2 left on the grant
-        svc.reserve_training(world.sme_b, dataset_id=ds["id"], cost=cost, spec={"model": "mlp"})
-    svc.finish_training(charge_id=out["charge_id"], ok=False, elapsed_ms=5)
+    run = world.services.training.submit(world.sme_b, dataset_id=ds["id"], spec=td.spec(target_epsilon=0.3))
+    assert run["reserved"]["epsilon_micro"] == 300_000 and run["kind"] == "training"
+    with pytest.raises(DomainError) as over:  # 0.2 left on the grant: refused before anything is reserved
+        world.services.training.submit(world.sme_b, dataset_id=ds["id"], spec=td.spec(target_epsilon=0.3))
+    assert over.value.code == "budget_exceeded"
     budget = svc.budget(custodian, dataset_id=ds["id"])
     assert budget["spent"]["epsilon_micro"] == 300_000
-    assert [(c["kind"], c["status"]) for c in budget["charges"]] == [("training", "failed")]
+    assert [(c["kind"], c["status"]) for c in budget["charges"]] == [("training", "reserved")]
     actions = [e["action"] for e in svc.audit_entries(custodian, dataset_id=ds["id"])]
-    assert actions[-2:] == ["training.reserve", "training.failed"]
+    assert actions[-1] == "training.reserve"
