@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -160,6 +160,8 @@ class DatasetService:
 
     def __init__(self, c: Container) -> None:
         self.c = c
+        # Called inside the revocation's transaction (the training service cancels queued runs).
+        self.on_revoked: list[Callable[[Connection, repo.RequestRow], None]] = []
         self._pool = ThreadPoolExecutor(max_workers=QUERY_WORKERS, thread_name_prefix="sbx-dp-query")
         self._cache = _FrameCache(CACHE_BYTES)
         c.closers.append(lambda: self._pool.shutdown(wait=True, cancel_futures=True))
@@ -529,6 +531,9 @@ class DatasetService:
             move = refuse if how == "refuse" else revoke
             after = move(row.request, reason=reason.strip(), clock=self.c.clock)
             repo.save_decision(conn, before=row.request.status, after=after)
+            if how == "revoke":
+                for hook in self.on_revoked:  # queued work under this approval is cancelled with it
+                    hook(conn, row)
             self._audit(
                 conn,
                 principal,

@@ -50,6 +50,7 @@ class TrainingService:
         self.datasets = datasets
         jobs.launch_env[KIND] = self._env
         jobs.on_settled[KIND] = self._record
+        datasets.on_revoked.append(self._cancel_queued)
 
     def submit(
         self,
@@ -238,6 +239,34 @@ class TrainingService:
         self, conn: Connection, principal: Principal, dataset_id: str, version: int | None
     ) -> tuple[repo.RequestRow, repo.VersionRow]:
         return self.datasets.grant_for(conn, principal, dataset_id, version, ReleaseKind.TRAINING)
+
+    def _cancel_queued(self, conn: Connection, request: repo.RequestRow) -> None:
+        """Stop the queued runs of a revoked approval (inside the revocation's transaction)."""
+        now = self.c.clock.now_ms()
+        for job in jobs_db.jobs_in(conn, (JobState.QUEUED.value,)):
+            if job.kind != KIND or (job.spec or {}).get("request_id") != request.request.request_id:
+                continue
+            jobs_db.move(
+                conn,
+                job,
+                JobState.STOPPED,
+                message="the custodian revoked the approval before the run started",
+                cost=0,
+                voucher_paid=0,
+                copaid=0,
+                settled_ms=now,
+            )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=None,
+                action="training.cancel",
+                object_type="job",
+                object_id=job.id,
+                org_id=job.org_id,
+                dataset_id=request.dataset_id,
+                details={"request_id": request.request.request_id},
+            )
 
     def _own(self, principal: Principal, job_id: str) -> Job:
         scope = None if principal.role == "operator" else principal.org_id

@@ -118,3 +118,22 @@ def test_concurrent_runs_never_overspend_the_grant(world: World) -> None:
     assert outcomes.count("ok") == 3, outcomes
     assert set(outcomes) <= {"ok", "budget_exceeded"}
     assert len(world.services.training.list_runs(world.sme)) == 3
+
+
+def test_revoking_the_approval_cancels_queued_runs(world: World) -> None:
+    dataset_id, custodian_org = _dataset_with_grant(world)
+    run = world.services.training.submit(world.sme, dataset_id=dataset_id, spec=td.spec(target_epsilon=1.0))
+    custodian = next(
+        p
+        for p in [world.services.orgs.authenticate(t) for t in _tokens_of(world, custodian_org)]
+        if p is not None
+    )
+    request_id = world.services.datasets.list_requests(custodian, dataset_id=dataset_id)[0]["id"]
+    world.services.datasets.revoke(custodian, request_id=request_id, reason="purpose changed")
+    stopped = world.services.jobs.get(world.operator, job_id=run["id"])
+    assert stopped["state"] == "stopped" and "revoked" in stopped["message"]
+    assert world.services.ledger.invariants() == []
+
+
+def _tokens_of(world: World, org_id: str) -> list[str]:
+    return [world.services.orgs.create_token(None, org_id=org_id)["token"]]
