@@ -58,10 +58,11 @@ OPEN_HOLDS_PER_CLIENT = 12
 # So each broker keeps a warm spare: a process that has imported everything and runs the real `sbx serve`
 # entry point (``broker.cli.main.main``) once told to. Serving, crashing and recovering are unchanged.
 WARM_SPARE = """
-import sys
+import pathlib, sys
 import broker.app, broker.cli.main, broker.container, broker.server, broker.services.registry
+pathlib.Path(sys.argv[1]).touch()
 if sys.stdin.readline().strip() == "serve":
-    sys.argv = ["sbx", "serve", *sys.argv[1:]]
+    sys.argv = ["sbx", "serve", *sys.argv[2:]]
     broker.cli.main.main()
 """
 
@@ -152,6 +153,14 @@ class Broker:
         self.log = state_dir.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.spare: subprocess.Popen[bytes] | None = None
+        self.spares = 0
+        self.marker = state_dir.parent / f"{name}.spare-0"
+
+    def wait_warm(self, stop: threading.Event) -> None:
+        """Wait until the spare has imported the broker (or ``stop`` is set)."""
+        while self.spare is not None and not self.marker.exists() and not stop.wait(0.05):
+            if self.spare.poll() is not None:
+                return
 
     def start(self) -> None:
         """Let the warm spare serve, wait until ``/readyz`` answers, then warm the next spare."""
@@ -176,9 +185,11 @@ class Broker:
 
     def warm(self) -> subprocess.Popen[bytes]:
         """A spare process that imports the broker, then waits for a line on stdin to run ``sbx serve``."""
+        self.spares += 1
+        self.marker = self.state_dir.parent / f"{self.name}.spare-{self.spares}"
         with self.log.open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-c", WARM_SPARE, "--port", str(self.port)],
+                [sys.executable, "-c", WARM_SPARE, str(self.marker), "--port", str(self.port)],
                 env=self.env,
                 cwd=REPO,
                 stdin=subprocess.PIPE,
@@ -196,6 +207,8 @@ class Broker:
     def stop(self) -> None:
         """SIGTERM (graceful), SIGKILL if it does not exit within 30 s; end the spare."""
         if self.spare is not None:
+            assert self.spare.stdin is not None
+            self.spare.stdin.close()
             os.killpg(self.spare.pid, signal.SIGKILL)
             self.spare.wait(timeout=30)
             self.spare = None
@@ -626,10 +639,14 @@ class Reader:
 
 
 def chaos(run: Run, rng: random.Random) -> None:
-    """SIGKILL a random broker after a random pause, restart it, repeat until the run stops."""
+    """SIGKILL a random broker after a random pause once its spare is warm, restart it, until the run stops."""
     low, high = run.config.kill_gap_s
-    while not run.stop.wait(rng.uniform(low, high)):
+    while True:
         broker = rng.choice(run.brokers)
+        gap = rng.uniform(low, high)
+        broker.wait_warm(run.stop)  # a kill measures recovery, not the seconds Python takes to import
+        if run.stop.wait(gap):
+            return
         at = time.monotonic() - run.started
         broker.kill()
         run.count("kills")
@@ -837,15 +854,12 @@ def _table_problems(conn: Connection, know: Knowledge, smes: list[str]) -> list[
 
 def _hold_problems(conn: Connection, know: Knowledge) -> list[str]:
     problems: list[str] = []
-    closes: dict[str, int] = dict(
-        conn.execute(
-            select(t.entries.c.hold_id, func.count(func.distinct(t.entries.c.txn_id)))
-            .where(
-                t.entries.c.kind.in_(("settle", "release", "expire_hold")), t.entries.c.hold_id.is_not(None)
-            )
-            .group_by(t.entries.c.hold_id)
-        ).tuples()
+    query = (
+        select(t.entries.c.hold_id, func.count(func.distinct(t.entries.c.txn_id)).label("txns"))
+        .where(t.entries.c.kind.in_(("settle", "release", "expire_hold")), t.entries.c.hold_id.is_not(None))
+        .group_by(t.entries.c.hold_id)
     )
+    closes = {str(r.hold_id): int(r.txns) for r in conn.execute(query)}
     holds = {r.id: r for r in conn.execute(select(t.holds)).all()}
     for hold in holds.values():
         txns = int(closes.get(hold.id, 0))
