@@ -4,8 +4,9 @@ What a subsidy report counts, for one programme (issuer) and one period ``[start
 
 * a job belongs to the programme's report when its hold was **settled in the period** and the programme's
   vouchers paid part of it (a positive ``settle`` entry on the programme's ``spent`` account);
-* ``voucher_share`` is that entry's amount, ``copay`` the same settlement's entry on the SME's ``copaid``
-  account, ``cost`` their sum (a job paid by two programmes shows its co-payment in both reports);
+* ``voucher_share`` is that entry's amount; ``copay`` is the hold's settled cost minus every programme's
+  voucher legs (what the settlement put on the SME's ``copaid`` account); ``cost`` is their sum (a job paid
+  by two programmes shows its co-payment in both reports, each with its own voucher share);
 * CPU-, GPU- and GiB-hours are the usage records of those jobs;
 * ``credit_redeemed`` is what left the programme's source account into the SME's grants in the period,
   ``credit_expired`` what reached the programme's ``expired`` account for the SME in the period,
@@ -38,6 +39,7 @@ from broker.canonical import canonical_json
 from broker.container import Container
 from broker.db import jobs as jobs_db
 from broker.db.orgs import Principal, get_org, list_orgs
+from broker.metrics import attach_database
 from broker.services.access import require_role
 from quotas.errors import DomainError, InvalidInput, NotFound
 from quotas.report import ReportRow, SmeTotals, build_report
@@ -368,9 +370,9 @@ class ReportService:
 
     def __init__(self, c: Container) -> None:
         self.c = c
-        from broker.metrics import attach_database
-
-        attach_database(c.metrics, c.db)
+        attach_database(
+            c.metrics, c.db
+        )  # scrape-time database metrics (the lead may move this to the container)
 
     def subsidy(
         self,
