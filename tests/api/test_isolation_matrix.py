@@ -100,6 +100,7 @@ class Route:
     policy: tuple[str, ...]
     in_schema: bool
     body_fields: frozenset[str] | None = None  # the JSON body's declared fields (None: no JSON body)
+    parameters: frozenset[str] = frozenset()  # declared parameters as "in:name" (path, query, header)
 
     @property
     def key(self) -> Key:
@@ -138,6 +139,11 @@ def _body_fields(document: dict[str, Any], route: Route) -> frozenset[str] | Non
     return frozenset(document["components"]["schemas"][name].get("properties", {}))
 
 
+def _parameters(document: dict[str, Any], route: Route) -> frozenset[str]:
+    operation = document["paths"].get(route.path, {}).get(route.method.lower(), {})
+    return frozenset(f"{p['in']}:{p['name']}" for p in operation.get("parameters", []))
+
+
 @cache
 def route_table() -> tuple[list[Route], list[str]]:
     """The route table of a real app over a throwaway SQLite state (computed once, at collection)."""
@@ -145,7 +151,10 @@ def route_table() -> tuple[list[Route], list[str]]:
         app = create_app(services)
         routes, framework = _routes_of(app)
         document = app.openapi()
-    with_bodies = [Route(r.method, r.path, r.policy, r.in_schema, _body_fields(document, r)) for r in routes]
+    with_bodies = [
+        Route(r.method, r.path, r.policy, r.in_schema, _body_fields(document, r), _parameters(document, r))
+        for r in routes
+    ]
     return with_bodies, framework
 
 
