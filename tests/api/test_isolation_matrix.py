@@ -401,6 +401,20 @@ def _check_class(call: Call, response: httpx.Response, expected: str) -> list[st
     return []
 
 
+def _check_missing(call: Call, response: httpx.Response, expected: str) -> list[str]:
+    """An admitted caller naming a missing object in the path gets 404 ``not_found`` (pages: a "Not done"
+    notice). Query parameters are filters (``?dataset_id=`` of nothing lists nothing), so not checked here."""
+    if expected != "ok" or not call.kinds or "{" not in call.route.path:
+        return []
+    if (response.status_code, _error_code(response)) == (404, "not_found"):
+        return []
+    if call.route.is_ui and _is_refused_notice(response):
+        return []
+    return [
+        f"{call.caller}/missing: {call.route.method} {call.url} → {response.status_code} {response.text[:160]}"
+    ]
+
+
 def _check_leak(call: Call, response: httpx.Response, full: FullWorld) -> list[str]:
     if call.caller in (OWNER, OPERATOR):
         return []
@@ -460,6 +474,7 @@ def _run_route(
                 )
         gone = _send(client, absent, token)
         findings += _check_class(absent, gone, expected) + _check_leak(absent, gone, full)
+        findings += _check_missing(absent, gone, expected)
         if foreign.kinds and not entitled and _signature(got, foreign) != _signature(gone, absent):
             findings.append(
                 f"{caller}: {route.method} {route.path} answers A's object differently from a missing one:"
