@@ -7,11 +7,12 @@ body that was hashed, so verification rehashes bytes without re-serialising.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from broker.audit.chain import AuditRecord, VerifyResult, next_record, verify_chain_bodies
 from broker.audit.checkpoints import Checkpoint, CheckpointFile, sign_checkpoint
@@ -43,10 +44,7 @@ class AuditRepo:
         details: dict[str, Any] | None = None,
     ) -> int:
         """Append one entry in the caller's transaction; returns its sequence number."""
-        query = select(t.audit_head.c.seq, t.audit_head.c.entry_hash).where(t.audit_head.c.id == 1)
-        if conn.dialect.name != "sqlite":
-            query = query.with_for_update()
-        head = conn.execute(query).one()
+        head = conn.execute(_HEAD if conn.dialect.name == "sqlite" else _HEAD_LOCKED).one()
         record = next_record(
             int(head.seq),
             head.entry_hash,
@@ -61,25 +59,22 @@ class AuditRepo:
             details=details or {},
         )
         conn.execute(
-            insert(t.audit_entries).values(
-                seq=record.seq,
-                ts_ms=record.ts_ms,
-                actor_org=record.actor_org,
-                action=record.action,
-                object_type=record.object_type,
-                object_id=record.object_id,
-                org_id=record.org_id,
-                dataset_id=record.dataset_id,
-                body=record.body(),
-                prev_hash=record.prev_hash,
-                entry_hash=record.entry_hash,
-            )
+            _INSERT_ENTRY,
+            {
+                "seq": record.seq,
+                "ts_ms": record.ts_ms,
+                "actor_org": record.actor_org,
+                "action": record.action,
+                "object_type": record.object_type,
+                "object_id": record.object_id,
+                "org_id": record.org_id,
+                "dataset_id": record.dataset_id,
+                "body": record.body(),
+                "prev_hash": record.prev_hash,
+                "entry_hash": record.entry_hash,
+            },
         )
-        conn.execute(
-            update(t.audit_head)
-            .where(t.audit_head.c.id == 1)
-            .values(seq=record.seq, entry_hash=record.entry_hash)
-        )
+        conn.execute(_MOVE_HEAD, {"p_seq": record.seq, "p_hash": record.entry_hash})
         return record.seq
 
     def entries(
@@ -116,25 +111,26 @@ class AuditRepo:
         return cp
 
     def rows(self, conn: Connection, *, batch: int = 20_000) -> Iterator[tuple[int, str, str, bytes]]:
-        """Every entry as ``(seq, prev_hash, entry_hash, body)`` in sequence order, streamed in batches."""
-        after = 0
-        while True:
-            rows = conn.execute(
-                select(
-                    t.audit_entries.c.seq,
-                    t.audit_entries.c.prev_hash,
-                    t.audit_entries.c.entry_hash,
-                    t.audit_entries.c.body,
-                )
-                .where(t.audit_entries.c.seq > after)
-                .order_by(t.audit_entries.c.seq)
-                .limit(batch)
-            ).all()
-            if not rows:
-                return
-            for r in rows:
-                yield int(r[0]), r[1], r[2], bytes(r[3])
-            after = int(rows[-1][0])
+        """Every entry as ``(seq, prev_hash, entry_hash, body)`` in sequence order, streamed in batches straight
+        from the driver's cursor (verification is bound by row fetching, not hashing)."""
+        mark = "?" if conn.dialect.name == "sqlite" else "%s"
+        sql = (
+            "SELECT seq, prev_hash, entry_hash, body FROM audit_entries "  # noqa: S608 - constant text
+            f"WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
+        )
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            after = 0
+            while True:
+                cursor.execute(sql, (after, batch))
+                rows = cursor.fetchall()
+                if not rows:
+                    return
+                for seq, prev_hash, entry_hash, body in rows:
+                    yield int(seq), prev_hash, entry_hash, bytes(body)
+                after = int(rows[-1][0])
+        finally:
+            cursor.close()
 
     def verify(self, conn: Connection, public_jwk: dict[str, Any]) -> VerifyResult:
         """Check the chain against the signed checkpoints, and every queryable column against its signed
@@ -152,7 +148,9 @@ class AuditRepo:
         )
 
 
-_CHECKED_COLUMNS = ("seq", "ts_ms", "actor_org", "action", "object_type", "object_id", "org_id", "dataset_id")
+# The columns reads are filtered by (who may see an entry). Everything shown is read from the signed body,
+# so these are the only columns whose edit could matter; seq and hashes are checked by the chain itself.
+_CHECKED_COLUMNS = ("actor_org", "org_id", "dataset_id")
 
 
 def first_edited_column_row(conn: Connection) -> int | None:
@@ -174,19 +172,34 @@ def first_edited_column_row(conn: Connection) -> int | None:
 
 
 def _public(row: Any) -> dict[str, Any]:
+    """An entry as readers see it: every field from the signed body (the columns only index it)."""
     r = row._mapping
+    body = bytes(r["body"])
+    fields = json.loads(body)
     return {
-        "seq": r["seq"],
-        "ts_ms": r["ts_ms"],
-        "actor_org": r["actor_org"],
-        "action": r["action"],
-        "object_type": r["object_type"],
-        "object_id": r["object_id"],
-        "org_id": r["org_id"],
-        "dataset_id": r["dataset_id"],
+        "seq": fields["seq"],
+        "ts_ms": fields["ts_ms"],
+        "actor_org": fields["actor_org"],
+        "actor_role": fields["actor_role"],
+        "action": fields["action"],
+        "object_type": fields["object_type"],
+        "object_id": fields["object_id"],
+        "org_id": fields["org_id"],
+        "dataset_id": fields["dataset_id"],
+        "details": fields["details"],
         "entry_hash": r["entry_hash"],
-        "body": bytes(r["body"]).decode(),
+        "body": body.decode(),
     }
+
+
+_HEAD = select(t.audit_head.c.seq, t.audit_head.c.entry_hash).where(t.audit_head.c.id == 1)
+_HEAD_LOCKED = _HEAD.with_for_update()
+_INSERT_ENTRY = insert(t.audit_entries)
+_MOVE_HEAD = (
+    update(t.audit_head)
+    .where(t.audit_head.c.id == 1)
+    .values(seq=bindparam("p_seq"), entry_hash=bindparam("p_hash"))
+)
 
 
 __all__ = ["AuditRecord", "AuditRepo"]

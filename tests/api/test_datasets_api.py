@@ -59,7 +59,7 @@ def test_custodian_sme_flow_over_http(live: Live) -> None:
             "invalid_request",
         )
         q = {"queries": [{"kind": "count", "epsilon_micro": 100_000}]}
-        _refused(sme.post(f"/api/v1/datasets/{dsid}/queries", json=q), 400, "access_denied")
+        _refused(sme.post(f"/api/v1/datasets/{dsid}/queries", json=q), 403, "access_denied")
 
         req = _ok(
             sme.post(
@@ -116,7 +116,7 @@ def test_custodian_sme_flow_over_http(live: Live) -> None:
 
         _ok(cust.post(f"/api/v1/access-requests/{req['id']}/revoke", json={"reason": "project ended"}))
         assert _ok(sme.get(f"/api/v1/access-requests/{req['id']}"))["status"] == "revoked"
-        _refused(sme.post(f"/api/v1/datasets/{dsid}/queries", json=q), 400, "access_denied")
+        _refused(sme.post(f"/api/v1/datasets/{dsid}/queries", json=q), 403, "access_denied")
 
 
 def _sbx(live: Live, who: str, *args: str) -> Any:
