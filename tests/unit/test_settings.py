@@ -22,9 +22,14 @@ def test_production_refuses_defaults_and_names_each_problem() -> None:
 
 def test_production_accepts_a_complete_configuration() -> None:
     settings = Settings(
-        environment="production", database_url="postgresql://broker@db/broker", storage="s3",
-        s3_endpoint="minio:9000", s3_access_key="a-real-key", s3_secret_key="a-real-secret-value",
-        compute="kuberay", host="0.0.0.0",  # noqa: S104 - behind the ingress
+        environment="production",
+        database_url="postgresql://broker@db/broker",
+        storage="s3",
+        s3_endpoint="minio:9000",
+        s3_access_key="a-real-key",
+        s3_secret_key="a-real-secret-value",
+        compute="kuberay",
+        host="0.0.0.0",
     )
     assert settings.production_problems() == []
 
