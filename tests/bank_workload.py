@@ -87,7 +87,7 @@ class BankConfig:
     min_kills: int = 5
     min_seconds: float = 0.0
     max_seconds: float = 300.0
-    kill_gap_s: tuple[float, float] = (2.0, 8.0)
+    kill_every_ops: tuple[int, int] = (700, 1700)  # a kill after this many operations (then a jitter)
     replay_sample: int = 300
     progress: Callable[[str], None] | None = None
 
@@ -355,7 +355,10 @@ class Caller:
         deadline = time.monotonic() + 120
         attempt = 0
         while True:
-            if (self.run.stop.is_set() and not patient) or time.monotonic() > deadline:
+            if self.run.stop.is_set() and not patient:
+                raise Stop(f"{method} {path}: the run stopped")
+            if time.monotonic() > deadline:
+                self.run.violation(f"{method} {path} got no definite answer in 120 s ({attempt} attempts)")
                 raise Stop(f"{method} {path} got no definite answer")
             client = self.clients[self.rng.randrange(len(self.clients))]
             attempt += 1
@@ -578,27 +581,30 @@ class Reader:
         """Read until the run stops."""
         try:
             while not self.run.stop.is_set():
-                self.read_total()
+                checked = self.read_total()
                 for sme in self.know.books:
                     self.read_sme(sme)
-                self.run.count("reads")
+                self.run.count("reads", int(checked))
                 time.sleep(0.2)
         except Stop:
             pass
         finally:
             self.caller.close()
 
-    def read_total(self) -> None:
-        """One snapshot of every account kind: they sum to zero, none is negative but the programme."""
+    def read_total(self) -> bool:
+        """One snapshot of every account kind: they sum to zero, none is negative but the programme.
+
+        False when the scrape had no ledger figures (the database did not answer it)."""
         response = self.caller.call(self.run.tokens["operator"], "GET", "/metrics")
         kinds = _ledger_kinds(response.text)
         if not kinds:
-            return  # the database did not answer this scrape (sbx_metrics_database_up 0)
+            return False
         if sum(kinds.values()) != 0:
             self.run.violation(f"ledger total is {sum(kinds.values())}, not 0: {kinds}")
         negative = {k: v for k, v in kinds.items() if v < 0 and k not in ("programme", "copay")}
         if negative or kinds.get("programme", 0) > 0 or -kinds.get("programme", 0) > self.issued:
             self.run.violation(f"impossible account totals: {kinds} (issued {self.issued})")
+        return True
 
     def read_sme(self, sme: str) -> None:
         """One SME's balance snapshot against what was acknowledged before and attempted after it."""
@@ -639,13 +645,19 @@ class Reader:
 
 
 def chaos(run: Run, rng: random.Random) -> None:
-    """SIGKILL a random broker after a random pause once its spare is warm, restart it, until the run stops."""
-    low, high = run.config.kill_gap_s
+    """SIGKILL a random broker at a random moment, restart it, repeat until the run stops.
+
+    The moments are drawn in operations (a seeded number of them since the last kill, then a seeded
+    sub-second jitter) so a slow machine gets as many kills per operation as a fast one."""
+    low, high = run.config.kill_every_ops
     while True:
         broker = rng.choice(run.brokers)
-        gap = rng.uniform(low, high)
+        due = run.report.ops + rng.randint(low, high)
+        jitter = rng.uniform(0.0, 0.5)
+        while run.report.ops < due and not run.stop.wait(0.05):
+            pass
         broker.wait_warm(run.stop)  # a kill measures recovery, not the seconds Python takes to import
-        if run.stop.wait(gap):
+        if run.stop.wait(jitter):
             return
         at = time.monotonic() - run.started
         broker.kill()
