@@ -11,9 +11,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from broker.api.deps import PrincipalDep
 from broker.api.policy import policy
 from broker.api.routes_core import router as core_router
 from broker.errors import RateLimited, error_body, status_for
+from broker.services.access import require_role
 from broker.services.registry import Services
 from quotas.errors import DomainError
 
@@ -50,9 +52,11 @@ def create_app(services: Services) -> FastAPI:
         services.container.db.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
         return {"status": "ready"}
 
-    @app.get("/metrics", openapi_extra=policy("public"), include_in_schema=False)
-    def metrics() -> Response:
-        """Prometheus exposition of this broker's registry."""
+    @app.get("/metrics", openapi_extra=policy("operator"), include_in_schema=False)
+    def metrics(principal: PrincipalDep) -> Response:
+        """Prometheus exposition of this broker's registry (operators: it names tenants and their numbers;
+        give Prometheus an operator token as its bearer token)."""
+        require_role(principal, "operator")
         return Response(generate_latest(services.container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

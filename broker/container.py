@@ -18,7 +18,7 @@ from broker.db.database import Database
 from broker.db.engine import make_engine
 from broker.db.ledger import LedgerRepo
 from broker.keys import load_broker_key
-from broker.metrics import Metrics
+from broker.metrics import Metrics, attach_database
 from broker.settings import Settings
 from datasets.storage import LocalDirStore, ObjectStore, S3Store
 from quotas.clock import Clock, SystemClock
@@ -127,13 +127,15 @@ def build_container(
     jwk = public_jwk(key_pem)
     db = Database(make_engine(settings.resolved_database_url), group_commit=group_commit)
     the_clock = clock or SystemClock()
+    metrics = Metrics()
+    attach_database(metrics, db)  # scrape-time gauges read from the database (right across replicas)
     return Container(
         settings=settings,
         db=db,
         clock=the_clock,
         ledger=LedgerRepo(),
         audit=AuditRepo(key_pem, checkpoint_dir=settings.state_dir / "audit"),
-        metrics=Metrics(),
+        metrics=metrics,
         broker_key_pem=key_pem,
         broker_kid=key_id(key_pem),
         broker_public_jwk=jwk,

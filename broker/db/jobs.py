@@ -235,7 +235,7 @@ def count_queued(conn: Connection, org_id: str) -> int:
         conn.execute(
             select(func.count())
             .select_from(t.jobs)
-            .where(t.jobs.c.org_id == org_id, t.jobs.c.state == "QUEUED")
+            .where(t.jobs.c.org_id == org_id, t.jobs.c.state == JobState.QUEUED.value)
         ).scalar_one()
     )
 

@@ -39,7 +39,6 @@ from broker.canonical import canonical_json
 from broker.container import Container
 from broker.db import jobs as jobs_db
 from broker.db.orgs import Principal, get_org, list_orgs
-from broker.metrics import attach_database
 from broker.services.access import require_role
 from quotas.errors import DomainError, InvalidInput, NotFound
 from quotas.report import ReportRow, SmeTotals, build_report
@@ -370,9 +369,6 @@ class ReportService:
 
     def __init__(self, c: Container) -> None:
         self.c = c
-        attach_database(
-            c.metrics, c.db
-        )  # scrape-time database metrics (the lead may move this to the container)
 
     def subsidy(
         self,

@@ -20,8 +20,10 @@ DOCUMENTED = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 
 def _scrape(live: Live) -> tuple[str, dict[str, dict[tuple[tuple[str, str], ...], float]]]:
-    with live.client(None) as anonymous:
-        body = anonymous.get("/metrics").text
+    with live.client("op2") as operator:
+        response = operator.get("/metrics")
+    assert response.status_code == 200, response.text
+    body = response.text
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
@@ -98,3 +100,11 @@ def test_grafana_dashboard_uses_only_exported_metrics(live: Live) -> None:
     assert len(exprs) >= 15 and used
     assert used <= exported, used - exported
     assert {p["title"] for p in board["panels"]} >= {"Queued jobs", "Privacy budget left per dataset (ε)"}
+
+
+def test_metrics_are_for_operators_only(live: Live) -> None:
+    """The exposition names tenants and their credit: anonymous callers and SMEs are refused."""
+    with live.client(None) as anonymous:
+        assert anonymous.get("/metrics").status_code == 401
+    with live.client("sme-a") as sme:
+        assert sme.get("/metrics").status_code == 403
