@@ -256,3 +256,21 @@ def test_admitted_but_never_started_job_is_requeued_with_its_hold_released(
     assert _state(w, job)["state"] == "queued"
     assert services.ledger.balance(w.sme)["held"] == 0
     assert services.ledger.invariants() == []
+
+
+def test_the_queued_jobs_quota_is_enforced(world: World, fake: FakeBackend) -> None:
+    world.services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={
+            "max_milli_cpu": 4000,
+            "max_gpus": 0,
+            "max_memory_mib": 8192,
+            "max_running_jobs": 1,
+            "max_queued_jobs": 2,
+        },
+    )
+    _submit(world)
+    _submit(world)
+    with pytest.raises(QuotaExceeded):
+        _submit(world)
