@@ -10,7 +10,11 @@ what the clients were told is visible and that nothing appeared from nowhere:
 
     acknowledged redemptions  <=  redeemed  <=  attempted redemptions
     acknowledged settle costs <=  spent     <=  attempted settle costs + attempted jobs x their max cost
-    available >= 0, held >= 0, available + held + spent = redeemed
+    available >= 0, held >= 0, where spent = redeemed - available - held (no co-payment is allowed)
+
+Kills fall after a seeded number of operations plus a seeded jitter (so slow and fast machines see the
+same kills per operation). Each broker keeps a warm spare process that has already imported the broker and
+runs the real ``sbx serve`` entry point when told to, so a restart costs recovery, not imports.
 
 At the end every acknowledged answer is replayed with its key (the same key must give the same answer
 after the crashes) and a container built over the same database checks the ledger invariants, balances,
@@ -844,13 +848,15 @@ def _final_database_checks(run: Run, know: Knowledge, smes: list[str]) -> None:
         verdict = services.audit.verify(None)
         if not verdict["ok"]:
             run.violation(f"audit chain does not verify: {verdict}")
-        for problem in container.db.read(lambda conn: _table_problems(conn, know, smes)):
+        for problem in container.db.read(lambda conn: table_problems(conn, know, smes)):
             run.violation(problem)
     finally:
         container.close()
 
 
-def _table_problems(conn: Connection, know: Knowledge, smes: list[str]) -> list[str]:
+def table_problems(conn: Connection, know: Knowledge, smes: list[str]) -> list[str]:
+    """The end state against the tables and what clients were told: negative accounts, holds closed other
+    than once or unlike their acknowledgement, grants per voucher, jobs settled more than once."""
     problems: list[str] = []
     negative = conn.execute(
         select(t.accounts.c.id, t.accounts.c.kind, t.accounts.c.balance).where(

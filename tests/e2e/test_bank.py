@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 
-from tests.bank_workload import BankConfig, Report, run_bank
+from broker.db import tables as t
+from quotas.ledger import HoldState
+from tests.bank_workload import BankConfig, Knowledge, Report, run_bank, table_problems
+from tests.conftest import World
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 PG_URL = os.environ.get("SBX_TEST_DATABASE_URL")
 MIN_OPS, MIN_KILLS = 10_000, 5
 
@@ -46,6 +48,8 @@ def _check(report: Report) -> None:
     assert report.reads > 0 and report.replayed > 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(480)
 def test_bank_on_sqlite_with_one_broker_killed_at_random(tmp_path: Path) -> None:
     report = run_bank(
         BankConfig(seed=_seed(), work_dir=tmp_path, min_ops=MIN_OPS, min_kills=MIN_KILLS, progress=print)
@@ -76,6 +80,8 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(480)
 def test_bank_on_postgresql_with_two_replicas_either_killed_at_random(
     tmp_path: Path, pg_database: str
 ) -> None:
@@ -91,3 +97,33 @@ def test_bank_on_postgresql_with_two_replicas_either_killed_at_random(
         )
     )
     _check(report)
+
+
+def test_end_state_checks_catch_a_wrong_acknowledgement_and_a_hold_closed_but_held(world: World) -> None:
+    """Negative control for the end-state checks: they pass on a sound state and flag broken ones."""
+    services = world.services
+    redeemed = world.credit(1_000)
+    hold = services.ledger.place_hold(world.sme, amount=100, idempotency_key=None)
+    services.ledger.close_hold(world.operator, hold_id=hold["id"], target=HoldState.SETTLED, cost=40)
+    smes = [world.sme.org_id, world.sme_b.org_id]
+    jti = redeemed["grant"]["voucher_jti"]
+    know = Knowledge(
+        books={}, grants={jti: redeemed["grant"]["id"]}, holds={hold["id"]: (world.sme.org_id, 100)}
+    )
+    know.closed[hold["id"]] = ("SETTLED", 40)
+    read = services.container.db.read
+    assert read(lambda conn: table_problems(conn, know, smes)) == []
+
+    know.closed[hold["id"]] = ("RELEASED", 0)  # a client was told something the database does not hold
+    know.grants[jti] = "grant-that-never-was"
+    problems = read(lambda conn: table_problems(conn, know, smes))
+    assert any(hold["id"] in p and "acknowledged RELEASED" in p for p in problems), problems
+    assert any(jti in p and "grant-that-never-was" in p for p in problems), problems
+
+    know.closed[hold["id"]] = ("SETTLED", 40)
+    know.grants[jti] = redeemed["grant"]["id"]
+    services.container.db.write(
+        lambda conn: conn.execute(update(t.holds).where(t.holds.c.id == hold["id"]).values(state="HELD"))
+    )
+    problems = read(lambda conn: table_problems(conn, know, smes))
+    assert any(f"hold {hold['id']} is HELD with 1 closings" in p for p in problems), problems
