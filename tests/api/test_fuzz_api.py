@@ -7,8 +7,10 @@ custodian, SME A of :mod:`tests.api.world_full`). Checks: no 5xx, a 2xx body mat
 operation declares, and every 4xx carries the ``{"error", "detail"}`` body.
 
 Side effects are not skipped: generated ids are random, so writes on existing objects almost never hit one,
-and the writes that do succeed (new organisations, tokens, issuer keys, vouchers, a new rate card, audit
-checkpoints) leave the broker usable for the next examples. The fuzzer's own state is one module-scoped
+and the writes that do succeed (new organisations, tokens, issuer keys, vouchers, audit checkpoints) leave the
+broker usable for the next examples. One exception: a fuzzed rate card can be absurd enough to make every later
+job submission fail (a bug, pinned by its own xfail test here), so after each ``PUT /api/v1/rate-card`` example
+the world's original card is put back. The fuzzer's own state is one module-scoped
 world, thrown away afterwards. Bounded: ``MAX_EXAMPLES`` per operation, no shrinking, no example database.
 """
 
