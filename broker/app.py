@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.deps import PrincipalDep
+from broker.api.models import ErrorBody
 from broker.api.policy import policy
 from broker.api.routes_core import router as core_router
 from broker.errors import RateLimited, error_body, status_for
@@ -24,10 +25,25 @@ log = logging.getLogger("sbx.api")
 
 def create_app(services: Services) -> FastAPI:
     """Build the app over already-built services (the caller owns the container's lifetime)."""
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorBody, "description": text}
+        for status, text in {
+            400: "Malformed request",
+            401: "No valid token",
+            402: "Not enough credit",
+            403: "Role not allowed",
+            404: "Missing, or someone else's",
+            409: "Conflicts with the current state",
+            413: "Body too large",
+            422: "Values break a rule",
+            429: "Too many requests (see Retry-After)",
+        }.items()
+    }
     app = FastAPI(
         title="sandbox-broker",
         version="0.1.0",
         description="Voucher-paid compute and differentially private data access for SMEs.",
+        responses=errors,
     )
     app.state.services = services
     _install_error_handlers(app)

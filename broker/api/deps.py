@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request, params
 
+from broker.api.policy import POLICY_KEY
 from broker.db.orgs import Principal
-from broker.errors import RateLimited, Unauthorized
+from broker.errors import Forbidden, RateLimited, Unauthorized
 from broker.services.registry import Services
 
 
@@ -18,16 +19,31 @@ def get_services(request: Request) -> Services:
 
 
 def get_principal(
+    request: Request,
     services: Annotated[Services, Depends(get_services)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; 401 when missing, unknown, expired or revoked."""
+    """The caller, from ``Authorization: Bearer <token>``; 401 when missing, unknown, expired or revoked,
+    403 when the route's declared policy does not admit the caller's role (before any object is looked up)."""
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("send `Authorization: Bearer <token>`; `sbx token create` makes one")
     principal = services.orgs.authenticate(authorization.removeprefix("Bearer ").strip())
     if principal is None:
         raise Unauthorized("the token is unknown, expired or revoked")
+    enforce_policy(request, principal)
     return principal
+
+
+def enforce_policy(request: Request, principal: Principal) -> None:
+    """Refuse (403) a role the route's ``x-sbx-policy`` does not list (``any``/``own`` admit every role)."""
+    route = request.scope.get("route")
+    declared = set((getattr(route, "openapi_extra", None) or {}).get(POLICY_KEY, ()))
+    if not declared or declared & {"any", "own", "public"}:
+        return
+    if principal.role not in declared:
+        raise Forbidden(
+            f"this needs the role {' or '.join(sorted(declared))}; your token is for a {principal.role}"
+        )
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

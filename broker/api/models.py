@@ -93,12 +93,15 @@ class CopayLimitSet(Strict):
     copay_limit: int = Field(ge=0, le=2**62)
 
 
+RATE_PATTERN = r"^\d{1,9}(/[1-9]\d{0,8})?$"  # at most 999,999,999 credits per unit-second, exact fractions
+
+
 class RateCardSet(Strict):
     """A new rate card: credits per CPU-, GPU- and GiB-second (integers or exact fractions like "3/2")."""
 
-    credits_per_cpu_second: str = Field(pattern=r"^\d+(/\d+)?$", max_length=40)
-    credits_per_gpu_second: str = Field(pattern=r"^\d+(/\d+)?$", max_length=40)
-    credits_per_gib_second: str = Field(pattern=r"^\d+(/\d+)?$", max_length=40)
+    credits_per_cpu_second: str = Field(pattern=RATE_PATTERN, max_length=19)
+    credits_per_gpu_second: str = Field(pattern=RATE_PATTERN, max_length=19)
+    credits_per_gib_second: str = Field(pattern=RATE_PATTERN, max_length=19)
 
 
 class QuotaSet(Strict):
@@ -140,3 +143,10 @@ class TrainingSubmit(Strict):
     milli_cpu: int = Field(default=1000, ge=100, le=64_000)
     memory_mib: int = Field(default=2048, ge=256, le=262_144)
     max_runtime_s: int = Field(default=1800, ge=10, le=24 * 3600)
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers: a stable code and a human explanation."""
+
+    error: str = Field(description="Stable machine-readable code, e.g. `insufficient_credit`.")
+    detail: str = Field(description="What was asked, what is available, and what to do.")

@@ -165,7 +165,7 @@ class JobService:
 
         def tx(conn: Connection) -> dict[str, Any]:
             card = jobs_db.current_rate_card(conn)
-            cost = max_cost(resources, max_runtime_s, card)
+            cost = _bounded(max_cost(resources, max_runtime_s, card))
             grants, _ = self.c.ledger.grant_balances(conn, org_id=principal.org_id)
             balance = self.c.ledger.balance(conn, org_id=principal.org_id, now_ms=now)
             out = {"rate_card_version": card.version, "max_cost": cost, "affordable": True, "reason": ""}
@@ -241,7 +241,7 @@ class JobService:
         """Insert a queued job inside the caller's transaction (quota checked, maximum cost priced, audited)."""
         now = self.c.clock.now_ms()
         card = jobs_db.current_rate_card(conn)
-        cost = max_cost(request.resources, request.max_runtime_s, card)
+        cost = _bounded(max_cost(request.resources, request.max_runtime_s, card))
         queued = QueuedJob(job_id, principal.org_id, request.resources, request.priority, now, cost, 0)
         check_submittable(
             queued,
@@ -730,6 +730,18 @@ def _final_state(job: Job, status: BackendStatus) -> JobState:
     if status.state is BackendState.STOPPED or job.stop_requested:
         return JobState.STOPPED
     return JobState.FAILED
+
+
+MAX_CREDITS = 2**62
+
+
+def _bounded(cost: int) -> int:
+    """A job's maximum cost, refused when no credit line could ever hold it (it would overflow a balance)."""
+    if cost > MAX_CREDITS:
+        raise InvalidInput(
+            f"this job could cost {cost} credits, more than any account can hold; ask for less"
+        )
+    return cost
 
 
 def _check_runtime(max_runtime_s: int) -> None:
