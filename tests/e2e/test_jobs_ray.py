@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +41,6 @@ for epoch in range(30):
 acc = sum((sum(a * b for a, b in zip(w, x)) > 0) == bool(y) for x, y in zip(xs, ys)) / len(xs)
 print(f"trained: accuracy={acc:.2f}")
 """
-
-
-@pytest.fixture(scope="module")
-def ray_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayBackend]:
-    backend = LocalRayBackend(tmp_path_factory.mktemp("ray-state"), num_cpus=2)
-    try:
-        yield backend
-    finally:
-        backend.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,15 +20,6 @@ from tests import training_data as td
 from tests.conftest import World
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayBackend]:
-    backend = LocalRayBackend(tmp_path_factory.mktemp("ray-train"), num_cpus=2)
-    try:
-        yield backend
-    finally:
-        backend.close()
 
 
 @pytest.fixture
@@ -54,38 +44,48 @@ def _predict(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return np.asarray(logits.argmax(axis=1) if logits.shape[1] > 1 else (logits[:, 0] > 0).astype(int))
 
 
-def test_dp_training_run_end_to_end(services: Services, world: World, ray_backend: LocalRayBackend) -> None:
-    services.container.use_compute(ray_backend)
+def _approved_dataset(services: Services, world: World, frame: Any, *, name: str, grant_eps: int) -> str:
+    """Register ``frame`` as a custodian and approve SME A for training with ``grant_eps`` micro-ε."""
     world.credit(100_000_000)
     custodian = _custodian(world)
-    frame = td.make_frame(20_000, seed=11)
     ds = services.datasets.register(
         custodian,
-        name="signal",
-        description="generated people with a signal",
+        name=name,
+        description="generated",
         policy=td.policy(),
         fmt="parquet",
         content=td.parquet_bytes(frame),
     )
-    dataset_id = ds.get("id") or ds["dataset_id"]
+    dataset_id: str = ds.get("id") or ds["dataset_id"]
     request = services.datasets.request_access(
         world.sme,
         dataset_id=dataset_id,
-        purpose="classifier",
-        epsilon_micro=4_000_000,
+        purpose=name,
+        epsilon_micro=grant_eps,
         delta_e12=10_000_000,
         kinds=("training",),
     )
     services.datasets.approve(
         custodian, request_id=request.get("id") or request["request_id"], valid_for_s=86_400
     )
-    run = services.training.submit(world.sme, dataset_id=dataset_id, spec=td.spec(target_epsilon=3.0))
+    return dataset_id
+
+
+def _run_until_settled(services: Services, world: World, run: dict[str, Any]) -> None:
     deadline = time.monotonic() + 300
     while services.jobs.get(world.operator, job_id=run["id"])["settled_ms"] is None:
         assert time.monotonic() < deadline, "the training run did not finish"
         services.jobs.reconcile_pass()
         services.jobs.admission_pass()
         time.sleep(0.3)
+
+
+def test_dp_training_run_end_to_end(services: Services, world: World, ray_backend: LocalRayBackend) -> None:
+    services.container.use_compute(ray_backend)
+    frame = td.make_frame(20_000, seed=11)
+    dataset_id = _approved_dataset(services, world, frame, name="classifier", grant_eps=4_000_000)
+    run = services.training.submit(world.sme, dataset_id=dataset_id, spec=td.spec(target_epsilon=3.0))
+    _run_until_settled(services, world, run)
     status = services.training.status(world.sme, job_id=run["id"])
     assert status["state"] == "succeeded", status
     result: dict[str, Any] = status["result"]
@@ -112,38 +112,12 @@ def test_no_raw_value_leaves_a_training_run(
     services: Services, world: World, ray_backend: LocalRayBackend
 ) -> None:
     services.container.use_compute(ray_backend)
-    world.credit(100_000_000)
-    custodian = _custodian(world)
     frame = td.make_frame(3_000, seed=5, canary=True)
-    ds = services.datasets.register(
-        custodian,
-        name="canary",
-        description="canary in every row",
-        policy=td.policy(),
-        fmt="parquet",
-        content=td.parquet_bytes(frame),
-    )
-    dataset_id = ds.get("id") or ds["dataset_id"]
-    request = services.datasets.request_access(
-        world.sme,
-        dataset_id=dataset_id,
-        purpose="canary",
-        epsilon_micro=2_000_000,
-        delta_e12=10_000_000,
-        kinds=("training",),
-    )
-    services.datasets.approve(
-        custodian, request_id=request.get("id") or request["request_id"], valid_for_s=86_400
-    )
+    dataset_id = _approved_dataset(services, world, frame, name="canary", grant_eps=2_000_000)
     run = services.training.submit(
         world.sme, dataset_id=dataset_id, spec=td.spec(target_epsilon=1.0, epochs=1)
     )
-    deadline = time.monotonic() + 300
-    while services.jobs.get(world.operator, job_id=run["id"])["settled_ms"] is None:
-        assert time.monotonic() < deadline
-        services.jobs.reconcile_pass()
-        services.jobs.admission_pass()
-        time.sleep(0.3)
+    _run_until_settled(services, world, run)
     texts = [
         services.jobs.logs(world.sme, job_id=run["id"]),
         json.dumps(services.training.status(world.sme, job_id=run["id"])),
