@@ -69,9 +69,11 @@ class Container:
 
 
 def build_compute(settings: Settings, clock: Clock) -> ComputeBackend:
-    """The compute backend the settings ask for."""
+    """The compute backend the settings ask for: a local Ray head by default, an existing Ray cluster as soon
+    as ``SBX_RAY_ADDRESS`` is set, KubeRay or the fake when chosen explicitly."""
+    kind = "ray" if settings.compute == "ray-local" and settings.ray_address else settings.compute
     return build_backend(
-        settings.compute,
+        kind,
         state_dir=settings.state_dir,
         ray_address=settings.ray_address,
         ray_token=settings.ray_token,

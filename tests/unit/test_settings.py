@@ -38,3 +38,13 @@ def test_json_log_lines() -> None:
     record = logging.LogRecord("sbx.test", logging.WARNING, __file__, 1, "hello %s", ("world",), None)
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "hello world" and line["level"] == "WARNING" and line["logger"] == "sbx.test"
+
+
+def test_a_ray_address_selects_the_existing_cluster(tmp_path: object) -> None:
+    from broker.compute.ray_jobs import RayJobsBackend
+    from broker.container import build_compute
+    from quotas.clock import SystemClock
+
+    backend = build_compute(Settings(ray_address="http://127.0.0.1:8265", ray_token="t"), SystemClock())
+    assert isinstance(backend, RayJobsBackend)  # no local head is started; nothing is contacted yet
+    backend.close()
