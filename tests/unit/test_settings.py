@@ -29,6 +29,7 @@ def test_production_accepts_a_complete_configuration() -> None:
         s3_access_key="a-real-key",
         s3_secret_key="a-real-secret-value",
         compute="kuberay",
+        training_secure_mode=True,
         host="0.0.0.0",
     )
     assert settings.production_problems() == []
