@@ -61,8 +61,15 @@ OPEN_HOLDS_PER_CLIENT = 12
 # Importing the broker takes seconds on a busy machine; a restart would spend most of the run importing.
 # So each broker keeps a warm spare: a process that has imported everything and runs the real `sbx serve`
 # entry point (``broker.cli.main.main``) once told to. Serving, crashing and recovering are unchanged.
+# A watchdog thread ends the process when the test process that started it dies (a killed pytest must not
+# leave brokers serving: they run in their own session, so nothing else would stop them).
 WARM_SPARE = """
-import pathlib, sys
+import os, pathlib, signal, sys, threading, time
+def _watchdog(parent=os.getppid()):
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+threading.Thread(target=_watchdog, daemon=True).start()
 import broker.app, broker.cli.main, broker.container, broker.server, broker.services.registry
 pathlib.Path(sys.argv[1]).touch()
 if sys.stdin.readline().strip() == "serve":
