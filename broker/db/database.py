@@ -36,6 +36,7 @@ class Database:
             queue.SimpleQueue()
         )
         self._writer: threading.Thread | None = None
+        self._busy = threading.Lock()  # held by whoever is running a SQLite write transaction
         self._closed = False
         if self.sqlite and group_commit:
             self._writer = threading.Thread(target=self._write_loop, name="sbx-sqlite-writer", daemon=True)
@@ -52,6 +53,13 @@ class Database:
             raise RuntimeError("the database is closed")
         if self._writer is None:
             return self._write_direct(fn)
+        if self._queue.empty() and self._busy.acquire(blocking=False):
+            # Nobody else is writing: commit in this thread (no hand-off). Concurrent writers queue up
+            # behind the lock and are group-committed by the writer thread.
+            try:
+                return self._write_direct(fn)
+            finally:
+                self._busy.release()
         future: Future[object] = Future()
         self._queue.put((fn, future))
         return future.result()  # type: ignore[return-value]
@@ -76,7 +84,8 @@ class Database:
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
-        self.engine.dispose()
+        with self._busy:  # a direct write still in flight finishes first
+            self.engine.dispose()
 
     def _write_direct(self, fn: Callable[[Connection], T]) -> T:
         attempts = 0
@@ -107,7 +116,8 @@ class Database:
                     stopping = True
                     break
                 batch.append(nxt)
-            self._run_batch(batch)
+            with self._busy:
+                self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[Callable[[Connection], object], Future[object]]]) -> None:
         outcomes: list[tuple[bool, object]] = []
