@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -39,10 +42,29 @@ def run(*, host: str | None = None, port: int | None = None, settings: Settings 
             timeout_graceful_shutdown=20,
             access_log=False,
         )
-        uvicorn.Server(config).run()
+        BrokerServer(config).run()
     finally:
         loops.stop()
         container.close()
+
+
+class BrokerServer(uvicorn.Server):
+    """uvicorn, minus one behaviour: after a graceful shutdown on SIGTERM/SIGINT uvicorn re-raises the signal,
+    whose default action kills the process before the broker's own shutdown (loops, database, local Ray)
+    runs. Here the signal only asks the server to stop; ``run``'s caller finishes the cleanup and returns."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Route SIGTERM/SIGINT to a graceful stop and restore the handlers afterwards, without re-raising."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 class JsonFormatter(logging.Formatter):

@@ -4,6 +4,7 @@ kill; non-zero exit; and a broker killed with SIGKILL mid-job, restarted, reconc
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -187,6 +188,7 @@ def test_broker_killed_mid_job_is_reconciled_and_settled_once(tmp_path: Path, co
         while sme.get(f"/api/v1/jobs/{job['id']}").json()["state"] != "running":
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        head_temp_dir = json.loads((state / "ray" / "ray-local.json").read_text())["temp_dir"]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc = _serve(state, port, env)
@@ -204,7 +206,8 @@ def test_broker_killed_mid_job_is_reconciled_and_settled_once(tmp_path: Path, co
         op.close()
         proc.terminate()
         proc.wait(timeout=60)
-    leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout.split()
+    assert head_temp_dir, "the broker never recorded its local Ray head"
+    leftovers = subprocess.run(["pgrep", "-f", head_temp_dir], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "Ray was left running after the broker stopped"
 
 
