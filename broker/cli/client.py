@@ -111,3 +111,19 @@ def _line(item: Any) -> str:
     if isinstance(item, dict):
         return "  ".join(f"{k}={v}" for k, v in item.items() if not isinstance(v, dict | list))
     return str(item)
+
+
+def call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: Any) -> tuple[Any, bool]:
+    """Call the broker with the global options (url, token, --json on the root command or the subcommand).
+
+    Returns the decoded answer and whether to print JSON; a refusal prints one line on stderr and exits
+    non-zero with the broker's code and reason.
+    """
+    state = ctx.find_root().obj
+    client = BrokerClient(state.url, state.token)
+    try:
+        return client.call(method, path, **kwargs), bool(as_json or state.as_json)
+    except CliError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        client.close()

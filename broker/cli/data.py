@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import BrokerClient, CliError, emit, fail
+from broker.cli.client import call, emit, fail
 
 dataset_app = typer.Typer(
     help="Datasets (custodians register; everyone lists what they may see).", no_args_is_help=True
@@ -24,18 +24,6 @@ query_app = typer.Typer(help="Differentially private queries.", no_args_is_help=
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DAY_S = 24 * 3600
-
-
-def _call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: Any) -> tuple[Any, bool]:
-    """Call the broker with the global options (``ctx.obj`` carries url, token and --json)."""
-    state = ctx.obj
-    client = BrokerClient(state.url, state.token)
-    try:
-        return client.call(method, path, **kwargs), bool(as_json or state.as_json)
-    except CliError as exc:
-        fail(str(exc), exc.exit_code)
-    finally:
-        client.close()
 
 
 def epsilon_micro(text: str) -> int:
@@ -91,7 +79,7 @@ def dataset_register(
 ) -> None:
     """Register a dataset (custodians): the broker keeps only its bounded version."""
     body = _upload_body(file, object_key, policy, fmt) | {"name": name, "description": description}
-    out, js = _call(ctx, as_json, "POST", "/api/v1/datasets", body=body)
+    out, js = call(ctx, as_json, "POST", "/api/v1/datasets", body=body)
     v = out["versions"][-1]
     emit(out, as_json=js, human=f"dataset {out['id']} version {v['version']} sha256 {v['content_hash']}")
 
@@ -108,7 +96,7 @@ def dataset_version(
 ) -> None:
     """Add a version to one's dataset (budget already spent carries over)."""
     body = _upload_body(file, object_key, policy, fmt)
-    out, js = _call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/versions", body=body)
+    out, js = call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/versions", body=body)
     v = out["versions"][-1]
     emit(out, as_json=js, human=f"dataset {out['id']} version {v['version']} sha256 {v['content_hash']}")
 
@@ -116,7 +104,7 @@ def dataset_version(
 @dataset_app.command("list")
 def dataset_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Datasets you may see."""
-    out, js = _call(ctx, as_json, "GET", "/api/v1/datasets")
+    out, js = call(ctx, as_json, "GET", "/api/v1/datasets")
     lines = [f"{d['id']}  v{d['latest_version']}  {d['name']}  ({d['custodian_org']})" for d in out]
     emit(out, as_json=js, human="\n".join(lines) or "no datasets")
 
@@ -124,7 +112,7 @@ def dataset_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @dataset_app.command("show")
 def dataset_show(ctx: typer.Context, dataset_id: str, as_json: JsonOpt = False) -> None:
     """Schema, policy and versions of a dataset (never values)."""
-    out, js = _call(ctx, as_json, "GET", f"/api/v1/datasets/{dataset_id}")
+    out, js = call(ctx, as_json, "GET", f"/api/v1/datasets/{dataset_id}")
     latest = out["versions"][-1]
     cols = ", ".join(f"{c['name']}:{c['kind']}" for c in latest["policy"]["columns"])
     text = (
@@ -138,7 +126,7 @@ def dataset_show(ctx: typer.Context, dataset_id: str, as_json: JsonOpt = False) 
 @dataset_app.command("budget")
 def dataset_budget(ctx: typer.Context, dataset_id: str, as_json: JsonOpt = False) -> None:
     """The privacy-budget ledger of a dataset (yours, as you may see it)."""
-    out, js = _call(ctx, as_json, "GET", f"/api/v1/datasets/{dataset_id}/budget")
+    out, js = call(ctx, as_json, "GET", f"/api/v1/datasets/{dataset_id}/budget")
     if "remaining" in out:
         text = (
             f"spent {_eps(out['spent'])}, remaining {_eps(out['remaining'])}, {len(out['charges'])} charges"
@@ -156,7 +144,7 @@ def dataset_audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Audit entries of one of your datasets (custodians, operators)."""
-    out, js = _call(
+    out, js = call(
         ctx, as_json, "GET", f"/api/v1/datasets/{dataset_id}/audit", params={"after_seq": after_seq}
     )
     lines = [f"{e['seq']}  {e['action']}  {e['object_id']}  by {e.get('actor_org')}" for e in out]
@@ -190,7 +178,7 @@ def access_request(
     }
     if version is not None:
         body["version"] = version
-    out, js = _call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/access-requests", body=body)
+    out, js = call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/access-requests", body=body)
     emit(out, as_json=js, human=_request_line(out))
 
 
@@ -209,7 +197,7 @@ def access_approve(
         body["epsilon_micro"] = epsilon_micro(epsilon)
     if kind:
         body["kinds"] = kind
-    out, js = _call(ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/approve", body=body)
+    out, js = call(ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/approve", body=body)
     emit(out, as_json=js, human=_request_line(out))
 
 
@@ -221,7 +209,7 @@ def access_refuse(
     as_json: JsonOpt = False,
 ) -> None:
     """Refuse a pending request (custodians)."""
-    out, js = _call(
+    out, js = call(
         ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/refuse", body={"reason": reason}
     )
     emit(out, as_json=js, human=_request_line(out))
@@ -235,7 +223,7 @@ def access_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke an approval (custodians)."""
-    out, js = _call(
+    out, js = call(
         ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/revoke", body={"reason": reason}
     )
     emit(out, as_json=js, human=_request_line(out))
@@ -250,14 +238,14 @@ def access_list(
 ) -> None:
     """Requests you may see (SMEs: yours; custodians: on your datasets)."""
     params = {"dataset_id": dataset_id, "status": status}
-    out, js = _call(ctx, as_json, "GET", "/api/v1/access-requests", params=params)
+    out, js = call(ctx, as_json, "GET", "/api/v1/access-requests", params=params)
     emit(out, as_json=js, human="\n".join(_request_line(r) for r in out) or "no requests")
 
 
 @access_app.command("show")
 def access_show(ctx: typer.Context, request_id: str, as_json: JsonOpt = False) -> None:
     """One request and what is left of its grant."""
-    out, js = _call(ctx, as_json, "GET", f"/api/v1/access-requests/{request_id}")
+    out, js = call(ctx, as_json, "GET", f"/api/v1/access-requests/{request_id}")
     emit(out, as_json=js, human=_request_line(out))
 
 
@@ -289,7 +277,7 @@ def query_run(
         queries = [one]
     else:
         fail("give --kind and --epsilon, or --batch FILE")
-    out, js = _call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/queries", body={"queries": queries})
+    out, js = call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/queries", body={"queries": queries})
     lines = []
     for r in out["results"]:
         values = ", ".join(f"{k}={v:.6g}" for k, v in r["values"].items())

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import BrokerClient, CliError, emit, fail
+from broker.cli.client import call, emit, fail
 
 job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
 ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-second).", no_args_is_help=True)
@@ -19,18 +19,6 @@ quota_app = typer.Typer(help="Per-SME quotas.", no_args_is_help=True)
 meter_app = typer.Typer(help="Metering checks.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TERMINAL = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
-
-
-def call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: Any) -> tuple[Any, bool]:
-    """Call the broker with the global options; errors exit non-zero with the broker's reason."""
-    state = ctx.find_root().obj
-    client = BrokerClient(state.url, state.token)
-    try:
-        return client.call(method, path, **kwargs), as_json or state.as_json
-    except CliError as exc:
-        fail(str(exc), exc.exit_code)
-    finally:
-        client.close()
 
 
 def zip_dir(path: Path) -> str:

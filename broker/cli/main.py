@@ -8,11 +8,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from broker.cli.client import BrokerClient, CliError, emit, fail
+from broker.cli.client import BrokerClient, CliError, call, emit, fail
 from broker.cli.data import access_app, dataset_app, query_app
 from broker.cli.jobs import job_app, meter_app, quota_app, ratecard_app
 from broker.cli.reports import report_app
@@ -80,17 +80,6 @@ def _state(ctx: typer.Context, as_json: bool) -> CliState:
     return state
 
 
-def _call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: Any) -> tuple[Any, CliState]:
-    state = _state(ctx, as_json)
-    client = state.client()
-    try:
-        return client.call(method, path, **kwargs), state
-    except CliError as exc:
-        fail(str(exc), exc.exit_code)
-    finally:
-        client.close()
-
-
 # -- local commands -------------------------------------------------------------------------------
 @app.command()
 def init(
@@ -155,15 +144,15 @@ def org_create(
         "sme_cap": sme_cap,
         "copay_limit": copay_limit,
     }
-    data, state = _call(ctx, as_json, "POST", "/api/v1/orgs", body=body)
-    emit(data, as_json=state.as_json, human=f"created {data['role']} {data['name']}: {data['id']}")
+    data, js = call(ctx, as_json, "POST", "/api/v1/orgs", body=body)
+    emit(data, as_json=js, human=f"created {data['role']} {data['name']}: {data['id']}")
 
 
 @org_app.command("list")
 def org_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List organisations."""
-    data, state = _call(ctx, as_json, "GET", "/api/v1/orgs")
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "GET", "/api/v1/orgs")
+    emit(data, as_json=js)
 
 
 @token_app.command("create")
@@ -176,8 +165,8 @@ def token_create(
 ) -> None:
     """Create a bearer token for an organisation (shown once)."""
     body = {"label": label, "ttl_s": ttl_days * DAY_S if ttl_days else None}
-    data, state = _call(ctx, as_json, "POST", f"/api/v1/orgs/{org_id}/tokens", body=body)
-    emit(data, as_json=state.as_json, human=data["token"])
+    data, js = call(ctx, as_json, "POST", f"/api/v1/orgs/{org_id}/tokens", body=body)
+    emit(data, as_json=js, human=data["token"])
 
 
 # -- issuers --------------------------------------------------------------------------------------
@@ -191,41 +180,39 @@ def issuer_programme(
 ) -> None:
     """Set an issuer's yearly budget and per-SME cap (operators)."""
     body = {"year_budget": year_budget, "sme_cap": sme_cap}
-    data, state = _call(ctx, as_json, "PUT", f"/api/v1/orgs/{org_id}/programme", body=body)
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "PUT", f"/api/v1/orgs/{org_id}/programme", body=body)
+    emit(data, as_json=js)
 
 
 @key_app.command("create")
 def key_create(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Create a new signing key; earlier active keys retire (they still verify what they signed)."""
-    data, state = _call(ctx, as_json, "POST", "/api/v1/issuer/keys")
-    emit(data, as_json=state.as_json, human=f"active key {data['kid']}")
+    data, js = call(ctx, as_json, "POST", "/api/v1/issuer/keys")
+    emit(data, as_json=js, human=f"active key {data['kid']}")
 
 
 @key_app.command("list")
 def key_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List your keys."""
-    data, state = _call(ctx, as_json, "GET", "/api/v1/issuer/keys")
+    data, js = call(ctx, as_json, "GET", "/api/v1/issuer/keys")
     emit(
-        [{k: v for k, v in item.items() if k != "public_jwk"} for item in data]
-        if not state.as_json
-        else data,
-        as_json=state.as_json,
+        [{k: v for k, v in item.items() if k != "public_jwk"} for item in data] if not js else data,
+        as_json=js,
     )
 
 
 @key_app.command("retire")
 def key_retire(ctx: typer.Context, kid: str, as_json: JsonOpt = False) -> None:
     """Retire a key: it signs nothing new but still verifies what it signed."""
-    data, state = _call(ctx, as_json, "PATCH", f"/api/v1/issuer/keys/{kid}", body={"status": "retired"})
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "PATCH", f"/api/v1/issuer/keys/{kid}", body={"status": "retired"})
+    emit(data, as_json=js)
 
 
 @key_app.command("revoke")
 def key_revoke(ctx: typer.Context, kid: str, as_json: JsonOpt = False) -> None:
     """Revoke a key: nothing it signed can be redeemed any more."""
-    data, state = _call(ctx, as_json, "PATCH", f"/api/v1/issuer/keys/{kid}", body={"status": "revoked"})
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "PATCH", f"/api/v1/issuer/keys/{kid}", body={"status": "revoked"})
+    emit(data, as_json=js)
 
 
 # -- vouchers -------------------------------------------------------------------------------------
@@ -253,10 +240,10 @@ def voucher_issue(
         "valid_until_s": now + valid_days * DAY_S,
         "credit_expires_s": now + credit_days * DAY_S,
     }
-    data, state = _call(ctx, as_json, "POST", "/api/v1/vouchers", body=body)
+    data, js = call(ctx, as_json, "POST", "/api/v1/vouchers", body=body)
     if out is not None:
         out.write_text(data["token"] + "\n")
-    emit(data, as_json=state.as_json, human=f"voucher {data['jti']} ({credits} credits)\n{data['token']}")
+    emit(data, as_json=js, human=f"voucher {data['jti']} ({credits} credits)\n{data['token']}")
 
 
 @voucher_app.command("redeem")
@@ -276,7 +263,7 @@ def voucher_redeem(
         token = sys.stdin.read().strip()
     if not token:
         fail("give the voucher token as an argument, with --file, or - to read stdin")
-    data, state = _call(
+    data, js = call(
         ctx,
         as_json,
         "POST",
@@ -287,7 +274,7 @@ def voucher_redeem(
     grant = data["grant"]
     emit(
         data,
-        as_json=state.as_json,
+        as_json=js,
         human=f"redeemed: grant {grant['id']} with {grant['amount']} credits, coverage {grant['coverage_bps']} bps",
     )
 
@@ -295,22 +282,22 @@ def voucher_redeem(
 @voucher_app.command("revoke")
 def voucher_revoke(ctx: typer.Context, jti: str, as_json: JsonOpt = False) -> None:
     """Revoke an unredeemed voucher."""
-    data, state = _call(ctx, as_json, "POST", f"/api/v1/vouchers/{jti}/revoke")
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "POST", f"/api/v1/vouchers/{jti}/revoke")
+    emit(data, as_json=js)
 
 
 @voucher_app.command("show")
 def voucher_show(ctx: typer.Context, jti: str, as_json: JsonOpt = False) -> None:
     """Show a voucher."""
-    data, state = _call(ctx, as_json, "GET", f"/api/v1/vouchers/{jti}")
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "GET", f"/api/v1/vouchers/{jti}")
+    emit(data, as_json=js)
 
 
 @voucher_app.command("list")
 def voucher_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List vouchers you issued or received."""
-    data, state = _call(ctx, as_json, "GET", "/api/v1/vouchers")
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "GET", "/api/v1/vouchers")
+    emit(data, as_json=js)
 
 
 # -- money ----------------------------------------------------------------------------------------
@@ -321,7 +308,7 @@ def balance(
     as_json: JsonOpt = False,
 ) -> None:
     """Show an SME's credit: available voucher credit, held, co-payment, grants."""
-    data, state = _call(ctx, as_json, "GET", "/api/v1/balance", params={"org_id": org})
+    data, js = call(ctx, as_json, "GET", "/api/v1/balance", params={"org_id": org})
     lines = [
         f"available: {data['available']} credits   held: {data['held']}   "
         f"co-payment used: {data['copay_used']} of {data['copay_limit']}"
@@ -331,7 +318,7 @@ def balance(
             f"  grant {g['id']}: {g['balance']}/{g['amount']} credits, coverage {g['coverage_bps']} bps, "
             f"expires {time.strftime('%Y-%m-%d', time.gmtime(g['expires_ms'] / 1000))} ({g['status']})"
         )
-    emit(data, as_json=state.as_json, human="\n".join(lines))
+    emit(data, as_json=js, human="\n".join(lines))
 
 
 @app.command()
@@ -343,14 +330,14 @@ def ledger(
     as_json: JsonOpt = False,
 ) -> None:
     """List ledger entries."""
-    data, state = _call(
+    data, js = call(
         ctx,
         as_json,
         "GET",
         "/api/v1/ledger/entries",
         params={"org_id": org, "after_id": after, "limit": limit},
     )
-    emit(data, as_json=state.as_json)
+    emit(data, as_json=js)
 
 
 @hold_app.command("place")
@@ -362,7 +349,7 @@ def hold_place(
     as_json: JsonOpt = False,
 ) -> None:
     """Hold credits."""
-    data, state = _call(
+    data, js = call(
         ctx,
         as_json,
         "POST",
@@ -370,21 +357,21 @@ def hold_place(
         body={"amount": amount, "org_id": org},
         idempotency_key=idempotency_key,
     )
-    emit(data, as_json=state.as_json)
+    emit(data, as_json=js)
 
 
 @hold_app.command("settle")
 def hold_settle(ctx: typer.Context, hold_id: str, cost: int, as_json: JsonOpt = False) -> None:
     """Settle a hold for its cost (operators)."""
-    data, state = _call(ctx, as_json, "POST", f"/api/v1/holds/{hold_id}/settle", body={"cost": cost})
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "POST", f"/api/v1/holds/{hold_id}/settle", body={"cost": cost})
+    emit(data, as_json=js)
 
 
 @hold_app.command("release")
 def hold_release(ctx: typer.Context, hold_id: str, as_json: JsonOpt = False) -> None:
     """Release a hold."""
-    data, state = _call(ctx, as_json, "POST", f"/api/v1/holds/{hold_id}/release")
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "POST", f"/api/v1/holds/{hold_id}/release")
+    emit(data, as_json=js)
 
 
 # -- audit ----------------------------------------------------------------------------------------
@@ -396,10 +383,10 @@ def audit_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List audit entries you may read."""
-    data, state = _call(ctx, as_json, "GET", "/api/v1/audit", params={"after_seq": after, "limit": limit})
+    data, js = call(ctx, as_json, "GET", "/api/v1/audit", params={"after_seq": after, "limit": limit})
     emit(
-        [{k: v for k, v in e.items() if k != "body"} for e in data] if not state.as_json else data,
-        as_json=state.as_json,
+        [{k: v for k, v in e.items() if k != "body"} for e in data] if not js else data,
+        as_json=js,
     )
 
 
@@ -416,15 +403,15 @@ def audit_verify(
         from broker.bootstrap import verify_local
 
         data = verify_local()
-        state = _state(ctx, as_json)
+        js = _state(ctx, as_json).as_json
     else:
-        data, state = _call(ctx, as_json, "POST", "/api/v1/audit/verify")
+        data, js = call(ctx, as_json, "POST", "/api/v1/audit/verify")
     human = (
         f"audit chain valid: {data['checked']} entries"
         if data["ok"]
         else f"audit chain BROKEN at entry {data['first_bad_seq']}: {data['reason']}"
     )
-    emit(data, as_json=state.as_json, human=human)
+    emit(data, as_json=js, human=human)
     if not data["ok"]:
         raise typer.Exit(3)
 
@@ -432,8 +419,8 @@ def audit_verify(
 @audit_app.command("checkpoint")
 def audit_checkpoint(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Sign the current head of the log into the checkpoint file (operators)."""
-    data, state = _call(ctx, as_json, "POST", "/api/v1/audit/checkpoint")
-    emit(data, as_json=state.as_json)
+    data, js = call(ctx, as_json, "POST", "/api/v1/audit/checkpoint")
+    emit(data, as_json=js)
 
 
 @app.command()

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import BrokerClient, CliError, emit, fail
-from broker.cli.jobs import call, wait_for
+from broker.cli.client import BrokerClient, CliError, call, emit, fail
+from broker.cli.jobs import wait_for
 
 train_app = typer.Typer(
     help="Differentially private training (DP-SGD) on protected datasets.", no_args_is_help=True
