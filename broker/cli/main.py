@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.client import BrokerClient, CliError, call, emit, fail
+from broker.cli.client import CliError, call, emit, fail
 from broker.cli.data import access_app, dataset_app, query_app
 from broker.cli.jobs import job_app, meter_app, quota_app, ratecard_app
 from broker.cli.reports import report_app
@@ -56,10 +56,6 @@ class CliState:
     url: str
     token: str | None
     as_json: bool
-
-    def client(self) -> BrokerClient:
-        """A client for the configured broker."""
-        return BrokerClient(self.url, self.token)
 
 
 @app.callback()
