@@ -201,6 +201,13 @@ def access_approve(
     emit(out, as_json=js, human=_request_line(out))
 
 
+def _close_request(ctx: typer.Context, request_id: str, reason: str, how: str, as_json: bool) -> None:
+    out, js = call(
+        ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/{how}", body={"reason": reason}
+    )
+    emit(out, as_json=js, human=_request_line(out))
+
+
 @access_app.command("refuse")
 def access_refuse(
     ctx: typer.Context,
@@ -209,10 +216,7 @@ def access_refuse(
     as_json: JsonOpt = False,
 ) -> None:
     """Refuse a pending request (custodians)."""
-    out, js = call(
-        ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/refuse", body={"reason": reason}
-    )
-    emit(out, as_json=js, human=_request_line(out))
+    _close_request(ctx, request_id, reason, "refuse", as_json)
 
 
 @access_app.command("revoke")
@@ -222,11 +226,8 @@ def access_revoke(
     reason: Annotated[str, typer.Option(help="The reason the SME reads.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Revoke an approval (custodians)."""
-    out, js = call(
-        ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/revoke", body={"reason": reason}
-    )
-    emit(out, as_json=js, human=_request_line(out))
+    """Revoke an approval; its queued work is cancelled with it (custodians)."""
+    _close_request(ctx, request_id, reason, "revoke", as_json)
 
 
 @access_app.command("list")

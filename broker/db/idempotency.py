@@ -54,13 +54,7 @@ def claim(conn: Connection, *, org_id: str, key: str, req_hash: str, now_ms: int
     inserted = conn.execute(_CLAIM[conn.dialect.name], row_values).first()
     if inserted is not None:
         return None
-    row = conn.execute(_EARLIER, {"p_org": org_id, "p_key": key}).one()
-    if row.request_hash != req_hash:
-        raise Conflict(
-            f"idempotency key {key!r} was already used for a different request; use a new key",
-            code="idempotency_conflict",
-        )
-    return json.loads(row.response)
+    return _same_request(conn.execute(_EARLIER, {"p_org": org_id, "p_key": key}).one(), key, req_hash)
 
 
 def lookup(conn: Connection, *, org_id: str, key: str, req_hash: str) -> Any | None:
@@ -68,6 +62,11 @@ def lookup(conn: Connection, *, org_id: str, key: str, req_hash: str) -> Any | N
     row = conn.execute(_EARLIER, {"p_org": org_id, "p_key": key}).first()
     if row is None or not row.response:
         return None
+    return _same_request(row, key, req_hash)
+
+
+def _same_request(row: Any, key: str, req_hash: str) -> Any:
+    """The stored response of ``row`` if it answered this very request; 409 when the key served another."""
     if row.request_hash != req_hash:
         raise Conflict(
             f"idempotency key {key!r} was already used for a different request; use a new key",

@@ -336,12 +336,16 @@ class JobService:
     def stop(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
         """Stop a job: a queued one at once; an admitted or running one is stopped and then settled."""
         job = self._visible(principal, job_id)
+        if job.state.is_terminal():
+            return job.public()
         now = self.c.clock.now_ms()
-        if job.state is JobState.QUEUED:
 
-            def cancel(conn: Connection) -> dict[str, Any]:
-                current = jobs_db.get_job(conn, job_id, lock=True)
-                moved = jobs_db.move(
+        def tx(conn: Connection) -> JobState:
+            current = jobs_db.get_job(conn, job_id, lock=True)
+            if current.state.is_terminal():
+                return current.state
+            if current.state is JobState.QUEUED:
+                jobs_db.move(
                     conn,
                     current,
                     JobState.STOPPED,
@@ -349,24 +353,8 @@ class JobService:
                     settled_ms=now,
                     cost=0,
                 )
-                self.c.audit.append(
-                    conn,
-                    ts_ms=now,
-                    actor=principal,
-                    action="job.stop",
-                    object_type="job",
-                    object_id=job_id,
-                    org_id=job.org_id,
-                    details={},
-                )
-                return moved.public()
-
-            return self.c.db.write(cancel)
-        if job.state.is_terminal():
-            return job.public()
-
-        def request_stop(conn: Connection) -> None:
-            jobs_db.set_fields(conn, job_id, stop_requested=True)
+            else:
+                jobs_db.set_fields(conn, job_id, stop_requested=True)
             self.c.audit.append(
                 conn,
                 ts_ms=now,
@@ -377,9 +365,11 @@ class JobService:
                 org_id=job.org_id,
                 details={},
             )
+            return current.state
 
-        self.c.db.write(request_stop)
-        self.c.compute.stop(job.name)
+        seen = self.c.db.write(tx)
+        if seen in (JobState.ADMITTED, JobState.RUNNING):
+            self.c.compute.stop(job.name)
         return self.get(principal, job_id=job_id)
 
     def meter_check(self, principal: Principal, *, start_ms: int, end_ms: int) -> dict[str, Any]:
