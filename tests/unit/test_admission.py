@@ -248,7 +248,12 @@ def scenarios(draw: st.DrawFn) -> tuple[Snapshot, list[QueuedJob]]:
         )
         in_use = draw(small_res)
         tenants[org] = TenantState(
-            quota, in_use, draw(st.integers(0, 3)), draw(st.integers(0, 200)), draw(st.integers(0, 100))
+            quota,
+            in_use,
+            draw(st.integers(0, 3)),
+            draw(st.integers(0, 200)),
+            draw(st.integers(0, 100)),
+            last_admitted_ms=draw(st.integers(0, 5)),
         )
     queue = draw(
         st.lists(
@@ -310,6 +315,11 @@ def _reference_decide(snap: Snapshot, queue: list[QueuedJob]) -> list[tuple[str,
     total = snap.cluster_total
     out: list[tuple[str, WaitReason | None]] = []
 
+    # Ties: the SME served least recently goes first; an SME served in this pass was served after any
+    # recorded admission, later in the pass means more recently.
+    served = {org: (0, t.last_admitted_ms) for org, t in snap.tenants.items()}
+    served_in_pass = 0
+
     def share(org: str) -> Fraction:
         u = use[org]
         parts = [
@@ -320,7 +330,10 @@ def _reference_decide(snap: Snapshot, queue: list[QueuedJob]) -> list[tuple[str,
         return max(parts, default=Fraction(0))
 
     while any(pending.values()):
-        org = min((o for o in pending if pending[o]), key=lambda o: (share(o), pending[o][0].submitted_ms, o))
+        org = min(
+            (o for o in pending if pending[o]),
+            key=lambda o: (share(o), served[o], pending[o][0].submitted_ms, o),
+        )
         while pending[org]:
             j = pending[org].pop(0)
             reason = _fits(snap, use, free, j)
@@ -333,6 +346,8 @@ def _reference_decide(snap: Snapshot, queue: list[QueuedJob]) -> list[tuple[str,
                 use[org][3] += 1
                 use[org][4] -= j.max_cost_covered
                 use[org][5] -= j.max_cost_copay
+                served_in_pass += 1
+                served[org] = (1, served_in_pass)
                 break
     return out
 
