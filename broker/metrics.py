@@ -15,6 +15,7 @@ account kinds — never job or voucher ids). Documented in ``docs/metrics.md``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
 
@@ -79,6 +80,9 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
 
+        self.audit_health = AuditHealth()
+        r.register(self.audit_health)
+
     def record_usage(self, records: Iterable[UsageRecord]) -> None:
         """Add settled usage records to the usage counters (in seconds of each resource)."""
         counters = {
@@ -88,6 +92,61 @@ class Metrics:
         }
         for record in records:
             counters[record.resource].inc(record.quantity_unit_ms / _USAGE_SCALE[record.resource])
+
+
+class AuditHealth(Collector):
+    """Audit-log health as this replica last saw it; each metric is absent until it is first known.
+
+    Set by the background loops (full verification, checkpoints) and by operators' verify and checkpoint
+    calls. The alerts take ``min``/``max`` over replicas.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._verified: tuple[bool, int, int] | None = None  # (ok, checked, at_ms)
+        self._checkpoint_ms: int | None = None
+
+    def record_verification(self, *, ok: bool, checked: int, at_ms: int) -> None:
+        """Publish the outcome of a full audit verification."""
+        with self._lock:
+            self._verified = (ok, checked, at_ms)
+
+    def record_checkpoint(self, at_ms: int) -> None:
+        """Publish when the newest signed checkpoint was made (or now, for a log with nothing to sign)."""
+        with self._lock:
+            self._checkpoint_ms = at_ms
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front (the values may not be known yet)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The known values only: a gauge at 0 before the first verification would read as a failure."""
+        with self._lock:
+            verified, checkpoint_ms = self._verified, self._checkpoint_ms
+        if verified is not None:
+            ok, checked, at_ms = verified
+            yield GaugeMetricFamily(
+                "sbx_audit_chain_valid",
+                "1 when the last full audit verification passed, 0 when it found a bad entry.",
+                value=1 if ok else 0,
+            )
+            yield GaugeMetricFamily(
+                "sbx_audit_verified_entries",
+                "Entries the last full audit verification checked.",
+                value=checked,
+            )
+            yield GaugeMetricFamily(
+                "sbx_audit_last_verify_timestamp_seconds",
+                "When the audit log was last fully verified.",
+                value=at_ms / 1000,
+            )
+        if checkpoint_ms is not None:
+            yield GaugeMetricFamily(
+                "sbx_audit_last_checkpoint_timestamp_seconds",
+                "When this replica's newest signed audit checkpoint was made (now, while the log is empty).",
+                value=checkpoint_ms / 1000,
+            )
 
 
 def attach_database(metrics: Metrics, db: ReadableDatabase) -> None:

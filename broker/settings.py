@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         default=True, description="Run admission, reaper and reconciliation loops."
     )
     loop_interval_ms: int = 500
+    audit_checkpoint_interval_s: int = Field(
+        default=30, ge=1, description="How often the background loop signs an audit checkpoint."
+    )
+    audit_verify_interval_s: int = Field(
+        default=600,
+        ge=1,
+        description="How often the background loop verifies the whole audit log (sets sbx_audit_chain_valid).",
+    )
     rate_redeem_per_s: int = Field(default=20, description="Redemptions per second per organisation.")
     rate_submit_per_s: int = Field(default=20, description="Job and training submissions per second per SME.")
     rate_query_per_s: int = Field(default=20, description="DP query batches per second per SME.")

@@ -194,6 +194,7 @@ class ColumnSpec:
         except ValueError as exc:
             raise PolicyError(f"column kind must be one of {[k.value for k in ColumnKind]}") from exc
         name = data.get("name", "")
+        _refuse_unknown_keys(f"column {name!r}", data, _COLUMN_KEYS[kind])
         if kind is ColumnKind.NUMERIC:
             return cls.numeric(name, data.get("lo"), data.get("hi"), data.get("decimals", 0))
         if kind is ColumnKind.CATEGORICAL:
@@ -202,6 +203,22 @@ class ColumnSpec:
                 raise PolicyError(f"categorical column {name!r} needs a list of categories")
             return cls.categorical(name, tuple(categories))
         return cls.unit(name)
+
+
+_POLICY_KEYS = frozenset({"privacy_unit", "max_rows_per_unit", "columns", "total_budget", "sme_cap"})
+_BUDGET_KEYS = frozenset({"epsilon_micro", "delta_e12"})
+_COLUMN_KEYS = {
+    ColumnKind.UNIT: frozenset({"name", "kind"}),
+    ColumnKind.NUMERIC: frozenset({"name", "kind", "lo", "hi", "decimals"}),
+    ColumnKind.CATEGORICAL: frozenset({"name", "kind", "categories"}),
+}
+
+
+def _refuse_unknown_keys(where: str, data: Mapping[str, Any], known: frozenset[str]) -> None:
+    """A misspelt field must not pass unnoticed: a policy that silently drops it protects less than meant."""
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise PolicyError(f"{where} has unknown fields {unknown}; the fields it takes are {sorted(known)}")
 
 
 def _check_budget_int(name: str, value: object) -> None:
@@ -280,6 +297,9 @@ class DatasetPolicy:
         total, cap = data.get("total_budget"), data.get("sme_cap")
         if not isinstance(total, Mapping) or not isinstance(cap, Mapping):
             raise PolicyError("policy needs total_budget and sme_cap objects")
+        _refuse_unknown_keys("the policy", data, _POLICY_KEYS)
+        _refuse_unknown_keys("total_budget", total, _BUDGET_KEYS)
+        _refuse_unknown_keys("sme_cap", cap, _BUDGET_KEYS)
         return cls(
             privacy_unit=data.get("privacy_unit", ""),
             max_rows_per_unit=data.get("max_rows_per_unit", 0),

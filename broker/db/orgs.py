@@ -11,7 +11,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from broker.db import tables as t
 from broker.ids import new_id
@@ -107,17 +107,7 @@ def authenticate(conn: Connection, bearer: str, *, now_ms: int) -> Principal | N
         return None
     token_id = f"tok_{parts[2]}"
     secret = "_".join(parts[3:])
-    row = conn.execute(
-        select(
-            t.tokens.c.secret_hash,
-            t.tokens.c.org_id,
-            t.tokens.c.expires_ms,
-            t.tokens.c.revoked,
-            t.organisations.c.role,
-        )
-        .join(t.organisations, t.organisations.c.id == t.tokens.c.org_id)
-        .where(t.tokens.c.id == token_id)
-    ).first()
+    row = conn.execute(_TOKEN_LOOKUP, {"token_id": token_id}).first()
     expected = row.secret_hash if row is not None else _hash_secret("no-such-token")
     matches = hmac.compare_digest(expected, _hash_secret(secret))
     if row is None or not matches or row.revoked:
@@ -125,3 +115,17 @@ def authenticate(conn: Connection, bearer: str, *, now_ms: int) -> Principal | N
     if row.expires_ms is not None and row.expires_ms <= now_ms:
         return None
     return Principal(row.org_id, row.role, token_id)
+
+
+# Built once: every authenticated request runs it, and building a select costs more than running it.
+_TOKEN_LOOKUP = (
+    select(
+        t.tokens.c.secret_hash,
+        t.tokens.c.org_id,
+        t.tokens.c.expires_ms,
+        t.tokens.c.revoked,
+        t.organisations.c.role,
+    )
+    .join(t.organisations, t.organisations.c.id == t.tokens.c.org_id)
+    .where(t.tokens.c.id == bindparam("token_id"))
+)

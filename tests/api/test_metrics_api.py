@@ -108,3 +108,29 @@ def test_metrics_are_for_operators_only(live: Live) -> None:
         assert anonymous.get("/metrics").status_code == 401
     with live.client("sme-a") as sme:
         assert sme.get("/metrics").status_code == 403
+
+
+def test_audit_health_is_absent_until_known_then_follows_verification(live: Live) -> None:
+    """The alerts' gauges: unknown before the first verification; 1 when the chain verifies, 0 once an
+    entry is edited in the database; the checkpoint timestamp is the newest signed checkpoint's."""
+    from sqlalchemy import text
+
+    services = live.world.services
+    _, before = _scrape(live)
+    assert (
+        "sbx_audit_chain_valid" not in before and "sbx_audit_last_checkpoint_timestamp_seconds" not in before
+    )
+    checkpoint = services.audit.checkpoint(None)
+    assert checkpoint is not None
+    services.audit.verify(None)
+    _, s = _scrape(live)
+    assert s["sbx_audit_chain_valid"][()] == 1
+    assert s["sbx_audit_verified_entries"][()] == s["sbx_audit_entries_total"][()] > 0
+    assert s["sbx_audit_last_checkpoint_timestamp_seconds"][()] == checkpoint["ts_ms"] / 1000
+    assert s["sbx_audit_last_verify_timestamp_seconds"][()] == live.world.clock.now_ms() / 1000
+    services.container.db.write(
+        lambda conn: conn.execute(text("UPDATE audit_entries SET body = CAST('{}' AS BLOB) WHERE seq = 1"))
+    )
+    services.audit.verify(None)
+    _, after = _scrape(live)
+    assert after["sbx_audit_chain_valid"][()] == 0

@@ -70,3 +70,25 @@ def test_deleted_and_truncated_entries_are_detected(world: World) -> None:
     result = _verify(world)
     assert result["ok"] is False
     assert result["first_bad_seq"] is not None and result["first_bad_seq"] <= seq
+
+
+def test_the_background_loops_checkpoint_and_verify_off_the_loop_thread(world: World) -> None:
+    """One round signs a checkpoint and starts a full verification in its own thread; stopping waits for it,
+    and the audit-health metrics the alerts read carry both outcomes."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from broker.loops import BackgroundLoops
+
+    world.voucher()
+    container = world.services.container
+    loops = BackgroundLoops(world.services, interval_ms=500)
+    assert {name for name, _body, _every in loops.bodies} >= {"audit-checkpoint", "audit-verify"}
+    loops.run_once()
+    loops.stop()
+    exposition = generate_latest(container.metrics.registry).decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(exposition) for s in f.samples}
+    assert values["sbx_audit_chain_valid"] == 1
+    head = container.db.read(lambda conn: conn.execute(text("SELECT seq FROM audit_head")).scalar())
+    assert values["sbx_audit_verified_entries"] == head > 0
+    assert values["sbx_audit_last_checkpoint_timestamp_seconds"] == world.clock.now_ms() / 1000

@@ -88,6 +88,27 @@ def test_json_roundtrip_holds_schema_and_policy_only() -> None:
         DatasetPolicy.from_dict({**data, "columns": [{"name": "pid", "kind": "weird"}]})
 
 
+@pytest.mark.parametrize(
+    ("misspelt", "where"),
+    [
+        (lambda d: {**d, "max_row_per_unit": 1}, "the policy"),
+        (lambda d: {**d, "total_budget": {**d["total_budget"], "epsilon": 5}}, "total_budget"),
+        (lambda d: {**d, "sme_cap": {**d["sme_cap"], "delta": 1}}, "sme_cap"),
+        (
+            lambda d: {**d, "columns": [d["columns"][0], {**d["columns"][1], "upper": "9"}, d["columns"][2]]},
+            "income",
+        ),
+        (lambda d: {**d, "columns": [{**d["columns"][0], "lo": "0"}, *d["columns"][1:]]}, "pid"),
+        (lambda d: {**d, "columns": [*d["columns"][:2], {**d["columns"][2], "decimals": 1}]}, "district"),
+    ],
+)
+def test_a_misspelt_or_misplaced_field_is_refused_by_name(misspelt, where) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(json.dumps(make_policy().to_dict()))
+    with pytest.raises(PolicyError, match="unknown fields") as err:
+        DatasetPolicy.from_dict(misspelt(data))
+    assert where in str(err.value)
+
+
 def test_schema_validation() -> None:
     policy = make_policy()
     validate_against_schema(policy, {"pid": "int", "income": "float", "district": "string"})
