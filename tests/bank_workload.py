@@ -18,8 +18,8 @@ runs the real ``sbx serve`` entry point when told to, so a restart costs recover
 
 At the end every acknowledged answer is replayed with its key (the same key must give the same answer
 after the crashes) and a container built over the same database checks the ledger invariants, balances,
-holds, grants, jobs and the audit chain. Used by ``tests/e2e/test_bank.py`` (bounded) and
-``bench/soak.py`` (long).
+holds, grants, jobs and the audit chain. Used by ``tests/e2e/test_bank.py`` and
+``tests/e2e/test_bank_replicas_pg.py`` (bounded) and ``bench/soak.py`` (long).
 """
 
 from __future__ import annotations
@@ -940,3 +940,30 @@ def _job_problems(conn: Connection, know: Knowledge) -> list[str]:
         elif jobs[job_id].settled_ms is not None and settles[job_id] != 1:
             problems.append(f"job {job_id} is settled but its settlement was audited {settles[job_id]} times")
     return problems
+
+
+# -- the CI runs' shared verdict -------------------------------------------------------------------
+
+MIN_OPS, MIN_KILLS = 10_000, 5
+
+
+def seed_from_env() -> int:
+    """``SBX_BANK_SEED`` to replay a run, else a fresh random seed."""
+    return int(os.environ.get("SBX_BANK_SEED") or random.SystemRandom().randrange(1, 10**6))
+
+
+def check_report(report: Report) -> None:
+    """Print the run's summary and fail on any violation, too few operations or too few kills."""
+    print(
+        f"bank: {report.line()}\nkills at (s, broker): {report.kill_times}\nanswers: {dict(report.answers)}"
+    )
+    shown = "\n  ".join(report.violations[:30])
+    assert report.violations == [], (
+        f"seed {report.seed}: {len(report.violations)} violations (SBX_BANK_SEED={report.seed} replays the"
+        f" schedule):\n  {shown}"
+    )
+    assert report.ops >= MIN_OPS, (
+        f"only {report.ops} operations in {report.seconds:.0f} s (seed {report.seed})"
+    )
+    assert report.kills >= MIN_KILLS, f"only {report.kills} kills (seed {report.seed})"
+    assert report.reads > 0 and report.replayed > 0
