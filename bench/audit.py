@@ -6,7 +6,8 @@
     the time the append takes inside its transaction is measured directly (its p50 is the added latency;
     the commit's fsync is shared), and end-to-end p50s of both kinds are printed for context.
 (b) verify: ``SBX_BENCH_AUDIT_ENTRIES`` (default 100,000) entries are appended (2,000 per transaction),
-    checkpointed, and ``AuditRepo.verify`` (chain, signed checkpoints, queryable columns) is timed.
+    checkpointed, and ``AuditRepo.verify`` (chain, signed checkpoints, queryable columns) is timed, best of
+    three runs.
 
 Last line: ``BENCH audit append_overhead_ms=… verify_entries_per_s=…``
 """
@@ -35,6 +36,7 @@ from privacy.budget import PrivacyCost
 OPS = int(os.environ.get("SBX_BENCH_AUDIT_OPS", "1000"))
 ENTRIES = int(os.environ.get("SBX_BENCH_AUDIT_ENTRIES", "100000"))
 BATCH = 2000
+VERIFY_RUNS = 3  # best of three: the first run also pays for reading the file into the page cache
 CSV = "household_id,kwh\n" + "".join(f"h{i},{i % 90}.5\n" for i in range(200))
 POLICY = {
     "privacy_unit": "household_id",
@@ -124,10 +126,12 @@ def verify_rate(c: Container, sme: Principal, dsid: str) -> tuple[int, float]:
     for start in range(0, ENTRIES, BATCH):
         c.db.write(lambda conn, s=start: batch(conn, s))  # type: ignore[misc]
     c.db.read(lambda conn: c.audit.checkpoint(conn, now_ms=c.clock.now_ms()))
-    t0 = time.perf_counter()
-    result = c.db.read(lambda conn: c.audit.verify(conn, c.broker_public_jwk))
-    elapsed = time.perf_counter() - t0
-    assert result.ok, result.reason
+    elapsed = float("inf")
+    for _ in range(VERIFY_RUNS):
+        t0 = time.perf_counter()
+        result = c.audit.verify(c.db, c.broker_public_jwk)
+        elapsed = min(elapsed, time.perf_counter() - t0)
+        assert result.ok, result.reason
     return result.checked, result.checked / elapsed
 
 

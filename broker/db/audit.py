@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from broker.audit.chain import AuditRecord, VerifyResult, next_record, verify_chain_bodies
 from broker.audit.checkpoints import Checkpoint, CheckpointFile, sign_checkpoint
 from broker.db import tables as t
+from broker.db.database import Database
 from broker.db.orgs import Principal
 
 CHECKPOINT_FILE = "checkpoints.jsonl"
@@ -113,7 +115,8 @@ class AuditRepo:
     def rows(self, conn: Connection, *, batch: int = 20_000) -> Iterator[tuple[int, str, str, bytes]]:
         """Every entry as ``(seq, prev_hash, entry_hash, body)`` in sequence order, streamed in batches straight
         from the driver's cursor (verification is bound by row fetching, not hashing)."""
-        mark = "?" if conn.dialect.name == "sqlite" else "%s"
+        sqlite = conn.dialect.name == "sqlite"
+        mark = "?" if sqlite else "%s"
         sql = (
             "SELECT seq, prev_hash, entry_hash, body FROM audit_entries "  # noqa: S608 - constant text
             f"WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
@@ -126,17 +129,28 @@ class AuditRepo:
                 rows = cursor.fetchall()
                 if not rows:
                     return
-                for seq, prev_hash, entry_hash, body in rows:
-                    yield int(seq), prev_hash, entry_hash, bytes(body)
+                if sqlite:  # the driver already gives int and bytes: no per-row conversion
+                    yield from rows
+                else:
+                    for seq, prev_hash, entry_hash, body in rows:
+                        yield int(seq), prev_hash, entry_hash, bytes(body)
                 after = int(rows[-1][0])
         finally:
             cursor.close()
 
-    def verify(self, conn: Connection, public_jwk: dict[str, Any]) -> VerifyResult:
+    def verify(self, db: Database, public_jwk: dict[str, Any]) -> VerifyResult:
         """Check the chain against the signed checkpoints, and every queryable column against its signed
-        body; the result names the first bad entry."""
-        result = verify_chain_bodies(self.rows(conn), self._checkpoints.read_all(), public_jwk)
-        edited = first_edited_column_row(conn)
+        body; the result names the first bad entry.
+
+        The two checks read on two connections at once: the database compares the columns (in C, without
+        holding the GIL) while this thread rehashes the chain, so a full verification costs about the chain
+        walk alone. Entries appended between the two snapshots are simply seen by one check and not the other.
+        """
+        checkpoints = self._checkpoints.read_all()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbx-audit-columns") as pool:
+            columns = pool.submit(db.read, first_edited_column_row)
+            result = db.read(lambda conn: verify_chain_bodies(self.rows(conn), checkpoints, public_jwk))
+            edited = columns.result()
         if edited is None or (result.first_bad_seq is not None and result.first_bad_seq <= edited):
             return result
         return VerifyResult(

@@ -37,7 +37,7 @@ class AuditService:
         """Verify the whole chain against the checkpoints; names the first bad entry."""
         if principal is not None:
             require_role(principal, "operator")
-        result = self.c.db.read(lambda conn: self.c.audit.verify(conn, self.c.broker_public_jwk))
+        result = self.c.audit.verify(self.c.db, self.c.broker_public_jwk)
         self.c.metrics.audit_health.record_verification(
             ok=result.ok, checked=result.checked, at_ms=self.c.clock.now_ms()
         )
