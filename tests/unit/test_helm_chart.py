@@ -318,7 +318,7 @@ def test_ingress_terminates_tls_for_its_host(chart: Any) -> None:
 
 def test_sme_job_pods_cannot_reach_private_addresses(chart: Any) -> None:
     objects = render(chart, {"kuberay": {"namespace": "sme-jobs"}})
-    policy = one(objects, "NetworkPolicy")
+    policy = one(objects, "NetworkPolicy", f"{FULLNAME}-sme-jobs")
     assert policy["metadata"]["namespace"] == "sme-jobs"
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     blocks = [p["ipBlock"] for rule in policy["spec"]["egress"] for p in rule.get("to", []) if "ipBlock" in p]
@@ -335,8 +335,39 @@ def test_sme_job_pods_cannot_reach_private_addresses(chart: Any) -> None:
                 "only DNS outside the namespace"
             )
     closed = render(chart, {"jobNetworkPolicy": {"allowInternet": False}})
-    egress = one(closed, "NetworkPolicy")["spec"]["egress"]
+    egress = one(closed, "NetworkPolicy", f"{FULLNAME}-sme-jobs")["spec"]["egress"]
     assert not [p for rule in egress for p in rule.get("to", []) if "ipBlock" in p]
+
+
+def test_only_the_brokers_training_harness_pods_may_reach_the_object_store(chart: Any) -> None:
+    """The harness policy selects the pods of training RayJobs (labelled by the broker) and no SME job's,
+    and opens egress to the object store's S3 port only; without peers it is not rendered at all."""
+    from broker.services.training import KIND as TRAINING
+
+    objects = render(chart, {"kuberay": {"namespace": "sme-jobs"}})
+    policy = one(objects, "NetworkPolicy", f"{FULLNAME}-training-harness")
+    assert policy["metadata"]["namespace"] == "sme-jobs"
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    assert policy["spec"]["egress"] == [
+        {
+            "to": [
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "minio"}}}
+            ],
+            "ports": [{"protocol": "TCP", "port": 9000}],
+        }
+    ]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+
+    def pod_labels(kind: str) -> list[dict[str, str]]:
+        launch = dataclasses.replace(_launch("01JOBTRN", Resources(500, 0, 512), ()), labels={"kind": kind})
+        spec = rayjob_manifest(launch, image="img", namespace="sme-jobs")["spec"]["rayClusterSpec"]
+        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+        return [group["template"]["metadata"]["labels"] for group in groups]
+
+    assert all(selector.items() <= labels.items() for labels in pod_labels(TRAINING))
+    assert not any(selector.items() <= labels.items() for labels in pod_labels("command"))
+    closed = render(chart, {"jobNetworkPolicy": {"trainingHarness": {"to": []}}})
+    assert [p["metadata"]["name"] for p in find(closed, "NetworkPolicy")] == [f"{FULLNAME}-sme-jobs"]
 
 
 def test_audit_checkpoints_persist_per_pod_on_a_kept_volume(chart: Any) -> None:
