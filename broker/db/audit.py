@@ -87,11 +87,12 @@ class AuditRepo:
         dataset_ids: list[str] | None = None,
         after_seq: int = 0,
         limit: int = 200,
+        newest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        """Entries after ``after_seq``: all, one organisation's, or those of some datasets."""
-        query = (
-            select(t.audit_entries).where(t.audit_entries.c.seq > after_seq).order_by(t.audit_entries.c.seq)
-        )
+        """Entries after ``after_seq``: all, one organisation's, or those of some datasets; oldest first, or
+        with ``newest_first`` the latest ``limit`` of them, newest first (one indexed read from the head)."""
+        seq = t.audit_entries.c.seq
+        query = select(t.audit_entries).where(seq > after_seq).order_by(seq.desc() if newest_first else seq)
         if org_id is not None:
             query = query.where(
                 (t.audit_entries.c.org_id == org_id) | (t.audit_entries.c.actor_org == org_id)

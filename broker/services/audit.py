@@ -23,6 +23,14 @@ class AuditService:
             lambda conn: self.c.audit.entries(conn, org_id=scope, after_seq=after_seq, limit=limit)
         )
 
+    def newest(self, principal: Principal, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest audit entries the caller may read, newest first (dashboards: no paging from seq 1)."""
+        limit = max(1, min(limit, 1000))
+        scope = None if principal.role == "operator" else principal.org_id
+        return self.c.db.read(
+            lambda conn: self.c.audit.entries(conn, org_id=scope, limit=limit, newest_first=True)
+        )
+
     def checkpoint(self, principal: Principal | None) -> dict[str, Any] | None:
         """Sign the current head into the checkpoint file (operators, and the background loop)."""
         if principal is not None:

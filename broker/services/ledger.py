@@ -9,7 +9,7 @@ from sqlalchemy import Connection
 
 from broker.container import Container
 from broker.db import orgs
-from broker.db.ledger import Hold
+from broker.db.ledger import Balance, Hold
 from broker.db.orgs import Principal
 from broker.services.access import own_or_operator, require_role
 from broker.services.idem import write_idempotent
@@ -36,6 +36,13 @@ def hold_dict(hold: Hold) -> dict[str, Any]:
     }
 
 
+def balance_dict(view: Balance) -> dict[str, Any]:
+    """An SME's balance as the API shows it (grants with their resources as lists)."""
+    out = asdict(view)
+    out["grants"] = [{**asdict(g), "resources": list(g.resources)} for g in view.grants]
+    return out
+
+
 class LedgerService:
     """Credit movements other than redemption; each one transaction, each idempotent by key."""
 
@@ -51,10 +58,7 @@ class LedgerService:
             org = orgs.get_org(conn, target)
             if org.role != "sme":
                 raise InvalidInput(f"{target} is a {org.role}; balances belong to SMEs")
-            view = self.c.ledger.balance(conn, org_id=target, now_ms=now)
-            out = asdict(view)
-            out["grants"] = [{**asdict(g), "resources": list(g.resources)} for g in view.grants]
-            return out
+            return balance_dict(self.c.ledger.balance(conn, org_id=target, now_ms=now))
 
         return self.c.db.read(tx)
 

@@ -50,12 +50,18 @@ def _operator(services: Services, op: Principal) -> dict[str, Any]:
     orgs = services.orgs.list(op)
     names = {o["id"]: o["name"] for o in orgs}
     use = services.reports.in_use(op)
-    tenants = []
-    for org in (o for o in orgs if o["role"] == "sme"):
-        quota = services.jobs.quota(op, org_id=org["id"])
-        balance = services.ledger.balance(op, org_id=org["id"])
-        used = use["per_org"].get(org["id"], {"milli_cpu": 0, "gpus": 0, "memory_mib": 0, "jobs": 0})
-        tenants.append({"org": org, "quota": quota, "balance": balance, "used": used})
+    by_id = {o["id"]: o for o in orgs}
+    idle = {"milli_cpu": 0, "gpus": 0, "memory_mib": 0, "jobs": 0}
+    tenants = [
+        {
+            "org": by_id[t["org_id"]],
+            "quota": t["quota"],
+            "balance": t["balance"],
+            "used": use["per_org"].get(t["org_id"], idle),
+        }
+        for t in services.jobs.tenants(op)
+        if t["org_id"] in by_id
+    ]
     jobs = services.jobs.list_jobs(op, limit=200)
     queue = [j for j in jobs if j["state"] == "queued"]
     running = [j for j in jobs if j["state"] in ACTIVE]
@@ -78,18 +84,8 @@ def _operator(services: Services, op: Principal) -> dict[str, Any]:
 
 
 def _recent_audit(services: Services, principal: Principal) -> list[dict[str, Any]]:
-    """The newest audit entries the caller may read, newest first (pages forward from the head)."""
-    newest: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = services.audit.entries(principal, after_seq=after, limit=1000)
-        if not page:
-            break
-        newest = (newest + page)[-AUDIT_ROWS:]
-        after = int(page[-1]["seq"])
-        if len(page) < 1000:
-            break
-    return list(reversed(newest))
+    """The newest audit entries the caller may read, newest first."""
+    return services.audit.newest(principal, limit=AUDIT_ROWS)
 
 
 def _budgets(services: Services, principal: Principal) -> list[dict[str, Any]]:

@@ -92,3 +92,18 @@ def test_the_background_loops_checkpoint_and_verify_off_the_loop_thread(world: W
     head = container.db.read(lambda conn: conn.execute(text("SELECT seq FROM audit_head")).scalar())
     assert values["sbx_audit_verified_entries"] == head > 0
     assert values["sbx_audit_last_checkpoint_timestamp_seconds"] == world.clock.now_ms() / 1000
+
+
+def test_newest_entries_are_the_tail_of_the_log_in_each_callers_scope(world: World) -> None:
+    """What dashboards show: the last entries, newest first, read from the head and scoped like paging."""
+    audit = world.services.audit
+    for amount in (100, 200, 300):
+        world.credit(amount)
+        world.credit(amount, sme=world.sme_b)
+    for who in (world.operator, world.sme, world.sme_b):
+        everything = audit.entries(who, limit=1000)
+        assert len(everything) >= 4
+        assert audit.newest(who, limit=3) == list(reversed(everything[-3:]))
+        assert audit.newest(who, limit=1000) == list(reversed(everything))
+    for who in (world.sme, world.sme_b):
+        assert all(who.org_id in (e["org_id"], e["actor_org"]) for e in audit.newest(who, limit=1000))

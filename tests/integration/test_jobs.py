@@ -10,6 +10,7 @@ import pytest
 from broker.compute import launch_name
 from broker.compute.fake import FakeBackend, FakeScript
 from broker.container import build_container
+from broker.errors import Forbidden
 from broker.services.jobs import JobRequest
 from broker.services.registry import Services, build_services
 from quotas.errors import InvalidInput
@@ -274,3 +275,17 @@ def test_the_queued_jobs_quota_is_enforced(world: World, fake: FakeBackend) -> N
     _submit(world)
     with pytest.raises(QuotaExceeded):
         _submit(world)
+
+
+def test_tenants_overview_matches_each_smes_quota_and_balance(world: World) -> None:
+    """The operator's one-transaction overview says what the per-SME calls say, for every SME."""
+    world.credit(5_000)
+    world.credit(700, sme=world.sme_b)
+    jobs, ledger = world.services.jobs, world.services.ledger
+    overview = jobs.tenants(world.operator)
+    assert sorted(t["org_id"] for t in overview) == sorted([world.sme.org_id, world.sme_b.org_id])
+    for tenant in overview:
+        assert tenant["quota"] == jobs.quota(world.operator, org_id=tenant["org_id"])
+        assert tenant["balance"] == ledger.balance(world.operator, org_id=tenant["org_id"])
+    with pytest.raises(Forbidden):
+        jobs.tenants(world.sme)
