@@ -24,6 +24,7 @@ holds, grants, jobs and the audit chain. Used by ``tests/e2e/test_bank.py`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -45,7 +46,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Connection, func, select
 
 from broker.container import build_container
+from broker.db import subsidy
 from broker.db import tables as t
+from broker.db.database import Database
 from broker.server import free_port
 from broker.services.registry import build_services
 from broker.settings import Settings
@@ -864,8 +867,37 @@ def _final_database_checks(run: Run, know: Knowledge, smes: list[str]) -> None:
             run.violation(f"audit chain does not verify: {verdict}")
         for problem in container.db.read(lambda conn: table_problems(conn, know, smes)):
             run.violation(problem)
+        for problem in roll_up_problems(container.db):
+            run.violation(problem)
     finally:
         container.close()
+
+
+def roll_up_problems(db: Database) -> list[str]:
+    """The subsidy roll-up settlements kept (each in its settlement's transaction, crashes or not) against the
+    one rebuilt from the ledger; the rebuild is rolled back, so the live roll-up is left as it was."""
+    table = t.subsidy_daily
+    query = select(table).order_by(*table.primary_key)
+
+    class _RollBack(Exception):
+        pass
+
+    rebuilt: list[tuple[Any, ...]] = []
+
+    def rebuild_and_read(conn: Connection) -> None:
+        subsidy.rebuild(conn)
+        rebuilt.extend(tuple(r) for r in conn.execute(query))
+        raise _RollBack
+
+    live = db.read(lambda conn: [tuple(r) for r in conn.execute(query)])
+    with contextlib.suppress(_RollBack):
+        db.write(rebuild_and_read)
+    if live == rebuilt:
+        return []
+    differ = sorted(set(live) ^ set(rebuilt))[:10]
+    return [
+        f"the subsidy roll-up differs from the ledger in {len(set(live) ^ set(rebuilt))} rows, e.g. {differ}"
+    ]
 
 
 def table_problems(conn: Connection, know: Knowledge, smes: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
+from broker.db import subsidy
 from broker.db import tables as t
 from broker.ids import new_id
 from quotas.errors import Conflict, InsufficientFunds, NotFound
@@ -407,6 +408,14 @@ class LedgerRepo:
             raise Conflict(f"hold {hold.id} was already closed", code="hold_closed")
         kind = {"SETTLED": "settle", "RELEASED": "release", "EXPIRED": "expire_hold"}[target.value]
         self.post(conn, kind=kind, legs=legs, org_id=hold.org_id, hold_id=hold.id, now_ms=now_ms)
+        if target is HoldState.SETTLED:
+            paid_by: dict[str, int] = {}
+            for (line, settled, _released), issuer in zip(split, hold.issuers, strict=True):
+                if line.voucher and issuer is not None:
+                    paid_by[issuer] = paid_by.get(issuer, 0) + settled
+            subsidy.add_settlement(
+                conn, org_id=hold.org_id, job_id=hold.job_id, cost=cost, paid_by=paid_by, now_ms=now_ms
+            )
         return Hold(
             hold.id,
             hold.org_id,

@@ -273,3 +273,20 @@ usage_records = Table(
     Column("end_ms", BigInteger, nullable=False, index=True),
     CheckConstraint("end_ms >= start_ms AND quantity >= 0", name="sane"),
 )
+
+# What the subsidy report sums, kept per programme, SME and UTC day by the settlement that causes it (same
+# transaction, see broker.db.subsidy): a report reads one row per SME and day instead of every entry and
+# usage record of the period.
+subsidy_daily = Table(
+    "subsidy_daily",
+    metadata,
+    Column("issuer_org", String(40), ForeignKey("organisations.id"), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organisations.id"), primary_key=True),
+    Column("day_ms", BigInteger, primary_key=True),  # UTC midnight of the settlement day
+    Column("jobs", BigInteger, nullable=False),  # settled holds this programme paid a part of
+    Column("voucher", BigInteger, nullable=False),  # this programme's share of their cost
+    Column("copay", BigInteger, nullable=False),  # the SME's co-payment of those holds
+    Column("cpu", BigInteger, nullable=False),  # usage of their jobs: milli-CPU·ms
+    Column("gpu", BigInteger, nullable=False),  # GPU·ms
+    Column("memory", BigInteger, nullable=False),  # MiB·ms
+)

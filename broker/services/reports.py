@@ -13,8 +13,11 @@ What a subsidy report counts, for one programme (issuer) and one period ``[start
   ``credit_left`` the balance of the SME's grants from this programme at the period's end (credit on hold
   for a running job is in neither).
 
-The aggregation runs in SQL (``GROUP BY``) and the per-SME sums go through :func:`quotas.report.build_report`.
-A long period is aggregated month by month, reporting progress after each month.
+Jobs, money and usage are read from the subsidy roll-up (:mod:`broker.db.subsidy`), which each settlement
+updates in its own transaction, so it always equals the sums over the ``settle`` entries and usage records
+(tests recompute it from the ledger); credit flows are ``GROUP BY`` queries over the programme's accounts.
+The per-SME sums go through :func:`quotas.report.build_report`. A long period is read month by month,
+reporting progress after each month.
 
 The JSON document carries an Ed25519 signature (the broker's key, published in ``/.well-known/jwks.json``)
 over the canonical bytes (:func:`broker.canonical.canonical_json`) of its ``report`` member.
@@ -33,7 +36,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, text
 
 from broker.canonical import canonical_json
 from broker.container import Container
@@ -109,36 +112,15 @@ def parse_period(label: str) -> Period:
 
 # -- SQL aggregation ----------------------------------------------------------------------------------
 
-# ``v``: per hold settled in [start, end), its voucher legs on every programme's ``spent`` account (``allv``) and
-# this programme's part (``mine``). The co-payment of a hold is its settled cost minus all voucher legs.
-_MONEY = text(
+# Settled jobs, money and usage come from the roll-up the settlements keep (broker.db.subsidy): one row per SME
+# and day, so a report costs the same for a thousand jobs as for a million.
+_SETTLED = text(
     """
-    WITH v AS (
-        SELECT hold_id, org_id, SUM(CASE WHEN account_id = :spent THEN amount ELSE 0 END) AS mine,
-               SUM(amount) AS allv, MIN(created_ms) AS ts
-        FROM entries
-        WHERE account_id IN :spent_ids AND kind = 'settle' AND created_ms >= :start AND created_ms < :end
-        GROUP BY hold_id, org_id
-    )
-    SELECT v.org_id AS org_id, (v.ts - :start) / 86400000 AS day, COUNT(*) AS jobs, SUM(v.mine) AS voucher,
-           SUM(h.settled - v.allv) AS copay
-    FROM v JOIN holds h ON h.id = v.hold_id
-    WHERE v.mine > 0
-    GROUP BY v.org_id, (v.ts - :start) / 86400000
-    """
-).bindparams(bindparam("spent_ids", expanding=True))
-_USAGE = text(
-    """
-    WITH v AS (
-        SELECT DISTINCT hold_id FROM entries
-        WHERE account_id = :spent AND kind = 'settle' AND amount > 0 AND created_ms >= :start AND created_ms < :end
-    )
-    SELECT u.org_id AS org_id, u.resource AS resource, SUM(u.quantity) AS quantity
-    FROM v JOIN holds h ON h.id = v.hold_id JOIN usage_records u ON u.job_id = h.job_id
-    GROUP BY u.org_id, u.resource
+    SELECT org_id, day_ms, jobs, voucher, copay, cpu, gpu, memory
+    FROM subsidy_daily
+    WHERE issuer_org = :issuer AND day_ms >= :start AND day_ms < :end
     """
 )
-_SPENT_ACCOUNTS = text("SELECT id FROM accounts WHERE kind = 'spent' AND grant_id IS NULL")
 _ACCOUNT_FLOW = text(
     """
     SELECT e.org_id AS org_id, SUM(e.amount) AS amount
@@ -161,7 +143,6 @@ _ISSUER_ACCOUNTS = text(
     "AND kind IN ('programme', 'spent', 'expired')"
 )
 _DAY_MS = 86_400_000
-_USAGE_FIELD = {"cpu": 0, "gpu": 1, "memory": 2}
 
 
 @dataclass
@@ -187,6 +168,7 @@ class SubsidySums:
 
 def _aggregate_month(
     conn: Connection,
+    issuer_org: str,
     acc: Mapping[str, int],
     window_ms: tuple[int, int],
     sums: dict[str, _Sums],
@@ -194,20 +176,17 @@ def _aggregate_month(
 ) -> None:
     """Add one month's settled jobs, usage, redemptions and expiries to ``sums`` (per SME) and ``daily``."""
     start, end = window_ms
-    window = {"spent": acc["spent"], "start": start, "end": end}
-    spent_ids = [int(x) for x in conn.execute(_SPENT_ACCOUNTS).scalars()]
-    for r in conn.execute(_MONEY, {**window, "spent_ids": spent_ids}):
+    for r in conn.execute(_SETTLED, {"issuer": issuer_org, "start": start, "end": end}):
         s = sums.setdefault(r.org_id, _Sums())
         s.jobs += int(r.jobs)
         s.voucher += int(r.voucher)
         s.copay += int(r.copay)
-        day = daily.setdefault(start + int(r.day) * _DAY_MS, [0, 0])
+        s.cpu += int(r.cpu)
+        s.gpu += int(r.gpu)
+        s.mem += int(r.memory)
+        day = daily.setdefault(int(r.day_ms), [0, 0])
         day[0] += int(r.voucher)
         day[1] += int(r.copay)
-    for r in conn.execute(_USAGE, window):
-        s = sums.setdefault(r.org_id, _Sums())
-        field = ("cpu", "gpu", "mem")[_USAGE_FIELD[r.resource]]
-        setattr(s, field, getattr(s, field) + int(r.quantity))
     for r in conn.execute(_ACCOUNT_FLOW, {"account": acc["programme"], "start": start, "end": end}):
         if r.org_id is not None:
             sums.setdefault(r.org_id, _Sums()).redeemed += -int(r.amount)
@@ -227,7 +206,7 @@ def subsidy_totals(
     sums: dict[str, _Sums] = {}
     daily: dict[int, list[int]] = {}
     for number, (start, end) in enumerate(period.months, start=1):
-        _aggregate_month(conn, acc, (start, end), sums, daily)
+        _aggregate_month(conn, issuer_org, acc, (start, end), sums, daily)
         if progress is not None:
             progress(number, len(period.months), _month_label(start))
     for r in conn.execute(_GRANTEES, {"issuer": issuer_org, "end": period.end_ms}):

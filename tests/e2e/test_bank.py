@@ -24,6 +24,7 @@ from tests.bank_workload import (
     BankConfig,
     Knowledge,
     check_report,
+    roll_up_problems,
     run_bank,
     seed_from_env,
     table_problems,
@@ -70,3 +71,10 @@ def test_end_state_checks_catch_a_wrong_acknowledgement_and_a_hold_closed_but_he
     )
     problems = read(lambda conn: table_problems(conn, know, smes))
     assert any(f"hold {hold['id']} is HELD with 1 closings" in p for p in problems), problems
+
+    db = services.container.db
+    assert roll_up_problems(db) == []
+    db.write(lambda conn: conn.execute(update(t.subsidy_daily).values(voucher=t.subsidy_daily.c.voucher + 1)))
+    problems = roll_up_problems(db)
+    assert len(problems) == 1 and "subsidy roll-up differs" in problems[0], problems
+    assert roll_up_problems(db) == problems  # the check's rebuild was rolled back

@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from broker.compute import launch_name
 from broker.compute.fake import FakeBackend, FakeScript
+from broker.db import subsidy
+from broker.db import tables as t
 from broker.errors import Forbidden
 from broker.services.jobs import JobRequest
 from broker.services.registry import Services
@@ -140,6 +142,22 @@ def test_subsidy_report_reconciles_with_the_ledger_to_the_unit(world: World, fak
     assert balances["expired"] == totals["credit_expired"]
     assert -balances["programme"] == totals["credit_redeemed"]
     assert world.services.ledger.invariants() == []
+    _assert_roll_up_equals_the_ledger(world)
+
+
+def _assert_roll_up_equals_the_ledger(world: World) -> None:
+    """The roll-up settlements kept, row for row, equals the one recomputed from entries, holds and usage."""
+    db = world.services.container.db
+
+    def rows(conn: Any) -> list[tuple[Any, ...]]:
+        return [
+            tuple(r) for r in conn.execute(select(t.subsidy_daily).order_by(*t.subsidy_daily.primary_key))
+        ]
+
+    live = db.read(rows)
+    assert live, "settlements kept no roll-up"
+    db.write(subsidy.rebuild)
+    assert db.read(rows) == live
 
 
 def _fraction(num: int, den: int) -> str:
@@ -244,3 +262,4 @@ def test_a_job_paid_by_two_programmes_splits_exactly(world: World, fake: FakeBac
     assert a["voucher_share"] + b["voucher_share"] == job["voucher_paid"] == job["cost"]
     assert a["voucher_share"] > 0 and b["voucher_share"] > 0 and a["copay"] == b["copay"] == 0
     assert a["credit_left"] == 50 - a["voucher_share"] and b["credit_left"] == 100_000 - b["voucher_share"]
+    _assert_roll_up_equals_the_ledger(world)

@@ -1,0 +1,113 @@
+"""The subsidy roll-up: per programme, SME and UTC day, what the subsidy report sums.
+
+A settlement adds its numbers to the roll-up in its own transaction (:func:`add_settlement`), so the roll-up
+always equals what the ledger and the usage records say — the same sums the report used to compute from
+every ``settle`` entry and usage record of the period, now paid once per settlement instead of once per
+report. :data:`REBUILD` recomputes the whole roll-up from the ledger (the migration that introduced it runs
+it; tests compare it with the live roll-up). The definitions, for one settled hold and one programme whose
+``spent`` account received a positive ``settle`` leg for it:
+
+* ``jobs`` += 1, ``voucher`` += that leg (this programme's share);
+* ``copay`` += the hold's settled cost minus every programme's legs (the SME's own part);
+* ``cpu``/``gpu``/``memory`` += the usage records of the hold's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from broker.db import tables as t
+
+DAY_MS = 86_400_000
+_RESOURCE_COLUMN = {"cpu": "cpu", "gpu": "gpu", "memory": "memory"}
+_JOB_USAGE = select(t.usage_records.c.resource, t.usage_records.c.quantity).where(
+    t.usage_records.c.job_id == bindparam("job_id")
+)
+
+
+def add_settlement(
+    conn: Connection,
+    *,
+    org_id: str,
+    job_id: str | None,
+    cost: int,
+    paid_by: Mapping[str, int],
+    now_ms: int,
+) -> None:
+    """Add one settled hold to the roll-up: ``paid_by`` maps each programme to its voucher share of ``cost``.
+
+    Call it in the settlement's transaction, after the job's usage records are stored.
+    """
+    paying = {issuer: amount for issuer, amount in paid_by.items() if amount > 0}
+    if not paying:
+        return
+    usage = {"cpu": 0, "gpu": 0, "memory": 0}
+    if job_id is not None:
+        for record in conn.execute(_JOB_USAGE, {"job_id": job_id}):
+            usage[_RESOURCE_COLUMN[record.resource]] += int(record.quantity)
+    copay = cost - sum(paid_by.values())
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    table = t.subsidy_daily
+    for issuer, amount in sorted(paying.items()):  # a fixed order: concurrent settlements lock rows alike
+        row = {
+            "issuer_org": issuer,
+            "org_id": org_id,
+            "day_ms": now_ms - now_ms % DAY_MS,
+            "jobs": 1,
+            "voucher": amount,
+            "copay": copay,
+            **usage,
+        }
+        stmt = dialect.insert(table).values(row)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[table.c.issuer_org, table.c.org_id, table.c.day_ms],
+                set_={
+                    name: table.c[name] + stmt.excluded[name]
+                    for name in ("jobs", "voucher", "copay", "cpu", "gpu", "memory")
+                },
+            )
+        )
+
+
+# The roll-up recomputed from the ledger: settle legs on programmes' ``spent`` accounts, per hold.
+REBUILD = text(
+    """
+    INSERT INTO subsidy_daily (issuer_org, org_id, day_ms, jobs, voucher, copay, cpu, gpu, memory)
+    WITH legs AS (
+        SELECT e.hold_id AS hold_id, e.org_id AS org_id, a.org_id AS issuer_org, e.amount AS amount,
+               e.created_ms AS created_ms
+        FROM entries e JOIN accounts a ON a.id = e.account_id
+        WHERE a.kind = 'spent' AND a.grant_id IS NULL AND e.kind = 'settle'
+    ),
+    per_hold AS (SELECT hold_id, SUM(amount) AS paid FROM legs GROUP BY hold_id),
+    mine AS (
+        SELECT hold_id, org_id, issuer_org, SUM(amount) AS amount, MIN(created_ms) AS ts
+        FROM legs GROUP BY hold_id, org_id, issuer_org
+    ),
+    job_usage AS (
+        SELECT job_id,
+               SUM(CASE WHEN resource = 'cpu' THEN quantity ELSE 0 END) AS cpu,
+               SUM(CASE WHEN resource = 'gpu' THEN quantity ELSE 0 END) AS gpu,
+               SUM(CASE WHEN resource = 'memory' THEN quantity ELSE 0 END) AS memory
+        FROM usage_records GROUP BY job_id
+    )
+    SELECT m.issuer_org, m.org_id, m.ts - m.ts % 86400000, COUNT(*), SUM(m.amount), SUM(h.settled - p.paid),
+           COALESCE(SUM(u.cpu), 0), COALESCE(SUM(u.gpu), 0), COALESCE(SUM(u.memory), 0)
+    FROM mine m
+    JOIN per_hold p ON p.hold_id = m.hold_id
+    JOIN holds h ON h.id = m.hold_id
+    LEFT JOIN job_usage u ON u.job_id = h.job_id
+    WHERE m.amount > 0
+    GROUP BY m.issuer_org, m.org_id, m.ts - m.ts % 86400000
+    """
+)
+
+
+def rebuild(conn: Connection) -> None:
+    """Replace the roll-up with one recomputed from the ledger (in the caller's transaction)."""
+    conn.execute(t.subsidy_daily.delete())
+    conn.execute(REBUILD)
