@@ -4,17 +4,22 @@ Real ``sbx serve`` processes with fake compute; concurrent clients redeem, hold,
 twice, redeem twice and submit jobs with idempotency keys and retries while a seeded chaos loop SIGKILLs a
 broker at random moments and restarts it; a reader checks conservation at every read; the end state is
 checked from a container over the same database (see :mod:`tests.bank_workload`). On SQLite with one
-broker here; on PostgreSQL with two replicas of which either may be killed in
-:mod:`tests.e2e.test_bank_replicas_pg`. ``SBX_BANK_SEED`` replays a
+broker, and on PostgreSQL with two replicas of which either may be killed. Both runs live in this one file
+so that ``pytest -n 2 --dist loadfile`` runs them one after the other on one worker (side by side they
+would share the two cores and each take far longer), and the suite starts them first (``slow`` tests lead,
+see ``tests/conftest.py``). ``SBX_BANK_SEED`` replays a
 seed (the schedule of operations and kills; thread timing is not reproducible).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import create_engine, text, update
 
 from broker.db import tables as t
 from quotas.ledger import HoldState
@@ -31,13 +36,57 @@ from tests.bank_workload import (
 )
 from tests.conftest import World
 
+PG_URL = os.environ.get("SBX_TEST_DATABASE_URL")
+
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(540)
 def test_bank_on_sqlite_with_one_broker_killed_at_random(tmp_path: Path) -> None:
     report = run_bank(
         BankConfig(
             seed=seed_from_env(), work_dir=tmp_path, min_ops=MIN_OPS, min_kills=MIN_KILLS, progress=print
+        )
+    )
+    check_report(report)
+
+
+def _psycopg(url: str) -> str:
+    prefix = "postgresql://"
+    return "postgresql+psycopg://" + url.removeprefix(prefix) if url.startswith(prefix) else url
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (``sbx init`` migrates it), dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("the two-replica bank test needs PostgreSQL: set SBX_TEST_DATABASE_URL (CI sets it)")
+    name = f"sbx_bank_{secrets.token_hex(5)}"
+    admin = create_engine(_psycopg(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(540)
+def test_bank_on_postgresql_with_two_replicas_either_killed_at_random(
+    tmp_path: Path, pg_database: str
+) -> None:
+    report = run_bank(
+        BankConfig(
+            seed=seed_from_env(),
+            work_dir=tmp_path,
+            database_url=pg_database,
+            replicas=2,
+            min_ops=MIN_OPS,
+            min_kills=MIN_KILLS,
+            progress=print,
         )
     )
     check_report(report)
