@@ -88,6 +88,7 @@ def build_compute(settings: Settings, clock: Clock) -> ComputeBackend:
             if settings.kube_capacity_milli_cpu or settings.kube_capacity_gpus
             else None  # kuberay then refuses to start with a message naming SBX_KUBE_CAPACITY_*
         ),
+        kube_secret_env=settings.kube_secret_env,
         local_num_cpus=settings.ray_num_cpus,
         clock=clock,
     )

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     )
     kube_capacity_gpus: int = 0
     kube_capacity_memory_mib: int = 0
+    kube_secret_env: str = Field(
+        default="",
+        description=(
+            "KubeRay: where the training harness's credentials come from, NAME=secret:key,... (Secrets in the "
+            "jobs' namespace); a RayJob then refers to them instead of carrying them."
+        ),
+    )
     storage: StorageKind = "local"
     s3_endpoint: str | None = None
     s3_access_key: str | None = None

@@ -77,7 +77,9 @@ class JobLaunch:
     ``requirements`` are pip requirement strings installed into the job's environment; ``resources`` are
     reserved for the entrypoint; ``max_runtime_s`` is the broker's limit (KubeRay also enforces it as
     ``activeDeadlineSeconds``; the broker stops the job itself on the other backends). ``env`` is passed to
-    the job and must never carry broker secrets; ``labels`` are recorded as metadata.
+    the job and must never carry broker secrets; ``secret_env`` carries the credentials of the broker's own
+    harness (never an SME job's), which a backend must not write into an object others can read (KubeRay
+    refers to a Kubernetes Secret instead); ``labels`` are recorded as metadata.
     """
 
     name: str
@@ -90,6 +92,7 @@ class JobLaunch:
     max_runtime_s: int
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.name != launch_name(self.job_id):

@@ -10,7 +10,7 @@ from quotas.resources import Resources
 
 from .base import ComputeBackend
 from .fake import FakeBackend
-from .kuberay import KubeRayBackend, WorkingDirUploader
+from .kuberay import KubeRayBackend, WorkingDirUploader, parse_secret_env
 from .ray_jobs import RayJobsBackend
 from .ray_local import LocalRayBackend
 
@@ -27,6 +27,7 @@ def build_backend(
     kube_image: str | None = None,
     kube_capacity: Resources | None = None,
     kube_upload_working_dir: WorkingDirUploader | None = None,
+    kube_secret_env: str = "",
     local_num_cpus: int | None = None,
     clock: Clock | None = None,
 ) -> ComputeBackend:
@@ -55,6 +56,7 @@ def build_backend(
             core_api=core,
             upload_working_dir=kube_upload_working_dir,
             clock=clock,
+            secret_refs=parse_secret_env(kube_secret_env),
         )
     if kind == "fake":
         return FakeBackend(clock or SystemClock())

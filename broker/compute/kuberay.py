@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,35 @@ def _quantities(resources: Resources) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A key of a Kubernetes Secret in the jobs' namespace (where a harness credential comes from)."""
+
+    secret: str
+    key: str
+
+
+def parse_secret_env(text: str) -> dict[str, SecretRef]:
+    """Parse ``NAME=secret:key,NAME2=secret:key`` (``SBX_KUBE_SECRET_ENV``) into references."""
+    refs: dict[str, SecretRef] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, target = item.partition("=")
+        secret, _, key = target.partition(":")
+        if not (name.strip() and secret.strip() and key.strip()):
+            raise InvalidInput(f"SBX_KUBE_SECRET_ENV entry {item!r} is not NAME=secret:key")
+        refs[name.strip()] = SecretRef(secret.strip(), key.strip())
+    return refs
+
+
 def _pod_template(
-    role: str, image: str, resources: Resources, env: Mapping[str, str], labels: Mapping[str, str]
+    role: str,
+    image: str,
+    resources: Resources,
+    env: Mapping[str, str],
+    secret_refs: Mapping[str, SecretRef],
+    labels: Mapping[str, str],
 ) -> dict[str, Any]:
     quantities = _quantities(resources)
     container: dict[str, Any] = {
@@ -92,8 +120,13 @@ def _pod_template(
         "resources": {"requests": dict(quantities), "limits": dict(quantities)},
         "securityContext": {"allowPrivilegeEscalation": False},
     }
-    if env:
-        container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    entries: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    entries += [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+        for k, ref in sorted(secret_refs.items())
+    ]
+    if entries:
+        container["env"] = entries
     return {"metadata": {"labels": dict(labels)}, "spec": {"containers": [container]}}
 
 
@@ -106,15 +139,26 @@ def rayjob_manifest(
     ttl_seconds_after_finished: int = 3600,
     worker_replicas: int = 0,
     ray_version: str | None = None,
+    secret_refs: Mapping[str, SecretRef] | None = None,
 ) -> dict[str, Any]:
     """Return the ``RayJob`` object for ``launch`` (pure; validated against KubeRay's CRD in tests).
 
     ``working_dir_uri`` replaces ``launch.working_dir`` in the runtime env (a submitter pod cannot read the
-    broker's disk); a launch with a working dir but no URI is refused.
+    broker's disk); a launch with a working dir but no URI is refused. Each ``launch.secret_env`` variable
+    becomes a ``secretKeyRef`` to the Secret key ``secret_refs`` names for it, never its value; a secret
+    variable without a reference is refused.
     """
     if launch.working_dir is not None and working_dir_uri is None:
         raise InvalidInput(f"job {launch.job_id}: KubeRay needs the working dir uploaded to a URI first")
-    runtime_env = build_runtime_env(launch)
+    refs = secret_refs or {}
+    missing = sorted(set(launch.secret_env) - set(refs))
+    if missing:
+        raise InvalidInput(
+            f"job {launch.job_id} needs the credentials {', '.join(missing)}, and KubeRay jobs get credentials "
+            "only as Secret references: set SBX_KUBE_SECRET_ENV (NAME=secret:key,...) for them"
+        )
+    env_refs = {name: refs[name] for name in launch.secret_env}
+    runtime_env = build_runtime_env(launch, with_secrets=False)
     if working_dir_uri is not None:
         runtime_env["working_dir"] = working_dir_uri
     labels = {
@@ -133,7 +177,7 @@ def rayjob_manifest(
         "authOptions": {"mode": "token"},
         "headGroupSpec": {
             "rayStartParams": {},
-            "template": _pod_template("head", image, launch.resources, launch.env, pod_labels),
+            "template": _pod_template("head", image, launch.resources, launch.env, env_refs, pod_labels),
         },
         "workerGroupSpecs": [
             {
@@ -142,7 +186,9 @@ def rayjob_manifest(
                 "minReplicas": 0,
                 "maxReplicas": worker_replicas,
                 "rayStartParams": {},
-                "template": _pod_template("worker", image, launch.resources, launch.env, pod_labels),
+                "template": _pod_template(
+                    "worker", image, launch.resources, launch.env, env_refs, pod_labels
+                ),
             }
         ],
     }
@@ -242,6 +288,7 @@ class KubeRayBackend:
         worker_replicas: int = 0,
         ray_version: str | None = None,
         clock: Clock | None = None,
+        secret_refs: Mapping[str, SecretRef] | None = None,
     ) -> None:
         """Use ``api`` (a ``kubernetes.client.CustomObjectsApi``) in ``namespace``; pods run ``image``."""
         self._api = api
@@ -254,6 +301,7 @@ class KubeRayBackend:
         self._workers = worker_replicas
         self._ray_version = ray_version
         self._clock = clock or SystemClock()
+        self._secret_refs = dict(secret_refs or {})
 
     def manifest(self, launch: JobLaunch) -> dict[str, Any]:
         """Return the RayJob this backend creates for ``launch`` (uploads the working dir if any)."""
@@ -268,6 +316,7 @@ class KubeRayBackend:
             ttl_seconds_after_finished=self._ttl,
             worker_replicas=self._workers,
             ray_version=self._ray_version,
+            secret_refs=self._secret_refs,
         )
 
     # --- ComputeBackend ----------------------------------------------------------------------------

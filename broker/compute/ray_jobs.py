@@ -55,12 +55,16 @@ _RAY_STATES = {
 _FORBIDDEN_ENV = re.compile(r"^(RAY_AUTH|RAY_ADDRESS$|RAY_JOB_ID$)", re.IGNORECASE)
 
 
-def build_runtime_env(launch: JobLaunch, interpreter_dir: Path | None = None) -> dict[str, Any]:
+def build_runtime_env(
+    launch: JobLaunch, interpreter_dir: Path | None = None, *, with_secrets: bool = True
+) -> dict[str, Any]:
     """Return the Ray ``runtime_env`` of ``launch``: working dir upload, pip requirements, job env.
 
-    Pure: no I/O. Refuses env variables that would carry or override cluster credentials.
+    Pure: no I/O. Refuses env variables that would carry or override cluster credentials. ``secret_env`` joins
+    the env unless ``with_secrets`` is false (a Ray cluster shows a job's runtime env only to holders of the
+    broker's token; KubeRay would write it into the RayJob object, so it passes Secret references instead).
     """
-    env = dict(launch.env)
+    env = {**launch.env, **launch.secret_env} if with_secrets else dict(launch.env)
     bad = sorted(k for k in env if _FORBIDDEN_ENV.match(k))
     if bad:
         raise InvalidInput(f"job env must not set {', '.join(bad)}: the broker manages cluster access")

@@ -86,6 +86,8 @@ class JobService:
         # Per job kind: the environment its launches get, and what to do once it is settled.
         self.wakeup: Callable[[], None] | None = None  # set by the background loops: admit without waiting
         self.launch_env: dict[str, Callable[[Job], dict[str, str]]] = {}
+        # Credentials the broker's own harness needs, per job kind (passed as JobLaunch.secret_env).
+        self.launch_secret_env: dict[str, Callable[[Job], dict[str, str]]] = {}
         self.on_settled: dict[str, Callable[[Job], None]] = {}
 
     # -- operators: rate card and quotas -----------------------------------------------------------
@@ -541,6 +543,7 @@ class JobService:
             max_runtime_s=job.max_runtime_s,
             env=self.launch_env[job.kind](job) if job.kind in self.launch_env else {},
             labels={"kind": job.kind},
+            secret_env=self.launch_secret_env[job.kind](job) if job.kind in self.launch_secret_env else {},
         )
 
     def _fail_submit(self, job: Job, reason: str) -> None:

@@ -49,6 +49,7 @@ class TrainingService:
         self.jobs = jobs
         self.datasets = datasets
         jobs.launch_env[KIND] = self._env
+        jobs.launch_secret_env[KIND] = self._secret_env
         jobs.on_settled[KIND] = self._record
         datasets.on_revoked.append(self._cancel_queued)
 
@@ -290,13 +291,19 @@ class TrainingService:
             env.update(
                 {
                     "SBX_S3_ENDPOINT": s.s3_endpoint or "",
-                    "SBX_S3_ACCESS_KEY": s.s3_access_key or "",
-                    "SBX_S3_SECRET_KEY": s.s3_secret_key or "",
                     "SBX_S3_BUCKET": s.s3_bucket,
                     "SBX_S3_SECURE": str(s.s3_secure).lower(),
                 }
             )
         return env
+
+    def _secret_env(self, job: Job) -> dict[str, str]:
+        """The harness job's storage credentials (a backend passes them without exposing them: on KubeRay
+        as references to the Secret keys ``SBX_KUBE_SECRET_ENV`` names)."""
+        s = self.c.settings
+        if s.storage != "s3":
+            return {}
+        return {"SBX_S3_ACCESS_KEY": s.s3_access_key or "", "SBX_S3_SECRET_KEY": s.s3_secret_key or ""}
 
     def _record(self, job: Job) -> None:
         """After settlement: close the privacy charge and audit the run's outcome against its dataset."""

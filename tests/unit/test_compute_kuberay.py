@@ -12,7 +12,13 @@ import yaml
 
 from broker.compute import BackendState, JobLaunch, launch_name, rayjob_manifest
 from broker.compute.kube_fake import Validator, crd_validator
-from broker.compute.kuberay import STOPPED_AT, label_value, map_rayjob_status, parse_k8s_time
+from broker.compute.kuberay import (
+    STOPPED_AT,
+    label_value,
+    map_rayjob_status,
+    parse_k8s_time,
+    parse_secret_env,
+)
 from quotas.errors import InvalidInput
 from quotas.resources import Resources
 
@@ -116,6 +122,38 @@ def test_no_token_or_secret_reaches_the_manifest() -> None:
     assert "secretKeyRef" not in text
 
 
+HARNESS_SECRETS = {"SBX_S3_ACCESS_KEY": "AKIA-harness-7f3e", "SBX_S3_SECRET_KEY": "s3cr3t-9c1d-harness"}
+HARNESS_REFS = parse_secret_env("SBX_S3_ACCESS_KEY=sbx-s3:accessKey, SBX_S3_SECRET_KEY=sbx-s3:secretKey")
+
+
+def test_harness_credentials_are_secret_references_never_values() -> None:
+    """The training harness's S3 credentials reach its pods as secretKeyRefs: the RayJob object (readable by
+    whoever can read RayJobs) holds neither value, not in the pod env nor in the runtime env."""
+    launch = _launch(secret_env=HARNESS_SECRETS, labels={"kind": "training"})
+    manifest = _manifest(launch, secret_refs=HARNESS_REFS)
+    text = yaml.safe_dump(manifest)
+    assert not any(value in text for value in HARNESS_SECRETS.values())
+    head = manifest["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["env"] == [
+        {"name": "SEED", "value": "7"},
+        {"name": "SBX_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "sbx-s3", "key": "accessKey"}}},
+        {"name": "SBX_S3_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": "sbx-s3", "key": "secretKey"}}},
+    ]
+    assert "SBX_S3" not in manifest["spec"]["runtimeEnvYAML"]
+    assert "SBX_S3_SECRET_KEY" not in repr(launch)
+
+
+def test_harness_credentials_without_a_secret_reference_are_refused() -> None:
+    launch = _launch(secret_env=HARNESS_SECRETS)
+    with pytest.raises(InvalidInput, match="SBX_KUBE_SECRET_ENV"):
+        _manifest(launch)
+    with pytest.raises(InvalidInput, match="SBX_S3_SECRET_KEY"):
+        _manifest(launch, secret_refs={"SBX_S3_ACCESS_KEY": HARNESS_REFS["SBX_S3_ACCESS_KEY"]})
+    for bad in ("SBX_S3_ACCESS_KEY", "X=secret", "X=:key", "=s:k"):
+        with pytest.raises(InvalidInput, match="NAME=secret:key"):
+            parse_secret_env(bad)
+
+
 @pytest.mark.parametrize(
     "launch",
     [
@@ -123,12 +161,17 @@ def test_no_token_or_secret_reaches_the_manifest() -> None:
         _launch(resources=Resources(milli_cpu=100), requirements=(), env={}, labels={}),
         _launch(resources=Resources(), requirements=(), env={}),
         _launch(working_dir=Path("/w")),
+        _launch(secret_env=HARNESS_SECRETS, labels={"kind": "training"}),
     ],
-    ids=["full", "small", "no-resources", "working-dir"],
+    ids=["full", "small", "no-resources", "working-dir", "harness-secrets"],
 )
 def test_manifests_validate_against_kuberays_crd(validate: Validator, launch: JobLaunch) -> None:
     uri = "https://example.org/job.zip" if launch.working_dir else None
-    validate(_manifest(launch, working_dir_uri=uri, ray_version="2.60.0", worker_replicas=1))
+    validate(
+        _manifest(
+            launch, working_dir_uri=uri, ray_version="2.60.0", worker_replicas=1, secret_refs=HARNESS_REFS
+        )
+    )
 
 
 @pytest.mark.parametrize(

@@ -370,6 +370,27 @@ def test_only_the_brokers_training_harness_pods_may_reach_the_object_store(chart
     assert [p["metadata"]["name"] for p in find(closed, "NetworkPolicy")] == [f"{FULLNAME}-sme-jobs"]
 
 
+@pytest.mark.parametrize(
+    ("values", "secret"),
+    [
+        ({}, "sandbox-broker-s3"),
+        (EXTERNAL_PG, f"{FULLNAME}-s3"),
+        ({"kuberay": {"namespace": "sme-jobs", "harnessS3Secret": "harness-s3"}}, "harness-s3"),
+    ],
+    ids=["existing-secret", "chart-secret", "jobs-namespace-copy"],
+)
+def test_the_harness_gets_its_s3_credentials_as_secret_references(
+    chart: Any, values: dict[str, Any], secret: str
+) -> None:
+    from broker.compute.kuberay import SecretRef, parse_secret_env
+
+    config = one(render(chart, values), "ConfigMap", FULLNAME)["data"]
+    assert parse_secret_env(config["SBX_KUBE_SECRET_ENV"]) == {
+        "SBX_S3_ACCESS_KEY": SecretRef(secret, "accessKey"),
+        "SBX_S3_SECRET_KEY": SecretRef(secret, "secretKey"),
+    }
+
+
 def test_audit_checkpoints_persist_per_pod_on_a_kept_volume(chart: Any) -> None:
     objects = render(chart, VALUE_SETS["ray-cluster-and-persistence"])
     claim = one(objects, "PersistentVolumeClaim")
