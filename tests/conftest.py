@@ -6,6 +6,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+def psycopg_url(url: str) -> str:
+    """``url`` with the psycopg (v3) driver named, as SQLAlchemy needs it (other URLs unchanged)."""
+    prefix = "postgresql://"
+    return "postgresql+psycopg://" + url.removeprefix(prefix) if url.startswith(prefix) else url
+
+
 def _pg_admin_url() -> str:
     assert PG_URL is not None
-    url = PG_URL
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
+    return psycopg_url(PG_URL)
+
+
+@contextmanager
+def _scratch_pg_database(prefix: str, template: str | None = None) -> Iterator[str]:
+    """Create a PostgreSQL database (empty, or a copy of ``template``), yield its URL, drop it afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    try:
+        yield f"{_pg_admin_url().rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def empty_pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (``sbx init`` / ``sbx serve`` migrate it), dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("this test needs PostgreSQL: set SBX_TEST_DATABASE_URL (CI sets it)")
+    with _scratch_pg_database("sbx_empty") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -72,17 +100,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, pg_template: st
         return
     if not PG_URL or pg_template is None:
         pytest.skip("PostgreSQL tests need SBX_TEST_DATABASE_URL (CI sets it)")
-    name = f"sbx_test_{secrets.token_hex(6)}"
-    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
-    base = _pg_admin_url().rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with _scratch_pg_database("sbx_test", pg_template) as url:
+        yield url
 
 
 @pytest.fixture

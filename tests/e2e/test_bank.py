@@ -13,13 +13,10 @@ seed (the schedule of operations and kills; thread timing is not reproducible).
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import update
 
 from broker.db import tables as t
 from quotas.ledger import HoldState
@@ -36,8 +33,6 @@ from tests.bank_workload import (
 )
 from tests.conftest import World
 
-PG_URL = os.environ.get("SBX_TEST_DATABASE_URL")
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(540)
@@ -50,39 +45,17 @@ def test_bank_on_sqlite_with_one_broker_killed_at_random(tmp_path: Path) -> None
     check_report(report)
 
 
-def _psycopg(url: str) -> str:
-    prefix = "postgresql://"
-    return "postgresql+psycopg://" + url.removeprefix(prefix) if url.startswith(prefix) else url
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database (``sbx init`` migrates it), dropped afterwards."""
-    if not PG_URL:
-        pytest.skip("the two-replica bank test needs PostgreSQL: set SBX_TEST_DATABASE_URL (CI sets it)")
-    name = f"sbx_bank_{secrets.token_hex(5)}"
-    admin = create_engine(_psycopg(PG_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.timeout(540)
 def test_bank_on_postgresql_with_two_replicas_either_killed_at_random(
-    tmp_path: Path, pg_database: str
+    tmp_path: Path, empty_pg_database: str
 ) -> None:
     report = run_bank(
         BankConfig(
             seed=seed_from_env(),
             work_dir=tmp_path,
-            database_url=pg_database,
+            database_url=empty_pg_database,
             replicas=2,
             min_ops=MIN_OPS,
             min_kills=MIN_KILLS,

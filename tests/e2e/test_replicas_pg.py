@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -40,39 +39,20 @@ from broker.container import build_container
 from broker.server import free_port
 from broker.services.registry import build_services
 from broker.settings import Settings
+from tests.conftest import psycopg_url
 from tests.helpers import DAY_S, bootstrap_world
 from vouchers import generate_private_pem
 
 pytestmark = pytest.mark.postgres
-PG_URL = os.environ.get("SBX_TEST_DATABASE_URL")
 REPO = Path(__file__).resolve().parents[2]
 VOUCHERS, HOLDS, JOBS, LATE_JOBS, EXPIRING = 12, 12, 10, 3, 6
 TERMINAL = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
 
 
-def _psycopg(url: str) -> str:
-    return (
-        "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        if url.startswith("postgresql://")
-        else url
-    )
-
-
 @pytest.fixture
-def database_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database (``sbx init`` migrates it), dropped afterwards."""
-    if not PG_URL:
-        pytest.skip("the two-replica test needs PostgreSQL: set SBX_TEST_DATABASE_URL (CI sets it)")
-    name = f"sbx_replicas_{secrets.token_hex(5)}"
-    admin = create_engine(_psycopg(PG_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def database_url(empty_pg_database: str) -> str:
+    """A fresh, empty PostgreSQL database: the replicas' ``sbx init`` migrates it."""
+    return empty_pg_database
 
 
 @dataclass
@@ -443,7 +423,7 @@ def _check_database(
         assert build_services(container).ledger.invariants() == []
     finally:
         container.close()
-    engine = create_engine(_psycopg(url))
+    engine = create_engine(psycopg_url(url))
     try:
         with engine.connect() as conn:
             jtis = [v["jti"] for v in vouchers]
