@@ -35,7 +35,7 @@ from tests.conftest import World
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(540)
+@pytest.mark.timeout(600)
 def test_bank_on_sqlite_with_one_broker_killed_at_random(tmp_path: Path) -> None:
     report = run_bank(
         BankConfig(
@@ -47,7 +47,7 @@ def test_bank_on_sqlite_with_one_broker_killed_at_random(tmp_path: Path) -> None
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.timeout(540)
+@pytest.mark.timeout(600)
 def test_bank_on_postgresql_with_two_replicas_either_killed_at_random(
     tmp_path: Path, empty_pg_database: str
 ) -> None:
