@@ -23,7 +23,6 @@ holds, grants, jobs and the audit chain. Used by ``tests/e2e/test_bank.py`` (bou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -875,29 +874,11 @@ def _final_database_checks(run: Run, know: Knowledge, smes: list[str]) -> None:
 
 def roll_up_problems(db: Database) -> list[str]:
     """The subsidy roll-up settlements kept (each in its settlement's transaction, crashes or not) against the
-    one rebuilt from the ledger; the rebuild is rolled back, so the live roll-up is left as it was."""
-    table = t.subsidy_daily
-    query = select(table).order_by(*table.primary_key)
-
-    class _RollBack(Exception):
-        pass
-
-    rebuilt: list[tuple[Any, ...]] = []
-
-    def rebuild_and_read(conn: Connection) -> None:
-        subsidy.rebuild(conn)
-        rebuilt.extend(tuple(r) for r in conn.execute(query))
-        raise _RollBack
-
-    live = db.read(lambda conn: [tuple(r) for r in conn.execute(query)])
-    with contextlib.suppress(_RollBack):
-        db.write(rebuild_and_read)
-    if live == rebuilt:
+    one rebuilt from the ledger (rolled back: the kept roll-up is left as it was)."""
+    differ = db.write(subsidy.drift)
+    if not differ:
         return []
-    differ = sorted(set(live) ^ set(rebuilt))[:10]
-    return [
-        f"the subsidy roll-up differs from the ledger in {len(set(live) ^ set(rebuilt))} rows, e.g. {differ}"
-    ]
+    return [f"the subsidy roll-up differs from the ledger in {len(differ)} rows, e.g. {differ[:10]}"]
 
 
 def table_problems(conn: Connection, know: Knowledge, smes: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ it; tests compare it with the live roll-up). The definitions, for one settled ho
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,7 +23,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from broker.db import tables as t
 
 DAY_MS = 86_400_000
-_RESOURCE_COLUMN = {"cpu": "cpu", "gpu": "gpu", "memory": "memory"}
 _JOB_USAGE = select(t.usage_records.c.resource, t.usage_records.c.quantity).where(
     t.usage_records.c.job_id == bindparam("job_id")
 )
@@ -47,7 +47,7 @@ def add_settlement(
     usage = {"cpu": 0, "gpu": 0, "memory": 0}
     if job_id is not None:
         for record in conn.execute(_JOB_USAGE, {"job_id": job_id}):
-            usage[_RESOURCE_COLUMN[record.resource]] += int(record.quantity)
+            usage[record.resource] += int(record.quantity)  # keys are the resource names
     copay = cost - sum(paid_by.values())
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     table = t.subsidy_daily
@@ -111,3 +111,20 @@ def rebuild(conn: Connection) -> None:
     """Replace the roll-up with one recomputed from the ledger (in the caller's transaction)."""
     conn.execute(t.subsidy_daily.delete())
     conn.execute(REBUILD)
+
+
+def drift(conn: Connection) -> list[tuple[Any, ...]]:
+    """The rows in which the kept roll-up and one rebuilt from the ledger differ (empty: they agree).
+
+    The rebuild runs in a savepoint that is rolled back, so the kept roll-up is left as it was; run it in a
+    write transaction (SQLite takes the write lock for the savepoint's changes).
+    """
+    query = select(t.subsidy_daily).order_by(*t.subsidy_daily.primary_key)
+    kept = {tuple(r) for r in conn.execute(query)}
+    savepoint = conn.begin_nested()
+    try:
+        rebuild(conn)
+        rebuilt = {tuple(r) for r in conn.execute(query)}
+    finally:
+        savepoint.rollback()
+    return sorted(kept ^ rebuilt)

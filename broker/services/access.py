@@ -25,6 +25,11 @@ def own_or_operator(principal: Principal, org_id: str | None) -> str:
     raise NotFound(f"no organisation {org_id}")
 
 
+def read_scope(principal: Principal) -> str | None:
+    """The organisation a listing is limited to: the caller's own, or none for operators (they see all)."""
+    return None if principal.role == "operator" else principal.org_id
+
+
 def visible(principal: Principal, *owners: str | None) -> bool:
     """True when the caller may see an object owned by any of ``owners`` (operators see everything)."""
     return principal.role == "operator" or principal.org_id in owners

@@ -6,7 +6,7 @@ from typing import Any
 
 from broker.container import Container
 from broker.db.orgs import Principal
-from broker.services.access import require_role
+from broker.services.access import read_scope, require_role
 
 
 class AuditService:
@@ -18,7 +18,7 @@ class AuditService:
     def entries(self, principal: Principal, *, after_seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         """Audit entries the caller may read, oldest first."""
         limit = max(1, min(limit, 1000))
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         return self.c.db.read(
             lambda conn: self.c.audit.entries(conn, org_id=scope, after_seq=after_seq, limit=limit)
         )
@@ -26,7 +26,7 @@ class AuditService:
     def newest(self, principal: Principal, *, limit: int = 20) -> list[dict[str, Any]]:
         """The latest audit entries the caller may read, newest first (dashboards: no paging from seq 1)."""
         limit = max(1, min(limit, 1000))
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         return self.c.db.read(
             lambda conn: self.c.audit.entries(conn, org_id=scope, limit=limit, newest_first=True)
         )

@@ -34,7 +34,7 @@ from broker.db import orgs
 from broker.db.jobs import Job
 from broker.db.orgs import Principal
 from broker.ids import new_id
-from broker.services.access import own_or_operator, require_role
+from broker.services.access import own_or_operator, read_scope, require_role
 from broker.services.idem import write_idempotent
 from broker.services.ledger import balance_dict
 from quotas.admission import QueuedJob, Snapshot, TenantState, check_submittable, decide
@@ -163,20 +163,16 @@ class JobService:
         def tx(conn: Connection) -> list[dict[str, Any]]:
             out = []
             for org in orgs.list_orgs(conn, role="sme"):
-                base = jobs_db.quota(conn, org.id)
                 view = self.c.ledger.balance(conn, org_id=org.id, now_ms=now)
-                quota = Quota(
-                    base.max_resources, base.max_running_jobs, base.max_queued_jobs, view.copay_limit
-                )
+                quota = _with_copay_limit(jobs_db.quota(conn, org.id), view.copay_limit)
                 out.append({"org_id": org.id, "quota": quota.to_dict(), "balance": balance_dict(view)})
             return out
 
         return self.c.db.read(tx)
 
     def _quota(self, conn: Connection, org_id: str) -> Quota:
-        base = jobs_db.quota(conn, org_id)
         balance = self.c.ledger.balance(conn, org_id=org_id, now_ms=self.c.clock.now_ms())
-        return Quota(base.max_resources, base.max_running_jobs, base.max_queued_jobs, balance.copay_limit)
+        return _with_copay_limit(jobs_db.quota(conn, org_id), balance.copay_limit)
 
     # -- SMEs: quote, submit, inspect, stop ----------------------------------------------------------
     def quote(self, principal: Principal, *, resources: Resources, max_runtime_s: int) -> dict[str, Any]:
@@ -311,7 +307,7 @@ class JobService:
 
     def get(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
         """A job (its SME, operators); an admitted job is refreshed from the backend first (RUNNING at once)."""
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         job = self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope))
         if job.state is JobState.ADMITTED:
             with contextlib.suppress(BackendError):  # the loops will catch up; answer what we know
@@ -696,7 +692,7 @@ class JobService:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _visible(self, principal: Principal, job_id: str) -> Job:
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         return self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope))
 
     def _cluster_total(self) -> Resources:
@@ -770,3 +766,8 @@ def _check_request(request: JobRequest) -> None:
         raise InvalidInput("priority must be between -100 and 100")
     if request.resources.is_zero:
         raise InvalidInput("a job must ask for some CPU or memory")
+
+
+def _with_copay_limit(base: Quota, copay_limit: int) -> Quota:
+    """An SME's quota as admission sees it: the stored limits plus its co-payment limit from the ledger."""
+    return Quota(base.max_resources, base.max_running_jobs, base.max_queued_jobs, copay_limit)

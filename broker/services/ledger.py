@@ -11,7 +11,7 @@ from broker.container import Container
 from broker.db import orgs
 from broker.db.ledger import Balance, Hold
 from broker.db.orgs import Principal
-from broker.services.access import own_or_operator, require_role
+from broker.services.access import own_or_operator, read_scope, require_role
 from broker.services.idem import write_idempotent
 from quotas.errors import Conflict, InvalidInput
 from quotas.ledger import HoldState
@@ -180,7 +180,7 @@ class LedgerService:
             require_role(principal, "sme", "operator")
         if cost < 0:
             raise InvalidInput("a cost cannot be negative")
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         now = self.c.clock.now_ms()
 
         def tx(conn: Connection) -> dict[str, Any]:
@@ -203,7 +203,7 @@ class LedgerService:
 
     def get_hold(self, principal: Principal, *, hold_id: str) -> dict[str, Any]:
         """A hold, visible to its SME and operators."""
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         return self.c.db.read(
             lambda conn: hold_dict(self.c.ledger.get_hold(conn, hold_id=hold_id, org_id=scope))
         )

@@ -22,7 +22,7 @@ from broker.db import jobs as jobs_db
 from broker.db.jobs import Job
 from broker.db.orgs import Principal
 from broker.ids import new_id
-from broker.services.access import require_role
+from broker.services.access import read_scope, require_role
 from broker.services.datasets import DatasetService
 from broker.services.idem import replayed, write_idempotent
 from broker.services.jobs import JobRequest, JobService
@@ -223,7 +223,7 @@ class TrainingService:
     def list_runs(self, principal: Principal) -> list[dict[str, Any]]:
         """The caller's training runs, newest first."""
         require_role(principal, "sme", "operator")
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         rows = self.c.db.read(lambda conn: jobs_db.list_jobs(conn, org_id=scope))
         return [{**j.public(), **_spec_summary(j)} for j in rows if j.kind == KIND]
 
@@ -270,7 +270,7 @@ class TrainingService:
             )
 
     def _own(self, principal: Principal, job_id: str) -> Job:
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         job = self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope))
         if job.kind != KIND:
             raise NotFound(f"no training run {job_id}")

@@ -11,7 +11,7 @@ from broker.container import Container
 from broker.db import orgs, vouchers
 from broker.db.orgs import Principal
 from broker.ids import new_id
-from broker.services.access import require_role, visible
+from broker.services.access import read_scope, require_role, visible
 from broker.services.idem import write_idempotent
 from quotas.errors import Conflict, DomainError, InvalidInput, NotFound
 from vouchers import (
@@ -69,7 +69,7 @@ class VoucherService:
         require_role(principal, "issuer", "operator")
         if status not in ("retired", "revoked"):
             raise InvalidInput("a key can be set to 'retired' or 'revoked'")
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         now = self.c.clock.now_ms()
 
         def tx(conn: Connection) -> dict[str, Any]:
@@ -91,7 +91,7 @@ class VoucherService:
     def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
         """The caller's keys (operators: all)."""
         require_role(principal, "issuer", "operator")
-        scope = None if principal.role == "operator" else principal.org_id
+        scope = read_scope(principal)
         return self.c.db.read(lambda conn: vouchers.list_keys(conn, org_id=scope))
 
     def jwks(self) -> dict[str, Any]:
