@@ -10,6 +10,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/sbx
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
+COPY common ./common
 COPY broker ./broker
 COPY quotas ./quotas
 COPY vouchers ./vouchers

@@ -39,9 +39,9 @@ from fractions import Fraction
 from pathlib import Path
 from statistics import median
 
+from common.resources import Resources
 from quotas.admission import FairQueue, QueuedJob, Snapshot, TenantState, admitted, decide, dominant_share
 from quotas.quota import Quota
-from quotas.resources import Resources
 
 HoldWriter = Callable[[Sequence[QueuedJob]], None]
 

@@ -35,7 +35,7 @@ from broker.container import build_container
 from broker.db import subsidy
 from broker.services.registry import build_services
 from broker.settings import Settings
-from quotas.clock import FakeClock
+from common.clock import FakeClock
 
 SMES = 1_000
 JOBS_PER_SME = 334

@@ -24,7 +24,7 @@ from typing import Any
 
 from broker.compute import BackendStatus, JobLaunch, LocalRayBackend, launch_name
 from broker.compute.ray_jobs import build_runtime_env, entrypoint_resources
-from quotas.resources import Resources
+from common.resources import Resources
 
 POLL_S = 0.02
 TIMEOUT_S = 120.0

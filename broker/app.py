@@ -18,7 +18,7 @@ from broker.api.routes_core import router as core_router
 from broker.errors import RateLimited, error_body, status_for
 from broker.services.access import require_role
 from broker.services.registry import Services
-from quotas.errors import DomainError
+from common.errors import DomainError
 
 log = logging.getLogger("sbx.api")
 

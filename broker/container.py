@@ -20,10 +20,10 @@ from broker.db.ledger import LedgerRepo
 from broker.keys import load_broker_key
 from broker.metrics import Metrics, attach_database
 from broker.settings import Settings
+from common.clock import Clock, SystemClock
+from common.resources import Resources
 from datasets.storage import LocalDirStore, ObjectStore, S3Store
-from quotas.clock import Clock, SystemClock
 from quotas.ratelimit import Rate, RateLimiter
-from quotas.resources import Resources
 from vouchers import key_id, public_jwk
 
 

@@ -6,7 +6,7 @@ module maps their exception classes (most specific first) to a status.
 
 from __future__ import annotations
 
-from quotas.errors import Conflict, DomainError, InsufficientFunds, InvalidInput, NotFound
+from common.errors import Conflict, DomainError, InsufficientFunds, InvalidInput, NotFound
 
 
 class Unauthorized(DomainError):

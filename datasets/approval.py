@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from common.clock import Clock
+from common.errors import Conflict, DomainError, InvalidInput
 from datasets.policy import DatasetPolicy
-from quotas.clock import Clock
-from quotas.errors import Conflict, DomainError, InvalidInput
 
 
 class AccessDenied(DomainError):

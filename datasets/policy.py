@@ -21,7 +21,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-from quotas.errors import DomainError
+from common.errors import DomainError
 
 OTHER_CATEGORY = "__other__"
 MAX_DECIMALS = 9

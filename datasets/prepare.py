@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from common.errors import InvalidInput
 from datasets.policy import (
     OTHER_CATEGORY,
     ColumnKind,
@@ -35,7 +36,6 @@ from datasets.policy import (
     DatasetPolicy,
     validate_against_schema,
 )
-from quotas.errors import InvalidInput
 
 TableFormat = Literal["parquet", "csv"]
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from common.errors import DomainError, InvalidInput
 from datasets.approval import Grant
 from datasets.policy import DatasetPolicy
-from quotas.errors import DomainError, InvalidInput
 
 EPSILON_UNITS = 1_000_000
 DELTA_UNITS = 1_000_000_000_000

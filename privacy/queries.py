@@ -44,9 +44,9 @@ import numpy as np
 import opendp.prelude as dp
 import polars as pl
 
+from common.errors import InvalidInput
 from datasets.policy import ColumnKind, ColumnSpec, DatasetPolicy, PolicyError
 from privacy.budget import EPSILON_UNITS, PrivacyCost
-from quotas.errors import InvalidInput
 
 dp.enable_features("contrib")
 

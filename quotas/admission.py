@@ -35,9 +35,9 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import NamedTuple
 
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
+from common.resources import Resources
 from quotas.quota import Quota, QuotaExceeded
-from quotas.resources import Resources
 
 OrgId = str
 """An organisation (SME) identifier."""

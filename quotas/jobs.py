@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from quotas.errors import Conflict
+from common.errors import Conflict
 
 
 class JobState(StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from quotas.errors import Conflict, InsufficientFunds, InvalidInput
+from common.errors import Conflict, InsufficientFunds, InvalidInput
 
 BASIS_POINTS = 10_000
 

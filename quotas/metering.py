@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
 
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
+from common.resources import Resources
 from quotas.pricing import RateCard, ceil_credits
-from quotas.resources import Resources
 
 
 class ResourceKind(StrEnum):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from quotas.errors import InvalidInput
-from quotas.resources import Resources
+from common.errors import InvalidInput
+from common.resources import Resources
 
 BPS_DENOMINATOR = 10_000
 """Coverage is given in basis points: 10000 = the programme pays 100%."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quotas.errors import DomainError, InvalidInput
-from quotas.resources import Resources
+from common.errors import DomainError, InvalidInput
+from common.resources import Resources
 
 
 class QuotaExceeded(DomainError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from quotas.clock import Clock
+from common.clock import Clock
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from fractions import Fraction
 
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
 from quotas.metering import ResourceKind, UsageRecord
 
 MS_PER_HOUR = 3_600_000

@@ -19,7 +19,7 @@ from broker.container import Container, build_container
 from broker.db.orgs import Principal
 from broker.services.registry import Services, build_services
 from broker.settings import Settings
-from quotas.clock import FakeClock
+from common.clock import FakeClock
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 PG_URL = os.environ.get("SBX_TEST_DATABASE_URL")

@@ -2,7 +2,7 @@
 
 ::
 
-    DomainError                       (quotas.errors)
+    DomainError                       (common.errors)
     ├── InvalidInput
     │   ├── KeyFormatError            code "invalid_key": a PEM/JWK that is not an Ed25519 key
     │   └── InvalidVoucherClaims      code "invalid_input": claims that break a rule when built
@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from quotas.errors import DomainError, InvalidInput
+from common.errors import DomainError, InvalidInput
 
 MALFORMED = "malformed"
 INVALID_SIGNATURE = "invalid_signature"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
 from vouchers.errors import PROGRAMME_BUDGET_EXCEEDED, SME_CAP_EXCEEDED, IssuanceRefused
 
 

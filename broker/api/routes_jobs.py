@@ -10,7 +10,7 @@ from broker.api import models as m
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
 from broker.services.jobs import JobRequest
-from quotas.resources import Resources
+from common.resources import Resources
 
 router = APIRouter(prefix="/api/v1")
 

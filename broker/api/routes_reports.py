@@ -18,7 +18,7 @@ from broker.api.policy import policy
 from broker.errors import error_body, status_for
 from broker.services.reports import subsidy_csv
 from broker.web.render import access_html, subsidy_html
-from quotas.errors import DomainError
+from common.errors import DomainError
 
 router = APIRouter(prefix="/api/v1")
 log = logging.getLogger("sbx.api.reports")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from broker.api import models as m
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
-from quotas.resources import Resources
+from common.resources import Resources
 
 router = APIRouter(prefix="/api/v1/training")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit.checkpoints import Checkpoint, verify_checkpoint
-from broker.canonical import canonical_json
+from common.canonical import canonical_json
 
 GENESIS_HASH = "0" * 64
 BODY_VERSION = 1

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.canonical import canonical_json
-from quotas.errors import DomainError
+from common.canonical import canonical_json
+from common.errors import DomainError
 from vouchers.keys import key_id, sign_bytes, verify_bytes
 
 CHECKPOINT_TYPE = "sbx.audit.checkpoint.v1"

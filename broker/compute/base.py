@@ -4,7 +4,7 @@ The broker keeps jobs in its own database and drives a backend through :class:`C
 is keyed by a deterministic *launch name* derived from the broker's job id (:func:`launch_name`), so each
 call is idempotent and a restarted broker finds its jobs again by name.
 
-Exception tree (all subclasses of :class:`quotas.errors.DomainError`)::
+Exception tree (all subclasses of :class:`common.errors.DomainError`)::
 
     BackendError            code "backend_unavailable": the backend could not be reached or refused a call;
                             the third-party error is chained as ``__cause__``.
@@ -19,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from quotas.errors import DomainError
-from quotas.resources import Resources
+from common.errors import DomainError
+from common.resources import Resources
 
 #: Prefix of every launch name: names stay recognisably ours in Ray and Kubernetes.
 LAUNCH_PREFIX = "sbx-"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quotas.clock import Clock, SystemClock
-from quotas.errors import InvalidInput
-from quotas.resources import Resources
+from common.clock import Clock, SystemClock
+from common.errors import InvalidInput
+from common.resources import Resources
 
 from .base import ComputeBackend
 from .fake import FakeBackend

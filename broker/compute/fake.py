@@ -1,7 +1,7 @@
 """An in-memory backend whose jobs follow a script and an injected clock (unit/API tests, benchmarks).
 
 Nothing runs: a started launch is PENDING for ``pending_ms``, RUNNING for ``run_ms`` (forever when ``None``),
-then SUCCEEDED (``exit_code == 0``) or FAILED — all read off the injected :class:`~quotas.clock.Clock`, so a
+then SUCCEEDED (``exit_code == 0``) or FAILED — all read off the injected :class:`~common.clock.Clock`, so a
 test moves a job along by advancing a ``FakeClock``. Tests can also inject submit failures and change the
 capacity. All methods are thread-safe.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from quotas.clock import Clock
-from quotas.resources import Resources
+from common.clock import Clock
+from common.resources import Resources
 
 from .base import (
     DEFAULT_LOG_BYTES,

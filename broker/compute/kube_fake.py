@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from quotas.clock import Clock, SystemClock
+from common.clock import Clock, SystemClock
 
 Validator = Callable[[dict[str, Any]], None]
 Obj = dict[str, Any]

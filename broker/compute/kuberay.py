@@ -40,9 +40,9 @@ from typing import Any
 
 import yaml
 
-from quotas.clock import Clock, SystemClock
-from quotas.errors import InvalidInput
-from quotas.resources import Resources
+from common.clock import Clock, SystemClock
+from common.errors import InvalidInput
+from common.resources import Resources
 
 from .base import (
     DEFAULT_LOG_BYTES,

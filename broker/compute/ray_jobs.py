@@ -30,8 +30,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from quotas.errors import InvalidInput
-from quotas.resources import Resources
+from common.errors import InvalidInput
+from common.resources import Resources
 
 from .base import (
     DEFAULT_LOG_BYTES,

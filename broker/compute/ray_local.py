@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from quotas.resources import Resources
+from common.resources import Resources
 
 from .base import DEFAULT_LOG_BYTES, BackendError, BackendStatus, JobLaunch
 from .ray_jobs import RayJobsBackend

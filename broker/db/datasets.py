@@ -17,9 +17,9 @@ from typing import Any, NoReturn
 from sqlalchemy import Connection, Table, insert, select, update
 
 from broker.db import data_tables as dt
+from common.errors import Conflict, NotFound
 from datasets import AccessDenied, AccessRequest, AccessStatus, DatasetPolicy, Grant, ReleaseKind
 from privacy.budget import BudgetExceeded, PrivacyCost, check_fits, format_insufficient_budget
-from quotas.errors import Conflict, NotFound
 
 
 @dataclass(frozen=True, slots=True)

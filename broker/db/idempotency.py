@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from broker.canonical import canonical_json, floats_as_text
 from broker.db import tables as t
-from quotas.errors import Conflict
+from common.canonical import canonical_json, floats_as_text
+from common.errors import Conflict
 
 _PENDING = ""
 

@@ -11,12 +11,12 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.db import tables as t
-from quotas.errors import Conflict, NotFound
+from common.errors import Conflict, NotFound
+from common.resources import Resources
 from quotas.jobs import JobState, transition
 from quotas.metering import UsageRecord
 from quotas.pricing import RateCard
 from quotas.quota import DEFAULT_QUOTA, Quota
-from quotas.resources import Resources
 
 DEFAULT_RATE_CARD = RateCard(
     version=0,

@@ -14,8 +14,8 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, u
 
 from broker.db import subsidy
 from broker.db import tables as t
-from broker.ids import new_id
-from quotas.errors import Conflict, InsufficientFunds, NotFound
+from common.errors import Conflict, InsufficientFunds, NotFound
+from common.ids import new_id
 from quotas.ledger import (
     AccountKind,
     GrantBalance,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from broker.db import tables as t
-from broker.ids import new_id
-from quotas.errors import Conflict, NotFound
+from common.errors import Conflict, NotFound
+from common.ids import new_id
 
 ROLES = ("operator", "issuer", "custodian", "sme")
 

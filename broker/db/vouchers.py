@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from broker.db import tables as t
-from quotas.errors import Conflict, NotFound
+from common.errors import Conflict, NotFound
 from vouchers import IssuerKey, KeyStatus, VoucherClaims
 
 

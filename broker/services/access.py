@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from broker.db.orgs import Principal
 from broker.errors import Forbidden
-from quotas.errors import NotFound
+from common.errors import NotFound
 
 
 def require_role(principal: Principal, *roles: str) -> None:

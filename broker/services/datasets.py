@@ -42,8 +42,10 @@ from broker.db import datasets as repo
 from broker.db.jobs import current_rate_card
 from broker.db.ledger import Hold
 from broker.db.orgs import Principal
-from broker.ids import new_id
 from broker.services.access import require_role
+from common.errors import Conflict, DomainError, InvalidInput, NotFound
+from common.ids import new_id
+from common.resources import Resources
 from datasets import (
     AccessDenied,
     AccessStatus,
@@ -68,10 +70,8 @@ from datasets.prepare import (
 from datasets.storage import dataset_key, validate_key
 from privacy.budget import PrivacyCost, compose
 from privacy.queries import QueryResult, QuerySpec, estimate_cost, run_queries
-from quotas.errors import Conflict, DomainError, InvalidInput, NotFound
 from quotas.ledger import HoldState
 from quotas.pricing import max_cost, price
-from quotas.resources import Resources
 
 log = logging.getLogger("sbx.datasets")
 

@@ -33,18 +33,18 @@ from broker.db import jobs as jobs_db
 from broker.db import orgs
 from broker.db.jobs import Job
 from broker.db.orgs import Principal
-from broker.ids import new_id
 from broker.services.access import own_or_operator, read_scope, require_role
 from broker.services.idem import write_idempotent
 from broker.services.ledger import balance_dict
+from common.errors import Conflict, InsufficientFunds, InvalidInput
+from common.ids import new_id
+from common.resources import Resources
 from quotas.admission import QueuedJob, Snapshot, TenantState, check_submittable, decide
-from quotas.errors import Conflict, InsufficientFunds, InvalidInput
 from quotas.jobs import JobState
 from quotas.ledger import HoldState, eligible_grants, plan_hold, split_settlement
 from quotas.metering import conservation_violations, meter
 from quotas.pricing import RateCard, max_cost, price
 from quotas.quota import Quota
-from quotas.resources import Resources
 
 MAX_RUNTIME_S = 7 * 24 * 3600
 HOLD_GRACE_S = 3600

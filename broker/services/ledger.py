@@ -13,7 +13,7 @@ from broker.db.ledger import Balance, Hold
 from broker.db.orgs import Principal
 from broker.services.access import own_or_operator, read_scope, require_role
 from broker.services.idem import write_idempotent
-from quotas.errors import Conflict, InvalidInput
+from common.errors import Conflict, InvalidInput
 from quotas.ledger import HoldState
 
 RESOURCE_CLASSES = frozenset({"cpu", "gpu", "memory"})

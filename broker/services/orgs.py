@@ -11,7 +11,7 @@ from broker.container import Container
 from broker.db import orgs, vouchers
 from broker.db.orgs import Principal
 from broker.services.access import own_or_operator, require_role
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
 
 
 class OrgService:

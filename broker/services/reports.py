@@ -20,7 +20,7 @@ The per-SME sums go through :func:`quotas.report.build_report`. A long period is
 reporting progress after each month.
 
 The JSON document carries an Ed25519 signature (the broker's key, published in ``/.well-known/jwks.json``)
-over the canonical bytes (:func:`broker.canonical.canonical_json`) of its ``report`` member.
+over the canonical bytes (:func:`common.canonical.canonical_json`) of its ``report`` member.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from broker.canonical import canonical_json
 from broker.container import Container
 from broker.db import jobs as jobs_db
 from broker.db.orgs import Principal, get_org, list_orgs
 from broker.services.access import require_role
-from quotas.errors import DomainError, InvalidInput, NotFound
+from common.canonical import canonical_json
+from common.errors import DomainError, InvalidInput, NotFound
 from quotas.report import ReportRow, SmeTotals, build_report
 from vouchers.keys import sign_bytes, verify_bytes
 

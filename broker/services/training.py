@@ -15,26 +15,26 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from broker.canonical import floats_as_text
 from broker.container import Container
 from broker.db import datasets as repo
 from broker.db import jobs as jobs_db
 from broker.db.jobs import Job
 from broker.db.orgs import Principal
-from broker.ids import new_id
 from broker.services.access import read_scope, require_role
 from broker.services.datasets import DatasetService
 from broker.services.idem import replayed, write_idempotent
 from broker.services.jobs import JobRequest, JobService
 from broker.training_job import input_key, result_key, weights_key
+from common.canonical import floats_as_text
+from common.errors import Conflict, NotFound
+from common.ids import new_id
+from common.resources import Resources
 from datasets import ReleaseKind, check_use
 from datasets.policy import ColumnKind
 from datasets.storage import StorageNotFound
 from privacy.budget import PrivacyCost
 from privacy.training import planned_cost, validate_spec
-from quotas.errors import Conflict, NotFound
 from quotas.jobs import JobState
-from quotas.resources import Resources
 
 KIND = "training"
 OPERATION = "training.submit"

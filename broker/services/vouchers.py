@@ -10,10 +10,10 @@ from sqlalchemy import Connection
 from broker.container import Container
 from broker.db import orgs, vouchers
 from broker.db.orgs import Principal
-from broker.ids import new_id
 from broker.services.access import read_scope, require_role, visible
 from broker.services.idem import write_idempotent
-from quotas.errors import Conflict, DomainError, InvalidInput, NotFound
+from common.errors import Conflict, DomainError, InvalidInput, NotFound
+from common.ids import new_id
 from vouchers import (
     ALREADY_REDEEMED,
     MALFORMED,

@@ -23,7 +23,7 @@ from broker.errors import Forbidden, Unauthorized
 from broker.services.registry import Services
 from broker.web.render import STATIC, render, subsidy_html
 from broker.web.views import current_period, dashboard
-from quotas.errors import DomainError, InvalidInput
+from common.errors import DomainError, InvalidInput
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 COOKIE = "sbx_session"

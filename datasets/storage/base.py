@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from quotas.errors import Conflict, DomainError, NotFound
+from common.errors import Conflict, DomainError, NotFound
 
 MAX_KEY_LENGTH = 1024
 CHUNK_SIZE = 1 << 20

@@ -1,6 +1,6 @@
 """Errors of the DP-SGD training harness.
 
-Exception tree (all subclass :class:`quotas.errors.DomainError`)::
+Exception tree (all subclass :class:`common.errors.DomainError`)::
 
     SpecError                 invalid_training_spec   the spec breaks a rule (decided before any data is read)
       SpecOverGrant           budget_exceeded         the spec asks for more ε (or δ) than the grant/policy allow
@@ -14,7 +14,7 @@ raised ``from None`` on purpose (a chained third-party message could quote a dat
 
 from __future__ import annotations
 
-from quotas.errors import DomainError
+from common.errors import DomainError
 
 
 class SpecError(DomainError):

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker.compute import launch_name
 from broker.compute.fake import FakeBackend, FakeScript
 from broker.services.jobs import JobRequest
-from quotas.resources import Resources
+from common.resources import Resources
 from tests.api.conftest import Live
 
 ALLOWED_LABELS = {"kind", "org_id", "name", "role", "state", "dataset_id", "code", "route", "status", "le"}

@@ -13,7 +13,7 @@ from broker.cli.main import app
 from broker.compute import launch_name
 from broker.compute.fake import FakeBackend, FakeScript
 from broker.services.jobs import JobRequest
-from quotas.resources import Resources
+from common.resources import Resources
 from tests.api.conftest import Live
 
 

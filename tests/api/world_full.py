@@ -25,8 +25,8 @@ from broker.server import RunningServer, serve_in_thread
 from broker.services.jobs import JobRequest
 from broker.services.registry import Services, build_services
 from broker.settings import Settings
-from quotas.clock import FakeClock
-from quotas.resources import Resources
+from common.clock import FakeClock
+from common.resources import Resources
 from tests import training_data as td
 from tests.conftest import World, make_world
 from tests.integration.test_datasets_service import add_custodian, csv_bytes, energy_frame, energy_policy

@@ -33,8 +33,8 @@ from broker.compute import (
 )
 from broker.compute.kube_fake import FakeKubeApiServer, FakeRayOperator, crd_validator
 from broker.compute.ray_local import pids_mentioning
-from quotas.clock import FakeClock
-from quotas.resources import Resources
+from common.clock import FakeClock
+from common.resources import Resources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAYJOB_CRD = REPO_ROOT.parent / "shared/kuberay/ray.io_rayjobs.yaml"

@@ -17,7 +17,7 @@ from broker.compute.fake import FakeBackend, FakeScript
 from broker.server import serve_in_thread
 from broker.services.jobs import JobRequest
 from broker.services.registry import Services
-from quotas.resources import Resources
+from common.resources import Resources
 from tests.conftest import World
 from tests.integration.test_datasets_service import COUNT, add_custodian, grant, register
 

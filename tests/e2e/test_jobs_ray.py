@@ -22,8 +22,8 @@ from broker.compute.ray_local import LocalRayBackend
 from broker.server import free_port
 from broker.services.jobs import JobRequest
 from broker.services.registry import Services
-from quotas.clock import SystemClock
-from quotas.resources import Resources
+from common.clock import SystemClock
+from common.resources import Resources
 from tests.conftest import World
 
 pytestmark = pytest.mark.ray

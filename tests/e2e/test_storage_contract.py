@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import NotFound
 from datasets.storage import (
     InvalidKey,
     LocalDirStore,
@@ -25,7 +26,6 @@ from datasets.storage import (
     StorageNotFound,
     dataset_key,
 )
-from quotas.errors import NotFound
 
 
 def _rclone_binary() -> str | None:

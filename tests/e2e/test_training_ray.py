@@ -15,7 +15,7 @@ from safetensors.numpy import load as load_safetensors
 from broker.compute.ray_local import LocalRayBackend
 from broker.db.orgs import Principal
 from broker.services.registry import Services
-from quotas.clock import SystemClock
+from common.clock import SystemClock
 from tests import training_data as td
 from tests.conftest import World
 

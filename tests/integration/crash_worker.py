@@ -43,7 +43,7 @@ from broker.services.ledger import LedgerService
 from broker.services.orgs import OrgService
 from broker.services.vouchers import VoucherService
 from broker.settings import Settings
-from quotas.errors import DomainError
+from common.errors import DomainError
 from quotas.ledger import HoldState
 
 TARGETS = ("redeem", "hold", "settle", "release", "threads")

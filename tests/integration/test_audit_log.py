@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from quotas.errors import InsufficientFunds
+from common.errors import InsufficientFunds
 from tests.conftest import BACKENDS, World
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)

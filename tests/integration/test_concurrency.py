@@ -21,7 +21,7 @@ from sqlalchemy import Connection, event, text
 
 from broker.container import Container
 from broker.db.orgs import Principal
-from quotas.errors import Conflict, DomainError, InsufficientFunds
+from common.errors import Conflict, DomainError, InsufficientFunds
 from quotas.ledger import HoldState
 from tests.conftest import BACKENDS, World
 from vouchers import VoucherRefused

@@ -19,11 +19,11 @@ import pytest
 from broker.db.orgs import Principal
 from broker.errors import Forbidden
 from broker.services.datasets import QueryFailed
+from common.errors import Conflict, DomainError, InsufficientFunds, InvalidInput, NotFound
 from datasets import AccessDenied, PolicyError
 from datasets.prepare import content_hash, read_bounded
 from privacy.budget import BudgetExceeded
 from privacy.queries import QueryError
-from quotas.errors import Conflict, DomainError, InsufficientFunds, InvalidInput, NotFound
 from tests.conftest import BACKENDS, DAY_S, World
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)

@@ -13,10 +13,10 @@ from broker.container import build_container
 from broker.errors import Forbidden
 from broker.services.jobs import JobRequest
 from broker.services.registry import Services, build_services
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
+from common.resources import Resources
 from quotas.pricing import price
 from quotas.quota import QuotaExceeded
-from quotas.resources import Resources
 from tests.conftest import BACKENDS, World, make_world
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quotas.errors import Conflict, InsufficientFunds, InvalidInput
+from common.errors import Conflict, InsufficientFunds, InvalidInput
 from quotas.ledger import HoldState
 from tests.conftest import BACKENDS, DAY_S, World
 
@@ -87,7 +87,7 @@ def test_idempotency_same_key_same_body_returns_first_result(world: World) -> No
 
 def test_an_sme_cannot_settle_and_cannot_touch_another_smes_hold(world: World) -> None:
     from broker.errors import Forbidden
-    from quotas.errors import NotFound
+    from common.errors import NotFound
 
     world.credit(100)
     hold = world.services.ledger.place_hold(world.sme, amount=10)

@@ -35,8 +35,8 @@ from hypothesis.stateful import (
 
 from broker.db.orgs import Principal
 from broker.services.registry import Services
-from quotas.clock import FakeClock
-from quotas.errors import Conflict, DomainError, InsufficientFunds, InvalidInput
+from common.clock import FakeClock
+from common.errors import Conflict, DomainError, InsufficientFunds, InvalidInput
 from quotas.ledger import HoldState
 from tests.conftest import BACKENDS, DAY_S
 

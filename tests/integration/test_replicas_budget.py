@@ -13,8 +13,8 @@ import pytest
 from broker.container import build_container
 from broker.services.registry import build_services
 from broker.settings import Settings
+from common.clock import FakeClock
 from privacy.budget import BudgetExceeded
-from quotas.clock import FakeClock
 from tests.conftest import BACKENDS, DAY_S, World
 from tests.integration.test_datasets_service import add_custodian, register
 
@@ -65,7 +65,7 @@ def test_meter_check_passes_on_settled_usage(world: World) -> None:
     from broker.compute import launch_name
     from broker.compute.fake import FakeBackend, FakeScript
     from broker.services.jobs import JobRequest
-    from quotas.resources import Resources
+    from common.resources import Resources
 
     fake = FakeBackend(world.clock, capacity=Resources(milli_cpu=2000, gpus=0, memory_mib=4096))
     world.services.container.use_compute(fake)

@@ -20,8 +20,8 @@ from broker.services.jobs import JobRequest
 from broker.services.registry import Services
 from broker.services.reports import ReportSignatureInvalid, parse_period, subsidy_csv, verify_report
 from broker.web.render import subsidy_html
-from quotas.errors import InvalidInput, NotFound
-from quotas.resources import Resources
+from common.errors import InvalidInput, NotFound
+from common.resources import Resources
 from tests.conftest import BACKENDS, DAY_S, World
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)

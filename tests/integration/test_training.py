@@ -11,7 +11,7 @@ import pytest
 
 from broker.db.orgs import Principal
 from broker.services.registry import Services
-from quotas.errors import DomainError
+from common.errors import DomainError
 from tests import training_data as td
 from tests.conftest import BACKENDS, World
 

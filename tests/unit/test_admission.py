@@ -5,6 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.errors import InvalidInput
+from common.resources import Resources
 from quotas.admission import (
     Decision,
     DominantShare,
@@ -20,9 +22,7 @@ from quotas.admission import (
     dominant_share,
     order_queue,
 )
-from quotas.errors import InvalidInput
 from quotas.quota import DEFAULT_QUOTA, Quota, QuotaExceeded
-from quotas.resources import Resources
 
 TOTAL = Resources(milli_cpu=16_000, gpus=2, memory_mib=65_536)
 BIG_QUOTA = Quota(TOTAL, max_running_jobs=1_000, max_queued_jobs=1_000, copay_limit=10**9)

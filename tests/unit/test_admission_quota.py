@@ -2,9 +2,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotas.errors import DomainError, InvalidInput
+from common.errors import DomainError, InvalidInput
+from common.resources import Resources
 from quotas.quota import DEFAULT_QUOTA, Quota, QuotaExceeded
-from quotas.resources import Resources
 
 quota_st = st.builds(
     Quota,

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from broker.compute import BackendError, BackendState, JobLaunch, launch_name
 from broker.compute.base import tail_bytes
-from quotas.errors import DomainError
-from quotas.resources import Resources
+from common.errors import DomainError
+from common.resources import Resources
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

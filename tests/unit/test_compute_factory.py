@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from broker.compute import KINDS, BackendState, ComputeBackend, FakeBackend, RayJobsBackend, build_backend
-from quotas.clock import FakeClock
-from quotas.errors import InvalidInput
+from common.clock import FakeClock
+from common.errors import InvalidInput
 
 
 def test_kinds() -> None:

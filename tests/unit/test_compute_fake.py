@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from broker.compute import BackendError, BackendState, FakeBackend, FakeScript, JobLaunch, launch_name
-from quotas.clock import FakeClock
-from quotas.resources import Resources
+from common.clock import FakeClock
+from common.resources import Resources
 
 
 def _launch(job_id: str) -> JobLaunch:

@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 from broker.compute import BackendState, JobLaunch, KubeRayBackend, launch_name
 from broker.compute.kube_fake import FakeKubeApiServer, FakeRayOperator, merge_patch
 from broker.compute.kuberay import STOPPED_AT
-from quotas.resources import Resources
+from common.resources import Resources
 
 G, V, NS, P = "ray.io", "v1", "sbx", "rayjobs"
 

@@ -19,8 +19,8 @@ from broker.compute.kuberay import (
     parse_k8s_time,
     parse_secret_env,
 )
-from quotas.errors import InvalidInput
-from quotas.resources import Resources
+from common.errors import InvalidInput
+from common.resources import Resources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAYJOB_CRD = REPO_ROOT.parent / "shared/kuberay/ray.io_rayjobs.yaml"

@@ -15,8 +15,8 @@ from broker.compute.ray_jobs import (
     map_ray_status,
     resources_from_ray,
 )
-from quotas.errors import InvalidInput
-from quotas.resources import Resources
+from common.errors import InvalidInput
+from common.resources import Resources
 
 
 def _launch(**overrides: object) -> JobLaunch:

@@ -2,6 +2,8 @@ from dataclasses import replace
 
 import pytest
 
+from common.clock import FakeClock
+from common.errors import Conflict, InvalidInput
 from datasets.approval import (
     AccessDenied,
     AccessRequest,
@@ -16,8 +18,6 @@ from datasets.approval import (
     revoke,
 )
 from datasets.policy import ColumnSpec, DatasetPolicy
-from quotas.clock import FakeClock
-from quotas.errors import Conflict, InvalidInput
 
 POLICY = DatasetPolicy("u", 1, (ColumnSpec.unit("u"),), 10_000_000, 2_000_000, 1000, 100)
 BOTH = frozenset({ReleaseKind.QUERY, ReleaseKind.TRAINING})

@@ -23,7 +23,7 @@ import yaml
 from broker.compute import JobLaunch, launch_name, rayjob_manifest
 from broker.compute.kube_fake import crd_validator
 from broker.metrics import Metrics
-from quotas.resources import Resources
+from common.resources import Resources
 from vouchers import public_jwk
 
 try:

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotas.errors import Conflict
+from common.errors import Conflict
 from quotas.jobs import (
     TERMINAL_STATES,
     IllegalTransition,

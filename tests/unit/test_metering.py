@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
+from common.resources import Resources
 from quotas.metering import (
     ConservationViolation,
     ResourceKind,
@@ -16,7 +17,6 @@ from quotas.metering import (
     totals_by_resource,
 )
 from quotas.pricing import RateCard, price
-from quotas.resources import Resources
 
 resources_st = st.builds(Resources, st.integers(0, 64_000), st.integers(0, 8), st.integers(0, 262_144))
 rate_st = st.one_of(st.integers(0, 1_000), st.fractions(min_value=0, max_value=1_000, max_denominator=1_000))

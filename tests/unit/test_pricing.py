@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
+from common.resources import Resources
 from quotas.pricing import Quote, RateCard, ceil_credits, exact_cost, max_cost, price, quote, split_cost
-from quotas.resources import Resources
 
 CARD = RateCard(1, Fraction(1, 3), 50, Fraction(1, 7))
 

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.errors import DomainError, InvalidInput
 from datasets.policy import ColumnSpec, DatasetPolicy
 from privacy.budget import (
     BudgetExceeded,
@@ -14,7 +15,6 @@ from privacy.budget import (
     dataset_total_budget,
     format_insufficient_budget,
 )
-from quotas.errors import DomainError, InvalidInput
 
 costs = st.builds(PrivacyCost, st.integers(0, 10**9), st.integers(0, 10**6))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quotas.clock import FakeClock
+from common.clock import FakeClock
 from quotas.ratelimit import Rate, RateLimiter
 
 

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotas.errors import InvalidInput
+from common.errors import InvalidInput
+from common.resources import Resources
 from quotas.metering import meter
 from quotas.report import (
     TOTAL_ROW_ID,
@@ -17,7 +18,6 @@ from quotas.report import (
     display_hours,
     subsidy_report,
 )
-from quotas.resources import Resources
 
 HOUR = 3_600_000
 

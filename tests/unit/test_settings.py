@@ -44,7 +44,7 @@ def test_json_log_lines() -> None:
 def test_a_ray_address_selects_the_existing_cluster(tmp_path: object) -> None:
     from broker.compute.ray_jobs import RayJobsBackend
     from broker.container import build_compute
-    from quotas.clock import SystemClock
+    from common.clock import SystemClock
 
     backend = build_compute(Settings(ray_address="http://127.0.0.1:8265", ray_token="t"), SystemClock())
     assert isinstance(backend, RayJobsBackend)  # no local head is started; nothing is contacted yet

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 
-from quotas.errors import DomainError, InvalidInput
+from common.errors import DomainError, InvalidInput
 from vouchers import (
     InvalidVoucherClaims,
     IssuanceRefused,
