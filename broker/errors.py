@@ -54,6 +54,7 @@ _STATUS_BY_CODE: dict[str, int] = {
     "invalid_signature": 422,
     "unknown_key": 422,
     "unknown_voucher": 422,
+    "voucher_mismatch": 422,
     "expired": 422,
     "not_yet_valid": 422,
     "wrong_beneficiary": 422,

@@ -75,3 +75,32 @@ def floats_as_text(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [floats_as_text(v) for v in value]
     return value
+
+
+class DuplicateMember(ValueError):
+    """A JSON object names the same member twice (readers disagree on which one counts)."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateMember(f"JSON object has the member {key!r} twice")
+        out[key] = value
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-JSON constant {name}")
+
+
+def loads_strict(data: str | bytes) -> Any:
+    """Parse JSON that is about to be verified: duplicate object members and NaN/Infinity are refused.
+
+    With duplicates, Python keeps the last member and other readers the first, so a signed document could
+    show a verifier one value and a reader another; everything the broker verifies (reports, JWKS, voucher
+    headers and claims, checkpoints) is parsed with this. Raises ``ValueError`` (``DuplicateMember`` for a
+    repeated name).
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)

@@ -8,6 +8,7 @@
     │   └── InvalidVoucherClaims      code "invalid_input": claims that break a rule when built
     ├── VoucherRefused                code: one of the REFUSAL_CODES (see ``vouchers.tokens``)
     └── IssuanceRefused               code "programme_budget_exceeded" | "sme_cap_exceeded"
+                                      (at issue, registration, and again at redemption)
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ EXPIRED = "expired"
 NOT_YET_VALID = "not_yet_valid"
 WRONG_BENEFICIARY = "wrong_beneficiary"
 ALREADY_REDEEMED = "already_redeemed"
+#: A signed token whose bytes or claims differ from what the broker recorded when the voucher was issued
+#: or registered (a re-signed voucher with other claims, a token signed again with another key).
+VOUCHER_MISMATCH = "voucher_mismatch"
+#: A correctly signed token whose ``jti`` the broker never issued or registered.
+UNKNOWN_VOUCHER = "unknown_voucher"
 
-#: Every code a redemption can be refused with. ``already_redeemed`` and a voucher-level ``revoked`` are
-#: decided by the database layer; the others by :func:`vouchers.tokens.verify_voucher`.
+#: Every code a redemption can be refused with. ``already_redeemed``, a voucher-level ``revoked``,
+#: ``voucher_mismatch`` and ``unknown_voucher`` are decided against the issued record (database layer and
+#: :mod:`vouchers.records`); the others by :func:`vouchers.tokens.verify_voucher`.
 REFUSAL_CODES: frozenset[str] = frozenset(
     {
         MALFORMED,
@@ -35,6 +42,8 @@ REFUSAL_CODES: frozenset[str] = frozenset(
         NOT_YET_VALID,
         WRONG_BENEFICIARY,
         ALREADY_REDEEMED,
+        VOUCHER_MISMATCH,
+        UNKNOWN_VOUCHER,
     }
 )
 

@@ -94,7 +94,13 @@ vouchers = Table(
     Column("issued_ms", BigInteger, nullable=False),
     Column("status", String(10), nullable=False),
     Column("changed_ms", BigInteger, nullable=False),
+    # The issued record a redemption is checked against (0008): the token's SHA-256 (NULL only for vouchers
+    # issued before 0008), its claims as canonical JSON, and who signed it ('broker' or the 'issuer' offline).
+    Column("token_sha256", String(64), nullable=True),
+    Column("claims", Text, nullable=False),
+    Column("origin", String(10), nullable=False, server_default="broker"),
     CheckConstraint("status IN ('issued','redeemed','revoked')", name="status"),
+    CheckConstraint("origin IN ('broker','issuer')", name="origin"),
     CheckConstraint("credits > 0", name="credits_positive"),
 )
 

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from broker.db import tables as t
 from common.errors import Conflict, NotFound
-from vouchers import IssuerKey, KeyStatus, VoucherClaims
+from vouchers import IssuerKey, KeyStatus, VoucherClaims, claims_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,9 @@ class VoucherRecord:
     credit_exp: int
     issued_ms: int
     status: str
+    token_sha256: str | None
+    claims: str
+    origin: str
 
 
 def set_programme(conn: Connection, *, org_id: str, year_budget: int, sme_cap: int) -> Programme:
@@ -52,9 +55,14 @@ def set_programme(conn: Connection, *, org_id: str, year_budget: int, sme_cap: i
     return Programme(org_id, year_budget, sme_cap)
 
 
-def get_programme(conn: Connection, org_id: str) -> Programme:
-    """An issuer's programme, or :class:`NotFound` when none was set."""
-    row = conn.execute(select(t.programmes).where(t.programmes.c.org_id == org_id)).first()
+def get_programme(conn: Connection, org_id: str, *, lock: bool = False) -> Programme:
+    """An issuer's programme, or :class:`NotFound` when none was set.
+
+    ``lock`` takes the row for the transaction (PostgreSQL ``FOR UPDATE``; SQLite writers are serial
+    anyway), so two redemptions against one programme check its limits one after the other.
+    """
+    query = select(t.programmes).where(t.programmes.c.org_id == org_id)
+    row = conn.execute(query.with_for_update() if lock else query).first()
     if row is None:
         raise NotFound(f"issuer {org_id} has no programme yet; an operator sets its budget and SME cap first")
     return Programme(row.org_id, int(row.year_budget), int(row.sme_cap))
@@ -148,8 +156,33 @@ def issued_totals(conn: Connection, *, issuer_org: str, sme_org: str, year: int)
     return int(year_total), int(sme_total)
 
 
-def record_voucher(conn: Connection, *, claims: VoucherClaims, kid: str, year: int, now_ms: int) -> None:
-    """Record an issued voucher (status ``issued``)."""
+def redeemed_totals(conn: Connection, *, issuer_org: str, sme_org: str, year: int) -> tuple[int, int]:
+    """Credits of this issuer's vouchers already redeemed in budget year ``year``, and by this SME ever."""
+    redeemed = t.vouchers.c.status == "redeemed"
+    year_total = conn.execute(
+        select(func.coalesce(func.sum(t.vouchers.c.credits), 0)).where(
+            t.vouchers.c.issuer_org == issuer_org, t.vouchers.c.year == year, redeemed
+        )
+    ).scalar_one()
+    sme_total = conn.execute(
+        select(func.coalesce(func.sum(t.vouchers.c.credits), 0)).where(
+            t.vouchers.c.issuer_org == issuer_org, t.vouchers.c.sme_org == sme_org, redeemed
+        )
+    ).scalar_one()
+    return int(year_total), int(sme_total)
+
+
+def record_voucher(
+    conn: Connection,
+    *,
+    claims: VoucherClaims,
+    kid: str,
+    year: int,
+    now_ms: int,
+    token_sha256: str,
+    origin: str = "broker",
+) -> None:
+    """Record an issued (or registered) voucher, status ``issued``, with its token hash and claims."""
     conn.execute(
         insert(t.vouchers).values(
             jti=claims.jti,
@@ -166,6 +199,9 @@ def record_voucher(conn: Connection, *, claims: VoucherClaims, kid: str, year: i
             issued_ms=now_ms,
             status="issued",
             changed_ms=now_ms,
+            token_sha256=token_sha256,
+            claims=claims_record(claims),
+            origin=origin,
         )
     )
 
@@ -188,6 +224,9 @@ def get_voucher(conn: Connection, jti: str) -> VoucherRecord | None:
         int(row.credit_exp),
         int(row.issued_ms),
         row.status,
+        row.token_sha256,
+        row.claims,
+        row.origin,
     )
 
 

@@ -21,11 +21,15 @@ from vouchers import (
     VoucherClaims,
     VoucherRefused,
     check_issuance,
+    check_matches_record,
+    check_redemption,
     generate_private_pem,
     jwks,
     key_id,
     public_jwk,
     sign_voucher,
+    token_sha256,
+    unknown_voucher,
     verify_voucher,
     year_of,
 )
@@ -88,6 +92,10 @@ class VoucherService:
 
         return self.c.db.write(tx)
 
+    def signing_key_of(self, conn: Connection, org_id: str) -> tuple[str, bytes]:
+        """The issuer's active key id and private PEM, for vouchers the broker signs on its behalf."""
+        return vouchers.signing_key(conn, org_id)
+
     def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
         """The caller's keys (operators: all)."""
         require_role(principal, "issuer", "operator")
@@ -148,9 +156,11 @@ class VoucherService:
                 sme_cap=programme.sme_cap,
                 issued_to_sme_total=sme_total,
             )
-            kid, pem = vouchers.signing_key(conn, principal.org_id)
+            kid, pem = self.signing_key_of(conn, principal.org_id)
             token = sign_voucher(claims, pem, kid)
-            vouchers.record_voucher(conn, claims=claims, kid=kid, year=year, now_ms=now)
+            vouchers.record_voucher(
+                conn, claims=claims, kid=kid, year=year, now_ms=now, token_sha256=token_sha256(token)
+            )
             self.c.audit.append(
                 conn,
                 ts_ms=now,
@@ -246,21 +256,21 @@ class VoucherService:
         return result
 
     def _redeem_in(self, conn: Connection, principal: Principal, token: str, now: int) -> dict[str, Any]:
-        claims = verify_voucher(
+        presented = verify_voucher(
             token,
             key_lookup=lambda kid: vouchers.lookup_key(conn, kid),
             beneficiary=principal.org_id,
             now_s=now // 1000,
         )
-        record = vouchers.get_voucher(conn, claims.jti)
+        record = vouchers.get_voucher(conn, presented.jti)
         if record is None:
-            raise DomainError(
-                "this voucher carries a valid signature but the broker never issued it; ask the issuer to issue it "
-                "through the broker",
-                code="unknown_voucher",
-            )
+            raise unknown_voucher(presented.jti)
+        claims = check_matches_record(
+            token, presented, recorded_sha256=record.token_sha256, recorded_claims=record.claims
+        )
         if record.status == "revoked":
             raise VoucherRefused(REVOKED, f"voucher {claims.jti} was revoked by its issuer")
+        self._check_limits_at_redemption(conn, claims)
         if not vouchers.mark(conn, jti=claims.jti, from_status="issued", to_status="redeemed", now_ms=now):
             # Lost a race: say what won it (a revocation committed meanwhile, or another redemption).
             winner = vouchers.get_voucher(conn, claims.jti)
@@ -289,6 +299,21 @@ class VoucherService:
             details={"grant_id": grant.id, "credits": claims.credits},
         )
         return {"grant": _grant_dict(grant), "voucher": _claims_dict(claims)}
+
+    @staticmethod
+    def _check_limits_at_redemption(conn: Connection, claims: VoucherClaims) -> None:
+        """The programme's year budget and per-SME cap bound the credit granted, whatever the records say."""
+        programme = vouchers.get_programme(conn, claims.iss, lock=True)
+        year_total, sme_total = vouchers.redeemed_totals(
+            conn, issuer_org=claims.iss, sme_org=claims.sub, year=year_of(claims.nbf)
+        )
+        check_redemption(
+            amount=claims.credits,
+            programme_year_budget=programme.year_budget,
+            redeemed_this_year=year_total,
+            sme_cap=programme.sme_cap,
+            redeemed_by_sme_total=sme_total,
+        )
 
 
 def _claims_dict(claims: VoucherClaims) -> dict[str, Any]:

@@ -171,6 +171,8 @@ def test_shared_codes_for_the_database_layer() -> None:
         "not_yet_valid",
         "wrong_beneficiary",
         "already_redeemed",
+        "voucher_mismatch",
+        "unknown_voucher",
     } == REFUSAL_CODES
 
 

@@ -3,10 +3,16 @@
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-04 19:00:00
+
+Existing vouchers get their claims rebuilt from the record's columns (``iat`` was the issue time in
+seconds, as the service set it), and no token hash: they are then matched on claims alone, which is what
+binds the grant to the record. New vouchers always carry both.
 """
 
 from alembic import op
 import sqlalchemy as sa
+
+from common.canonical import canonical_json
 
 
 revision = '0008'
@@ -14,10 +20,44 @@ down_revision = '0007'
 branch_labels = None
 depends_on = None
 
+_vouchers = sa.table(
+    'vouchers',
+    sa.column('jti', sa.String), sa.column('issuer_org', sa.String), sa.column('sme_org', sa.String),
+    sa.column('credits', sa.BigInteger), sa.column('coverage_bps', sa.Integer),
+    sa.column('resources', sa.String), sa.column('nbf', sa.BigInteger), sa.column('exp', sa.BigInteger),
+    sa.column('credit_exp', sa.BigInteger), sa.column('issued_ms', sa.BigInteger), sa.column('claims', sa.Text),
+)
+
+
+def _claims_of(row: sa.Row) -> str:
+    """The claim set the service signed for this row (same member names and order rules as the token)."""
+    return canonical_json({
+        'jti': row.jti, 'iss': row.issuer_org, 'sub': row.sme_org, 'nbf': int(row.nbf), 'exp': int(row.exp),
+        'iat': int(row.issued_ms) // 1000, 'credits': int(row.credits), 'coverage': int(row.coverage_bps),
+        'resources': sorted(row.resources.split(',')), 'credit_exp': int(row.credit_exp),
+    }).decode('utf-8')
+
+
+def _upgrade_vouchers() -> None:
+    with op.batch_alter_table('vouchers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('token_sha256', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('claims', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('origin', sa.String(length=10), server_default='broker', nullable=False))
+    conn = op.get_bind()
+    for row in conn.execute(sa.select(_vouchers)).fetchall():
+        conn.execute(_vouchers.update().where(_vouchers.c.jti == row.jti).values(claims=_claims_of(row)))
+    with op.batch_alter_table('vouchers', schema=None) as batch_op:
+        batch_op.alter_column('claims', existing_type=sa.Text(), nullable=False)
+        batch_op.create_check_constraint(op.f('ck_vouchers_origin'), "origin IN ('broker','issuer')")
+
 
 def upgrade() -> None:
-    pass
+    _upgrade_vouchers()
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table('vouchers', schema=None) as batch_op:
+        batch_op.drop_constraint('ck_vouchers_origin', type_='check')
+        batch_op.drop_column('origin')
+        batch_op.drop_column('claims')
+        batch_op.drop_column('token_sha256')
