@@ -16,7 +16,8 @@ from typing import Any
 
 from broker.bootstrap import initialise
 from broker.cli.client import BrokerClient
-from broker.container import build_container
+from broker.container import Container, build_container
+from broker.db import orgs
 from broker.server import serve_in_thread
 from broker.services.registry import build_services
 from broker.settings import Settings
@@ -133,6 +134,13 @@ def all_steps() -> list[Step]:
     ]
 
 
+def _operator_token(container: Container) -> str:
+    """A new token for the first operator (a re-run on a kept state dir: ``sbx init`` shows it only once)."""
+    services = build_services(container)
+    first = container.db.read(lambda conn: orgs.list_orgs(conn, role="operator"))[0]
+    return str(services.orgs.create_token(None, org_id=first.id, label="demo re-run")["token"])
+
+
 def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None = None) -> DemoState:
     """Run every step against a broker served from this process; prints progress as it goes."""
     if fresh and state_dir.exists():
@@ -142,12 +150,16 @@ def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None =
     print(f"[demo] state directory {state_dir.resolve()} (SQLite, local object store)", flush=True)
     init = initialise(state_dir, settings=settings)
     container = build_container(settings)
-    server = serve_in_thread(build_services(container))
-    token = init["token"] or (state_dir / "operator.token").read_text().strip()
+    services = build_services(container)
+    server = serve_in_thread(services)
+    token = init["token"] or _operator_token(container)
     state = DemoState(url=server.url, operator=BrokerClient(server.url, token), state_dir=state_dir.resolve())
     steps = all_steps()
     try:
         print(f"[demo] broker serving at {server.url}", flush=True)
+        isolation = services.jobs.isolation()
+        verdict = "runs SME code isolated" if isolation.sme_code else "refuses SME code"
+        print(f"[demo] backend {isolation.backend} {verdict}: {isolation.detail}", flush=True)
         for number, (title, step) in enumerate(steps, start=1):
             started = time.monotonic()
             print(f"[demo] step {number}/{len(steps)}: {title} …", flush=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import call, emit, fail
+from broker.cli.client import BrokerClient, CliError, call, emit, fail
 
 job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
 ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-second).", no_args_is_help=True)
@@ -35,6 +35,8 @@ def zip_dir(path: Path) -> str:
 
 
 def _bill(job: dict[str, Any]) -> str:
+    if job.get("reason"):
+        return f"job {job['id']}: {job['state']} ({job['reason']}: {job.get('message') or ''}) — cost {job.get('cost')} credits"
     if job.get("cost") is None:
         return f"job {job['id']}: {job['state']} (holds up to {job['max_cost']} credits)"
     return (
@@ -131,6 +133,29 @@ def job_logs(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
     """The tail of a job's output."""
     data, js = call(ctx, as_json, "GET", f"/api/v1/jobs/{job_id}/logs")
     emit(data, as_json=js, human=data["logs"])
+
+
+@job_app.command("output")
+def job_output(
+    ctx: typer.Context,
+    job_id: str,
+    out: Annotated[Path, typer.Option(help="Where to write the zip of the job's $SBX_OUTPUT.")] = Path(
+        "output.zip"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Download what a finished job wrote to ``$SBX_OUTPUT`` (a zip with one top-level directory)."""
+    state = ctx.find_root().obj
+    client = BrokerClient(state.url, state.token)
+    try:
+        data = client.download(f"/api/v1/jobs/{job_id}/output")
+    except CliError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        client.close()
+    out.write_bytes(data)
+    summary = {"job_id": job_id, "path": str(out), "bytes": len(data)}
+    emit(summary, as_json=as_json or bool(state.as_json), human=f"wrote {len(data)} bytes of output to {out}")
 
 
 @job_app.command("stop")

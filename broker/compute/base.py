@@ -8,6 +8,8 @@ Exception tree (all subclasses of :class:`common.errors.DomainError`)::
 
     BackendError            code "backend_unavailable": the backend could not be reached or refused a call;
                             the third-party error is chained as ``__cause__``.
+    SandboxUnavailable      code "sandbox_unavailable": the backend cannot isolate SME code, so it refuses
+                            to run it (harness runs of the broker's own code are still accepted).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class BackendError(DomainError):
     """The compute backend could not be reached or refused the call; retrying later may succeed."""
 
     code = "backend_unavailable"
+
+
+class SandboxUnavailable(DomainError):
+    """This backend cannot isolate SME code (a shared Ray cluster, or no working sandbox on this machine),
+    so it refuses to run it rather than run it unprotected."""
+
+    code = "sandbox_unavailable"
 
 
 class BackendState(StrEnum):
@@ -80,6 +89,12 @@ class JobLaunch:
     the job and must never carry broker secrets; ``secret_env`` carries the credentials of the broker's own
     harness (never an SME job's), which a backend must not write into an object others can read (KubeRay
     refers to a Kubernetes Secret instead); ``labels`` are recorded as metadata.
+
+    ``harness`` is true only for the broker's own trusted code (DP-SGD and other harness runs); everything
+    else is SME code, which a backend runs only where it can isolate it (see ``docs/security.md``).
+    ``job_dir`` is the broker's directory of this job (``broker.compute.jobfiles``: ``work/`` holds the
+    code the broker unpacked, ``output/`` what the job returns, ``input/`` a harness run's staged input);
+    the local sandboxed backend binds those into the sandbox, remote backends ignore it.
     """
 
     name: str
@@ -93,6 +108,8 @@ class JobLaunch:
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    harness: bool = False
+    job_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.name != launch_name(self.job_id):
@@ -103,14 +120,24 @@ class JobLaunch:
             raise ValueError(f"max_runtime_s must be positive, got {self.max_runtime_s}")
 
 
+#: Why a sandbox killed a job (a stable code, shown in the job's status and counted by
+#: ``sbx_sandbox_kills_total{reason}``).
+SANDBOX_KILL_REASONS = ("out_of_memory", "disk_quota", "too_many_processes")
+
+
 @dataclass(frozen=True, slots=True)
 class BackendStatus:
-    """A backend's view of one launch. ``start_ms``/``end_ms`` are the backend's own times (metering)."""
+    """A backend's view of one launch. ``start_ms``/``end_ms`` are the backend's own times (metering).
+
+    ``reason`` is set when the backend itself ended the job for breaking a physical limit (one of
+    :data:`SANDBOX_KILL_REASONS`); ``message`` says it for humans.
+    """
 
     state: BackendState
     start_ms: int | None = None
     end_ms: int | None = None
     message: str = ""
+    reason: str | None = None
 
 
 NOT_FOUND_STATUS = BackendStatus(BackendState.NOT_FOUND, message="no such launch")

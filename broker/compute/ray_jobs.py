@@ -40,7 +40,15 @@ from .base import (
     BackendState,
     BackendStatus,
     JobLaunch,
+    SandboxUnavailable,
     tail_bytes,
+)
+
+#: Why a shared Ray cluster runs no SME code (docs/security.md, "Remote Ray").
+REMOTE_RAY_REFUSAL = (
+    "this broker runs jobs on a shared Ray cluster (SBX_RAY_ADDRESS), which has no isolation between "
+    "tenants' jobs, so it runs no SME code there; code jobs need the embedded sandbox (SBX_COMPUTE=ray-local "
+    "without SBX_RAY_ADDRESS) or KubeRay (SBX_COMPUTE=kuberay: a RayCluster per job)"
 )
 
 _MIB = 1024 * 1024
@@ -133,12 +141,17 @@ class RayJobsBackend:
         *,
         interpreter_dir: Path | None = None,
         capacity_override: Resources | None = None,
+        sandboxed_entrypoints: bool = False,
     ) -> None:
         """Talk to the Ray dashboard at ``address`` (``http://host:8265``) with ``auth_token``.
 
         Nothing is contacted until the first call. ``auth_token`` may be ``None`` only for a cluster
         started with auth disabled. ``capacity_override`` replaces the capacity read from the cluster.
+        A shared Ray cluster has no isolation between jobs, so SME code (a launch that is not the broker's
+        harness) is refused unless ``sandboxed_entrypoints`` says the caller wraps every entrypoint in
+        the sandbox launcher itself (the local embedded backend does).
         """
+        self._sandboxed = sandboxed_entrypoints
         self._address = address
         self._headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         self._interpreter_dir = interpreter_dir
@@ -155,10 +168,12 @@ class RayJobsBackend:
     # --- ComputeBackend ----------------------------------------------------------------------------
     def create(self, launch: JobLaunch) -> None:
         """Validate the launch; Ray has no "created but not started" job, so nothing is sent."""
+        self._check_isolation(launch)
         build_runtime_env(launch, self._interpreter_dir)
 
     def start(self, launch: JobLaunch) -> None:
         """Submit the job with ``submission_id = launch.name`` unless Ray already has it."""
+        self._check_isolation(launch)
         runtime_env = build_runtime_env(launch, self._interpreter_dir)
         client = self._connect()
         if self._exists(client, launch.name):
@@ -259,6 +274,10 @@ class RayJobsBackend:
             self._closed = True
 
     # --- internals ---------------------------------------------------------------------------------
+    def _check_isolation(self, launch: JobLaunch) -> None:
+        if not (launch.harness or self._sandboxed):
+            raise SandboxUnavailable(REMOTE_RAY_REFUSAL)
+
     def _check_open(self) -> None:
         if self._closed:
             raise BackendError(f"the Ray backend for {self._address} is closed")

@@ -7,9 +7,15 @@
 * free ports picked at start for every Ray listener, the dashboard on 127.0.0.1, usage stats off;
 * token auth on: a fresh random token in ``<temp dir>/auth_token`` (mode 0600), given to the head as
   ``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH`` (never the token itself in any environment); the broker
-  sends it as a header through :class:`~broker.compute.ray_jobs.RayJobsBackend`. Jobs inherit only the
-  path. They run as the broker's OS user and so could read that file: the embedded mode trusts the
-  machine; production uses KubeRay or a remote cluster.
+  sends it as a header through :class:`~broker.compute.ray_jobs.RayJobsBackend`;
+* **every job in the sandbox**: a launch's Ray entrypoint is the sandbox launcher
+  (``python -I -m broker.compute.sandbox.launch <job dir>/spec.json``), never the SME's command. The launcher
+  runs the command in bubblewrap under an unprivileged uid with an allow-list of mounts (the job's own
+  ``work/`` and ``output/``, a fresh ``/tmp``, the system and the interpreter read-only), no network, no
+  Ray connection and an explicit environment, inside a cgroup that enforces the admitted memory, CPU and
+  process count (rlimits where no cgroup can be made). Ray's ``working_dir`` cache is never used: the broker
+  unpacked the code itself. A harness run gets its staged ``input/`` read-only at ``/input`` and the
+  project's own packages read-only. See ``docs/security.md``.
 
 If the state dir names a head that is still alive (a broker restart), it is adopted, so running jobs stay
 findable by name. :meth:`LocalRayBackend.close` stops the head (SIGTERM to ``ray start``, which stops the
@@ -30,14 +36,37 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from common.resources import Resources
 
-from .base import DEFAULT_LOG_BYTES, BackendError, BackendStatus, JobLaunch
+from .base import DEFAULT_LOG_BYTES, BackendError, BackendState, BackendStatus, JobLaunch
 from .ray_jobs import RayJobsBackend
+
+if TYPE_CHECKING:
+    from .sandbox import SandboxResult, SandboxSpec
+
+#: The packages the broker's own harness imports inside its sandbox (bound read-only when they are not
+#: already inside the mounted environment, as with an editable install).
+HARNESS_PACKAGES = ("common", "quotas", "datasets", "privacy")
+_LAUNCHES = "launches"
+UNSAFE_ENV = "SBX_TEST_UNSAFE_NO_SANDBOX"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxDefaults:
+    """Physical limits of the embedded sandbox not given by a job's admitted resources (settings)."""
+
+    disk_mib: int = 1024
+    tmp_mib: int = 256
+    max_pids: int = 256
+    log_bytes: int = 1 << 20
+    default_memory_mib: int = 2048
+    unsafe_no_sandbox: bool = False  # TESTS ONLY: the attack suite's negative control
+
 
 _STATE_FILE = "ray-local.json"
 _PORT_FLAGS = (
@@ -123,10 +152,12 @@ class LocalRayBackend:
         object_store_mib: int = 256,
         start_timeout_s: float = 90.0,
         ray_bin: Path | None = None,
+        sandbox: SandboxDefaults | None = None,
     ) -> None:
         """Start (or adopt) the local head; blocks until its dashboard answers (a few seconds)."""
         self._state_dir = Path(state_dir)
         self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._sandbox = sandbox or SandboxDefaults()
         self._ray_bin = ray_bin or Path(sys.executable).with_name("ray")
         self._num_cpus = num_cpus
         self._num_gpus = num_gpus
@@ -138,6 +169,7 @@ class LocalRayBackend:
             self._head.address,
             self._head.token_path.read_text().strip(),
             interpreter_dir=Path(sys.executable).parent,
+            sandboxed_entrypoints=True,
         )
         self._wait_ready(start_timeout_s)
 
@@ -149,6 +181,11 @@ class LocalRayBackend:
         return self._head
 
     @property
+    def state_dir(self) -> Path:
+        """Where this backend keeps the head's record and its launches' records."""
+        return self._state_dir
+
+    @property
     def address(self) -> str:
         """The head's dashboard URL."""
         return self.head.address
@@ -158,18 +195,106 @@ class LocalRayBackend:
         """True once :meth:`close` ran (the head is stopped)."""
         return self._head is None
 
-    # --- ComputeBackend: delegate to the Job Submission API -----------------------------------------
+    # --- the sandbox --------------------------------------------------------------------------------
+    def sandbox_refusal(self) -> str | None:
+        """Why SME code cannot run here (no working sandbox on this machine), or ``None`` when it can."""
+        if self._sandbox.unsafe_no_sandbox:
+            return None
+        from .sandbox import probe
+
+        report = probe()
+        return None if report.available else f"no sandbox can be started on this machine: {report.summary}"
+
+    def sandbox_spec(self, launch: JobLaunch, job_dir: Path) -> SandboxSpec:
+        """The launcher's instructions for ``launch`` (pure apart from locating the harness packages)."""
+        from .sandbox import SandboxLimits, SandboxSpec
+
+        res, d = launch.resources, self._sandbox
+        limits = SandboxLimits(
+            memory_mib=res.memory_mib or d.default_memory_mib,
+            milli_cpu=res.milli_cpu or 1000,
+            max_pids=d.max_pids,
+            disk_mib=d.disk_mib,
+            log_bytes=d.log_bytes,
+            tmp_mib=d.tmp_mib,
+        )
+        binds: list[tuple[str, str]] = []
+        if launch.harness:
+            if (job_dir / "input").is_dir():
+                binds.append((str(job_dir / "input"), "/input"))
+            binds += [(p, p) for p in _harness_package_dirs()]
+        return SandboxSpec(
+            job_id=launch.job_id,
+            job_dir=str(job_dir),
+            command=launch.entrypoint,
+            limits=limits,
+            env=dict(launch.env),
+            readonly_binds=tuple(binds),
+            mode="off" if d.unsafe_no_sandbox else "auto",
+        )
+
+    def _job_dir(self, launch: JobLaunch) -> Path:
+        """The broker's directory of the launch, created with ``work/`` and ``output/`` if needed."""
+        if launch.job_dir is not None:
+            job_dir = Path(launch.job_dir)
+        else:  # a launch built outside the job service (contract tests): copy its working dir
+            job_dir = self._state_dir / "jobs" / launch.job_id
+        for sub in ("work", "output"):
+            (job_dir / sub).mkdir(parents=True, exist_ok=True)
+        job_dir.chmod(0o700)
+        work = job_dir / "work"
+        if launch.job_dir is None and launch.working_dir is not None and not any(work.iterdir()):
+            shutil.copytree(launch.working_dir, work, dirs_exist_ok=True, symlinks=True)
+        return job_dir
+
+    def _sandboxed(self, launch: JobLaunch) -> JobLaunch:
+        """Write the sandbox spec and return the launch Ray runs: the launcher, nothing of the job's own."""
+        if launch.secret_env:
+            raise BackendError("a sandboxed launch gets no credentials: stage its input into the job dir")
+        job_dir = self._job_dir(launch)
+        spec = self.sandbox_spec(launch, job_dir)
+        _write_atomic(job_dir / "spec.json", spec.to_json().encode())
+        (self._state_dir / _LAUNCHES).mkdir(exist_ok=True)
+        _write_atomic(self._state_dir / _LAUNCHES / launch.name, str(job_dir).encode())
+        entrypoint = f"{sys.executable} -I -m broker.compute.sandbox.launch {job_dir / 'spec.json'}"
+        env = {UNSAFE_ENV: "1"} if self._sandbox.unsafe_no_sandbox else {}
+        return replace(launch, entrypoint=entrypoint, working_dir=None, env=env, requirements=())
+
+    def sandbox_result(self, name: str) -> SandboxResult | None:
+        """What the launcher recorded for launch ``name`` (``None`` before it ended, or if it never ran)."""
+        from .sandbox import SandboxResult
+
+        record = self._state_dir / _LAUNCHES / name
+        try:
+            result = Path(record.read_text()) / "result.json"
+            return SandboxResult.from_json(result.read_text())
+        except (OSError, ValueError):
+            return None
+
+    # --- ComputeBackend: the Job Submission API, every entrypoint through the sandbox ----------------
     def create(self, launch: JobLaunch) -> None:
-        """Validate the launch (see :meth:`RayJobsBackend.create`)."""
-        self._jobs.create(launch)
+        """Validate the launch (see :meth:`RayJobsBackend.create`) and its sandbox spec."""
+        refusal = None if launch.harness else self.sandbox_refusal()
+        if refusal is not None:
+            raise BackendError(refusal)
+        self._jobs.create(replace(launch, working_dir=None, requirements=()))
 
     def start(self, launch: JobLaunch) -> None:
-        """Submit the launch to the local head (idempotent)."""
-        self._jobs.start(launch)
+        """Submit the sandboxed launch to the local head (idempotent)."""
+        self._jobs.start(self._sandboxed(launch))
 
     def status(self, name: str) -> BackendStatus:
-        """Return the job's state on the local head."""
-        return self._jobs.status(name)
+        """Return the job's state on the local head, with the sandbox's kill reason once it ended."""
+        status = self._jobs.status(name)
+        if not status.state.is_terminal:
+            return status
+        result = self.sandbox_result(name)
+        if result is None or result.reason is None:
+            return status
+        state = BackendState.STOPPED if result.reason == "stopped" else BackendState.FAILED
+        reason = None if result.reason in ("stopped", "sandbox_error") else result.reason
+        message = f"{result.reason}: {result.detail}" if result.detail else result.reason
+        return replace(status, state=state, message=message, reason=reason)
 
     def logs(self, name: str, max_bytes: int = DEFAULT_LOG_BYTES) -> str:
         """Return the tail of the job's output."""
@@ -300,6 +425,26 @@ class LocalRayBackend:
             time.sleep(0.3)
             if not Path(head.temp_dir).exists():
                 break
+
+
+def _harness_package_dirs() -> list[str]:
+    """Directories of the harness's packages that the mounted environment does not already contain."""
+    import importlib
+
+    prefix = Path(sys.prefix).resolve()
+    dirs = []
+    for name in HARNESS_PACKAGES:
+        module = importlib.import_module(name)
+        path = Path(str(module.__file__)).resolve().parent
+        if not path.is_relative_to(prefix):
+            dirs.append(str(path))
+    return dirs
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _wait_gone(pid: int, timeout_s: float) -> None:

@@ -59,6 +59,9 @@ class Job:
     ended_ms: int | None
     settled_ms: int | None
     stop_requested: bool
+    reason: str | None = None
+    code_bytes: int = 0
+    files_expired_ms: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The view an SME sees of its job."""
@@ -87,6 +90,7 @@ class Job:
             "ended_ms": self.ended_ms,
             "settled_ms": self.settled_ms,
             "stop_requested": self.stop_requested,
+            "reason": self.reason,
         }
 
 
@@ -118,6 +122,9 @@ def _job(row: Any) -> Job:
         ended_ms=r["ended_ms"],
         settled_ms=r["settled_ms"],
         stop_requested=bool(r["stop_requested"]),
+        reason=r["reason"],
+        code_bytes=int(r["code_bytes"] or 0),
+        files_expired_ms=r["files_expired_ms"],
     )
 
 
@@ -227,6 +234,31 @@ def jobs_in(
     if skip_locked and conn.dialect.name != "sqlite":
         query = query.with_for_update(skip_locked=True)
     return [_job(r) for r in conn.execute(query)]
+
+
+def code_bytes_kept(conn: Connection, org_id: str) -> int:
+    """Bytes of unpacked code the SME's jobs still keep on disk (those not yet past their retention)."""
+    total = conn.execute(
+        select(func.coalesce(func.sum(t.jobs.c.code_bytes), 0)).where(
+            t.jobs.c.org_id == org_id, t.jobs.c.files_expired_ms.is_(None), t.jobs.c.code_bytes > 0
+        )
+    ).scalar_one()
+    return int(total)
+
+
+def files_to_expire(conn: Connection, *, ended_before_ms: int, limit: int = 500) -> list[str]:
+    """Ids of finished jobs whose code dirs outlived their retention (oldest first)."""
+    rows = conn.execute(
+        select(t.jobs.c.id)
+        .where(
+            t.jobs.c.files_expired_ms.is_(None),
+            t.jobs.c.settled_ms.is_not(None),
+            t.jobs.c.settled_ms < ended_before_ms,
+        )
+        .order_by(t.jobs.c.settled_ms)
+        .limit(limit)
+    )
+    return [r.id for r in rows]
 
 
 def count_queued(conn: Connection, org_id: str) -> int:

@@ -10,15 +10,10 @@ transaction).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import io
 import json
-import shutil
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,15 +23,18 @@ from typing import Any
 from sqlalchemy import Connection
 
 from broker.compute import BackendError, BackendState, BackendStatus, JobLaunch, launch_name
+from broker.compute.isolation import IsolationStatus, code_job_refusal, isolation_status, stages_locally
+from broker.compute.jobfiles import CheckedArchive, check_archive
 from broker.container import Container
 from broker.db import jobs as jobs_db
 from broker.db import orgs
 from broker.db.jobs import Job
 from broker.db.orgs import Principal
 from broker.services.access import own_or_operator, read_scope, require_role
-from broker.services.idem import write_idempotent
+from broker.services.idem import replayed, write_idempotent
+from broker.services.jobkinds import JobKind
 from broker.services.ledger import balance_dict
-from common.errors import Conflict, InsufficientFunds, InvalidInput
+from common.errors import Conflict, DomainError, InsufficientFunds, InvalidInput
 from common.ids import new_id
 from common.resources import Resources
 from quotas.admission import QueuedJob, Snapshot, TenantState, check_submittable, decide
@@ -50,7 +48,8 @@ MAX_RUNTIME_S = 7 * 24 * 3600
 HOLD_GRACE_S = 3600
 NEVER_STARTED_GRACE_MS = 30_000
 TIMEOUT_MESSAGE = "stopped at its maximum runtime"
-MAX_CODE_BYTES = 32 * 1024 * 1024
+#: The one job kind that runs SME code; every other kind runs the broker's own trusted harness.
+CODE_KIND = "job"
 
 
 @dataclass(frozen=True)
@@ -83,12 +82,14 @@ class JobService:
         self.c = c
         self._pass_lock = threading.Lock()
         self._capacity: tuple[float, Resources] | None = None
-        # Per job kind: the environment its launches get, and what to do once it is settled.
         self.wakeup: Callable[[], None] | None = None  # set by the background loops: admit without waiting
-        self.launch_env: dict[str, Callable[[Job], dict[str, str]]] = {}
-        # Credentials the broker's own harness needs, per job kind (passed as JobLaunch.secret_env).
-        self.launch_secret_env: dict[str, Callable[[Job], dict[str, str]]] = {}
-        self.on_settled: dict[str, Callable[[Job], None]] = {}
+        self._kinds: dict[str, JobKind] = {}
+
+    def register_kind(self, name: str, kind: JobKind) -> None:
+        """Run jobs of kind ``name`` (the broker's own harness) through ``kind``'s launch and settle hooks."""
+        if name == CODE_KIND or name in self._kinds:
+            raise ValueError(f"job kind {name!r} is already defined")
+        self._kinds[name] = kind
 
     # -- operators: rate card and quotas -----------------------------------------------------------
     def rate_card(self) -> dict[str, Any]:
@@ -204,13 +205,18 @@ class JobService:
     def submit(
         self, principal: Principal, request: JobRequest, *, idempotency_key: str | None
     ) -> dict[str, Any]:
-        """Queue a job; it runs when its quota, the cluster and its credit allow (see the admission pass)."""
+        """Queue a job; it runs when its quota, the cluster and its credit allow (see the admission pass).
+
+        Every check that can refuse the submission runs before anything is written to disk: the request's
+        values, the archive's directory, whether the backend can isolate SME code, an idempotent replay,
+        quota and disk quota. Only then is the archive unpacked (streaming, capped), and a refusal after
+        that removes the job's files again: a refused submission leaves nothing behind.
+        """
         require_role(principal, "sme")
         _check_request(request)
-        job_id = new_id("job")
-        workdir = self._unpack(job_id, request.working_dir_zip_b64)
-        cluster_total = self._cluster_total()
-        now = self.c.clock.now_ms()
+        archive = self._checked_archive(request)
+        if request.kind == CODE_KIND:
+            self._check_isolation(request)
         body = {
             "entrypoint": request.entrypoint,
             "resources": [request.resources.milli_cpu, request.resources.gpus, request.resources.memory_mib],
@@ -221,25 +227,86 @@ class JobService:
             "kind": request.kind,
             "spec": request.spec,
         }
+        org, key, op = principal.org_id, idempotency_key, "job.submit"
+        earlier = replayed(self.c.db, org_id=org, key=key, operation=op, body=body)
+        if earlier is not None:
+            return earlier
+        cluster_total = self._cluster_total()
+        declared = archive.declared_bytes if archive else 0
+        self.c.db.read(lambda conn: self._check_admissible(conn, principal, request, cluster_total, declared))
+        job_id = new_id("job")
+        code_bytes = self.c.job_files.unpack(job_id, archive) if archive else 0
+        workdir = self.c.job_files.work_dir(job_id) if archive else None
 
         def tx(conn: Connection) -> dict[str, Any]:
             return self.queue_in(
-                conn, principal, request, job_id=job_id, workdir=workdir, cluster_total=cluster_total
+                conn,
+                principal,
+                request,
+                job_id=job_id,
+                workdir=workdir,
+                cluster_total=cluster_total,
+                code_bytes=code_bytes,
             )
 
-        result, fresh = write_idempotent(
-            self.c.db,
-            org_id=principal.org_id,
-            key=idempotency_key,
-            operation="job.submit",
-            body=body,
-            now_ms=now,
-            fn=tx,
-        )
-        if not fresh and workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            result, fresh = write_idempotent(
+                self.c.db, org_id=org, key=key, operation=op, body=body, now_ms=self.c.clock.now_ms(), fn=tx
+            )
+        except BaseException:
+            self.c.job_files.remove(job_id)
+            raise
+        if not fresh:
+            self.c.job_files.remove(job_id)
         self.wake()
         return result
+
+    def _checked_archive(self, request: JobRequest) -> CheckedArchive | None:
+        if request.working_dir_zip_b64 is None:
+            return None
+        return check_archive(request.working_dir_zip_b64, self.c.job_files.limits)
+
+    def isolation(self) -> IsolationStatus:
+        """Whether this replica's backend runs SME code isolated (and how); sets ``sbx_sandbox_available``."""
+        status = isolation_status(self.c.compute)
+        self.c.metrics.sandbox_available.set(1 if status.sme_code else 0)
+        return status
+
+    def _check_isolation(self, request: JobRequest) -> None:
+        """SME code runs only where the backend isolates it; say so before anything is stored."""
+        refusal = code_job_refusal(self.c.compute, has_requirements=bool(request.requirements))
+        if refusal is not None:
+            raise refusal
+
+    def _check_admissible(
+        self,
+        conn: Connection,
+        principal: Principal,
+        request: JobRequest,
+        cluster_total: Resources,
+        code_bytes: int,
+    ) -> QueuedJob:
+        """Quota, cluster fit, price bounds and the SME's disk quota for its code (raises on a refusal)."""
+        card = jobs_db.current_rate_card(conn)
+        cost = _bounded(max_cost(request.resources, request.max_runtime_s, card))
+        now = self.c.clock.now_ms()
+        queued = QueuedJob("new", principal.org_id, request.resources, request.priority, now, cost, 0)
+        check_submittable(
+            queued,
+            self._quota(conn, principal.org_id),
+            jobs_db.count_queued(conn, principal.org_id),
+            cluster_total,
+        )
+        if code_bytes:
+            quota = self.c.settings.job_disk_quota_mib * 1024 * 1024
+            kept = jobs_db.code_bytes_kept(conn, principal.org_id)
+            if kept + code_bytes > quota:
+                raise Conflict(
+                    f"this job's code takes {code_bytes} bytes and your jobs already keep {kept} of your "
+                    f"{quota}-byte disk quota; wait for finished jobs' files to expire or submit less code",
+                    code="disk_quota",
+                )
+        return queued
 
     def wake(self) -> None:
         """Ask the background loops for an admission pass now."""
@@ -255,18 +322,12 @@ class JobService:
         job_id: str,
         workdir: Path | None,
         cluster_total: Resources,
+        code_bytes: int = 0,
     ) -> dict[str, Any]:
         """Insert a queued job inside the caller's transaction (quota checked, maximum cost priced, audited)."""
         now = self.c.clock.now_ms()
         card = jobs_db.current_rate_card(conn)
-        cost = _bounded(max_cost(request.resources, request.max_runtime_s, card))
-        queued = QueuedJob(job_id, principal.org_id, request.resources, request.priority, now, cost, 0)
-        check_submittable(
-            queued,
-            self._quota(conn, principal.org_id),
-            jobs_db.count_queued(conn, principal.org_id),
-            cluster_total,
-        )
+        queued = self._check_admissible(conn, principal, request, cluster_total, code_bytes)
         jobs_db.insert_job(
             conn,
             id=job_id,
@@ -283,11 +344,12 @@ class JobService:
             max_runtime_s=request.max_runtime_s,
             priority=request.priority,
             rate_card_version=card.version,
-            max_cost=cost,
+            max_cost=queued.max_cost,
             message="",
             spec=json.dumps(request.spec) if request.spec is not None else None,
             submitted_ms=now,
             stop_requested=False,
+            code_bytes=code_bytes,
         )
         self.c.audit.append(
             conn,
@@ -297,7 +359,7 @@ class JobService:
             object_type="job",
             object_id=job_id,
             org_id=principal.org_id,
-            details={"kind": request.kind, "max_cost": cost},
+            details={"kind": request.kind, "max_cost": queued.max_cost},
         )
         return jobs_db.get_job(conn, job_id).public()
 
@@ -350,6 +412,25 @@ class JobService:
         if job.state in (JobState.QUEUED, JobState.REJECTED) or job.admitted_ms is None:
             return ""
         return self.c.compute.logs(job.name, max_bytes=max_bytes)
+
+    def output(self, principal: Principal, *, job_id: str) -> bytes:
+        """A finished job's ``$SBX_OUTPUT`` as a zip (its SME, operators); size-capped by the sandbox."""
+        job = self._visible(principal, job_id)
+        if not job.state.is_terminal():
+            raise Conflict(
+                f"job {job_id} is {job.state.value}; its output is ready once it ends", code="not_finished"
+            )
+        return self.c.job_files.output_zip(job.id)
+
+    def expire_files_pass(self) -> int:
+        """Remove the code dirs of jobs finished longer ago than the retention (logs and output stay)."""
+        cutoff = self.c.clock.now_ms() - self.c.settings.job_retention_s * 1000
+        due = self.c.db.read(lambda conn: jobs_db.files_to_expire(conn, ended_before_ms=cutoff))
+        now = self.c.clock.now_ms()
+        for job_id in due:
+            self.c.job_files.expire_work(job_id)
+            self.c.db.write(_mark_files_expired(job_id, now))
+        return len(due)
 
     def stop(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
         """Stop a job: a queued one at once; an admitted or running one is stopped and then settled."""
@@ -522,12 +603,19 @@ class JobService:
             launch = self._launch(job)
             self.c.compute.create(launch)
             self.c.compute.start(launch)
-        except BackendError as exc:
+        except DomainError as exc:  # the backend refused, or the kind could not stage its input
             self._fail_submit(job, exc.detail)
             return 0
         return 1
 
     def _launch(self, job: Job) -> JobLaunch:
+        base = self._base_launch(job)
+        kind = self._kinds.get(job.kind)
+        if kind is None:
+            return base
+        return kind.launch(job, base, stage_locally=stages_locally(self.c.compute))
+
+    def _base_launch(self, job: Job) -> JobLaunch:
         return JobLaunch(
             name=job.name,
             job_id=job.id,
@@ -537,9 +625,9 @@ class JobService:
             requirements=job.requirements,
             resources=job.resources,
             max_runtime_s=job.max_runtime_s,
-            env=self.launch_env[job.kind](job) if job.kind in self.launch_env else {},
             labels={"kind": job.kind},
-            secret_env=self.launch_secret_env[job.kind](job) if job.kind in self.launch_secret_env else {},
+            harness=job.kind != CODE_KIND,
+            job_dir=self.c.job_files.job_dir(job.id),
         )
 
     def _fail_submit(self, job: Job, reason: str) -> None:
@@ -620,9 +708,9 @@ class JobService:
         return 1
 
     def _after_settle(self, job: Job) -> None:
-        hook = self.on_settled.get(job.kind)
-        if hook is not None:
-            hook(job)
+        kind = self._kinds.get(job.kind)
+        if kind is not None:
+            kind.settled(job)
 
     def _requeue(self, job: Job) -> None:
         """A job admitted but never started: release its hold and queue it again."""
@@ -675,6 +763,7 @@ class JobService:
                 ended_ms=status.end_ms or now,
                 settled_ms=now,
                 message=current.message or status.message[:500],
+                reason=status.reason,
             )
             self.c.audit.append(
                 conn,
@@ -687,6 +776,8 @@ class JobService:
                 details={"state": final.value, "cost": cost, "voucher_paid": voucher_paid},
             )
             self.c.metrics.record_usage(records)
+            if status.reason is not None:
+                self.c.metrics.sandbox_kill(status.reason)
 
         self.c.db.write(tx)
 
@@ -703,32 +794,12 @@ class JobService:
         self._capacity = (time.monotonic(), total)
         return total
 
-    def _unpack(self, job_id: str, archive_b64: str | None) -> Path | None:
-        if archive_b64 is None:
-            return None
-        try:
-            raw = base64.b64decode(archive_b64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInput("working_dir_zip_b64 is not valid base64") from exc
-        if len(raw) > MAX_CODE_BYTES:
-            raise InvalidInput(f"the working directory archive is over {MAX_CODE_BYTES} bytes")
-        target = (self.c.settings.state_dir / "jobs" / job_id).resolve()
-        try:
-            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-                total = sum(info.file_size for info in archive.infolist())
-                if total > 4 * MAX_CODE_BYTES:
-                    raise InvalidInput("the working directory expands to more than 128 MiB")
-                for info in archive.infolist():
-                    dest = (target / info.filename).resolve()
-                    if not dest.is_relative_to(target):
-                        raise InvalidInput(
-                            f"the archive entry {info.filename!r} points outside the working directory"
-                        )
-                target.mkdir(parents=True, exist_ok=True)
-                archive.extractall(target)
-        except zipfile.BadZipFile as exc:
-            raise InvalidInput("working_dir_zip_b64 is not a zip archive") from exc
-        return target
+
+def _mark_files_expired(job_id: str, now_ms: int) -> Callable[[Connection], None]:
+    def tx(conn: Connection) -> None:
+        jobs_db.set_fields(conn, job_id, files_expired_ms=now_ms)
+
+    return tx
 
 
 def _final_state(job: Job, status: BackendStatus) -> JobState:

@@ -11,6 +11,7 @@ from broker.services.jobs import JobService
 from broker.services.ledger import LedgerService
 from broker.services.orgs import OrgService
 from broker.services.reports import ReportService
+from broker.services.training import KIND as TRAINING_KIND
 from broker.services.training import TrainingService
 from broker.services.vouchers import VoucherService
 
@@ -34,6 +35,8 @@ def build_services(container: Container) -> Services:
     """Build every service over ``container``."""
     jobs = JobService(container)
     datasets = DatasetService(container)
+    training = TrainingService(container, jobs, datasets)
+    jobs.register_kind(TRAINING_KIND, training)
     return Services(
         container=container,
         orgs=OrgService(container),
@@ -42,6 +45,6 @@ def build_services(container: Container) -> Services:
         audit=AuditService(container),
         datasets=datasets,
         jobs=jobs,
-        training=TrainingService(container, jobs, datasets),
+        training=training,
         reports=ReportService(container),
     )

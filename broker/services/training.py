@@ -3,18 +3,24 @@
 Submit validates the spec against the dataset's public policy and the SME's grant (nothing touches data),
 then in ONE transaction reserves the run's whole privacy cost (dataset budget, SME cap, grant), records the
 charge and queues a ``training`` job. The job is billed like any other (hold, admission, metering,
-settlement); it runs the broker's trusted harness (:mod:`broker.training_job`) on Ray with the broker's
-storage credentials. The privacy cost is never refunded: it was reserved before the data could be read.
+settlement); it runs the broker's trusted harness (:mod:`privacy.training.entry`). On the embedded default
+the run's input (its spec and the bounded version) is staged into the job's directory and the harness runs in
+the broker's sandbox with that directory read-only and no credentials at all; on remote backends
+:mod:`broker.training_job` stages the same files from the object store with credentials passed as Secret
+references. The privacy cost is never refunded: it was reserved before the data could be read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
 
+from broker.compute import JobLaunch
 from broker.container import Container
 from broker.db import datasets as repo
 from broker.db import jobs as jobs_db
@@ -24,7 +30,7 @@ from broker.services.access import read_scope, require_role
 from broker.services.datasets import DatasetService
 from broker.services.idem import replayed, write_idempotent
 from broker.services.jobs import JobRequest, JobService
-from broker.training_job import input_key, result_key, weights_key
+from broker.training_job import OUTPUTS, input_key, result_key, weights_key
 from common.canonical import floats_as_text
 from common.errors import Conflict, NotFound
 from common.ids import new_id
@@ -34,11 +40,14 @@ from datasets.policy import ColumnKind
 from datasets.storage import StorageNotFound
 from privacy.budget import PrivacyCost
 from privacy.training import planned_cost, validate_spec
+from privacy.training.entry import DATA_FILE, INPUT_FILE
 from quotas.jobs import JobState
 
 KIND = "training"
 OPERATION = "training.submit"
 DEFAULT_RESOURCES = Resources(milli_cpu=1000, gpus=0, memory_mib=2048)
+#: The harness as it runs in the embedded sandbox: its staged input read-only at /input, results in /output.
+SANDBOXED_ENTRYPOINT = "python -I -m privacy.training.entry --input /input --output /output"
 
 
 class TrainingService:
@@ -48,10 +57,36 @@ class TrainingService:
         self.c = c
         self.jobs = jobs
         self.datasets = datasets
-        jobs.launch_env[KIND] = self._env
-        jobs.launch_secret_env[KIND] = self._secret_env
-        jobs.on_settled[KIND] = self._record
         datasets.on_revoked.append(self._cancel_queued)
+
+    # -- the training job kind (broker.services.jobkinds.JobKind) -------------------------------------
+    def launch(self, job: Job, base: JobLaunch, *, stage_locally: bool) -> JobLaunch:
+        """The harness's launch: staged input and no credentials locally; Secret-backed fetch remotely."""
+        if stage_locally:
+            assert base.job_dir is not None
+            self._stage(job, base.job_dir / "input")
+            return replace(base, entrypoint=SANDBOXED_ENTRYPOINT)
+        return replace(base, env=self._env(job), secret_env=self._secret_env(job))
+
+    def settled(self, job: Job) -> None:
+        """Keep a sandboxed run's outputs in the object store, then close its charge and audit it."""
+        self._collect(job)
+        self._record(job)
+
+    def _stage(self, job: Job, input_dir: Path) -> None:
+        """Write the run's input and its dataset version's bounded file for the sandbox (read-only there)."""
+        raw_input = self.c.storage.get_bytes(input_key(job.id))
+        input_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        (input_dir / INPUT_FILE).write_bytes(raw_input)
+        (input_dir / DATA_FILE).write_bytes(self.c.storage.get_bytes(json.loads(raw_input)["object_key"]))
+
+    def _collect(self, job: Job) -> None:
+        """Copy what a locally sandboxed run wrote into the object store, where status and download read it."""
+        output = self.c.job_files.output_dir(job.id)
+        for name, key in OUTPUTS:
+            path = output / name
+            if path.is_file() and not path.is_symlink():
+                self.c.storage.put_bytes(key(job.id), path.read_bytes())
 
     def submit(
         self,

@@ -1,0 +1,174 @@
+"""Where SME code may run, and what a submission leaves on disk (issues 11 and 13), on SQLite and PostgreSQL.
+
+* A shared Ray cluster (``SBX_RAY_ADDRESS``) refuses SME code at submission (``sandbox_unavailable``) and the
+  backend refuses it again if a code path forgot to ask; the broker's harness still runs there.
+* Every refusal happens before the archive is unpacked, or removes what was unpacked: a refused submission
+  leaves no job row and no files; the per-SME disk quota counts kept code; retention removes code dirs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.compute import BackendState, FakeBackend, SandboxUnavailable, launch_name
+from broker.compute.fake import FakeScript
+from broker.compute.ray_jobs import RayJobsBackend
+from broker.services.jobs import JobRequest
+from broker.services.registry import Services
+from common.errors import Conflict, DomainError
+from common.resources import Resources
+from quotas.quota import QuotaExceeded
+from tests.conftest import BACKENDS, World
+
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+ONE_CPU = Resources(milli_cpu=1000, gpus=0, memory_mib=1024)
+
+
+def _archive(files: dict[str, bytes]) -> str:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _submit(world: World, code: str | None = None, **extra: Any) -> dict[str, Any]:
+    request = JobRequest("python main.py", ONE_CPU, 60, working_dir_zip_b64=code, **extra)
+    return world.services.jobs.submit(world.sme, request, idempotency_key=None)
+
+
+def _jobs_dir(services: Services) -> Path:
+    return services.container.settings.state_dir / "jobs"
+
+
+def _left_on_disk(services: Services) -> list[str]:
+    root = _jobs_dir(services)
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+@pytest.fixture
+def fake(services: Services, clock: Any) -> FakeBackend:
+    backend = FakeBackend(clock, capacity=Resources(milli_cpu=4000, gpus=0, memory_mib=16_384))
+    services.container.use_compute(backend)
+    return backend
+
+
+@pytest.fixture
+def shared_ray(services: Services) -> RayJobsBackend:
+    """A shared Ray cluster's backend; nothing listens at the address, and nothing here needs it to."""
+    backend = RayJobsBackend("http://127.0.0.1:9", None, capacity_override=Resources(8000, 0, 32_768))
+    services.container.use_compute(backend)
+    return backend
+
+
+def test_a_shared_ray_cluster_refuses_sme_code_and_stores_nothing(
+    world: World, shared_ray: RayJobsBackend
+) -> None:
+    world.credit(1_000_000)
+    with pytest.raises(SandboxUnavailable, match="KubeRay") as exc:
+        _submit(world, _archive({"main.py": b"print('hi')\n"}))
+    assert exc.value.code == "sandbox_unavailable"
+    assert world.services.jobs.list_jobs(world.sme) == []
+    assert _left_on_disk(world.services) == []
+    status = world.services.jobs.isolation()
+    assert status.backend == "ray" and not status.sme_code
+    assert world.services.container.metrics.sandbox_available._value.get() == 0
+
+
+def test_a_refused_submission_leaves_no_files(world: World, fake: FakeBackend) -> None:
+    world.credit(1_000_000)
+    world.services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={
+            "max_milli_cpu": 500,
+            "max_gpus": 0,
+            "max_memory_mib": 4096,
+            "max_running_jobs": 4,
+            "max_queued_jobs": 10,
+        },
+    )
+    with pytest.raises(QuotaExceeded):
+        _submit(world, _archive({"main.py": b"x" * 1000}))
+    assert _left_on_disk(world.services) == []
+    # Negative control: an admissible submission does unpack its code.
+    world.services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={
+            "max_milli_cpu": 4000,
+            "max_gpus": 0,
+            "max_memory_mib": 4096,
+            "max_running_jobs": 4,
+            "max_queued_jobs": 10,
+        },
+    )
+    job = _submit(world, _archive({"main.py": b"x" * 1000}))
+    assert _left_on_disk(world.services) == [job["id"]]
+    assert (_jobs_dir(world.services) / job["id"] / "work" / "main.py").stat().st_size == 1000
+
+
+def test_a_bad_archive_is_refused_before_anything_is_written(world: World, fake: FakeBackend) -> None:
+    world.credit(1_000_000)
+    for bad in (
+        _archive({"../../escape.py": b"x"}),
+        "not base64",
+        _archive({f"f{i}": b"" for i in range(10_001)}),
+    ):
+        with pytest.raises(DomainError) as exc:
+            _submit(world, bad)
+        assert exc.value.code == "invalid_archive"
+    assert _left_on_disk(world.services) == [] and world.services.jobs.list_jobs(world.sme) == []
+
+
+def test_the_disk_quota_counts_kept_code_and_retention_frees_it(world: World, fake: FakeBackend) -> None:
+    container = world.services.container
+    container.settings = container.settings.model_copy(
+        update={"job_disk_quota_mib": 1, "job_retention_s": 60}
+    )
+    world.credit(10_000_000)
+    code = _archive({"blob.bin": b"\1" * 600_000})
+    first = _submit(world, code)
+    with pytest.raises(Conflict) as exc:
+        _submit(world, code)  # 2 × 600 kB > 1 MiB
+    assert exc.value.code == "disk_quota"
+    assert _left_on_disk(world.services) == [first["id"]]
+    fake.script(launch_name(first["id"]), FakeScript(run_ms=1_000))
+    for _ in range(4):
+        world.clock.advance(1_000)
+        world.services.jobs.reconcile_pass()
+        world.services.jobs.admission_pass()
+    assert world.services.jobs.get(world.sme, job_id=first["id"])["state"] == "succeeded"
+    assert world.services.jobs.expire_files_pass() == 0  # within its retention
+    world.clock.advance(61_000)
+    assert world.services.jobs.expire_files_pass() == 1
+    assert not (_jobs_dir(world.services) / first["id"] / "work").exists()
+    assert (_jobs_dir(world.services) / first["id"] / "output").exists()
+    second = _submit(world, code)  # the quota is free again
+    assert second["state"] == "queued"
+    assert fake.status(launch_name(first["id"])).state is BackendState.SUCCEEDED
+
+
+def test_output_is_downloadable_once_the_job_ended(world: World, fake: FakeBackend) -> None:
+    world.credit(1_000_000)
+    job = _submit(world, _archive({"main.py": b"x"}))
+    with pytest.raises(Conflict) as exc:
+        world.services.jobs.output(world.sme, job_id=job["id"])
+    assert exc.value.code == "not_finished"
+    (world.services.container.job_files.output_dir(job["id"]) / "model.txt").write_text("weights")
+    fake.script(launch_name(job["id"]), FakeScript(run_ms=1_000))
+    for _ in range(4):
+        world.clock.advance(1_000)
+        world.services.jobs.reconcile_pass()
+        world.services.jobs.admission_pass()
+    with zipfile.ZipFile(io.BytesIO(world.services.jobs.output(world.sme, job_id=job["id"]))) as zf:
+        assert zf.read(f"{job['id']}/model.txt") == b"weights"
+    with pytest.raises(DomainError) as missing:
+        world.services.jobs.output(world.sme_b, job_id=job["id"])  # another SME: the same 404 as missing
+    assert missing.value.code == "not_found"
