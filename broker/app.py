@@ -12,10 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.deps import PrincipalDep
+from broker.api.guards import InputGuard
 from broker.api.models import ErrorBody
 from broker.api.policy import policy
 from broker.api.routes_core import router as core_router
-from broker.errors import RateLimited, error_body, status_for
+from broker.errors import RateLimited, error_body, status_for, validation_code
 from broker.services.access import require_role
 from broker.services.registry import Services
 from common.errors import DomainError
@@ -48,6 +49,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=services.container.settings.max_body_bytes)
+    app.add_middleware(InputGuard)
     app.include_router(core_router)
     for router in _feature_routers():
         app.include_router(router)
@@ -100,11 +102,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()[:10]
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: {err.get('msg', 'invalid')}"
-            for err in exc.errors()[:10]
+            for err in errors
         )
-        return JSONResponse(error_body("invalid_request", problems), status_code=422)
+        return JSONResponse(error_body(validation_code(errors), problems), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

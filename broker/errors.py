@@ -6,7 +6,11 @@ module maps their exception classes (most specific first) to a status.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from common.errors import Conflict, DomainError, InsufficientFunds, InvalidInput, NotFound
+from common.numbers import BOUNDED_INPUT_CODES
 
 
 class Unauthorized(DomainError):
@@ -73,6 +77,25 @@ _STATUS_BY_CODE: dict[str, int] = {
     "secure_rng_unavailable": 503,
     "rate_limited": 429,
 }
+
+
+# The stable codes of bounded input (common.numbers), and the pydantic error types that mean the same thing.
+_STATUS_BY_CODE |= {code: 422 for code in BOUNDED_INPUT_CODES}
+_CODE_BY_PYDANTIC_TYPE: dict[str, str] = {
+    **{code: code for code in BOUNDED_INPUT_CODES},
+    **dict.fromkeys(("greater_than", "greater_than_equal", "less_than", "less_than_equal"), "out_of_range"),
+    **dict.fromkeys(("int_parsing", "int_from_float", "int_type", "finite_number"), "invalid_number"),
+}
+
+
+def validation_code(errors: Sequence[Mapping[str, Any]]) -> str:
+    """The code of a 422 from request validation: the first error's bounded-input code (``out_of_range``,
+    ``control_character``...) when it has one, else ``invalid_request``."""
+    for err in errors:
+        code = _CODE_BY_PYDANTIC_TYPE.get(str(err.get("type", "")))
+        if code is not None:
+            return code
+    return "invalid_request"
 
 
 def status_for(exc: DomainError) -> int:

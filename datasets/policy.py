@@ -8,6 +8,19 @@ Numeric columns are fixed-point: a column with ``decimals = d`` is stored and su
 integers of :mod:`privacy.budget` (micro-ε, δ in 10⁻¹²); ``privacy`` turns them into ``PrivacyCost`` values
 (``datasets`` may not import ``privacy``: the arrows point down).
 
+Exact sums cannot wrap (the decision, and why). A fixed-point sum over ``n`` rows of a column whose largest
+absolute bound is ``M`` units is at most ``n·M`` in magnitude. Two rules keep it exact:
+
+* a numeric column's bounds are at most :data:`MAX_ABS_UNITS` = 2⁵³ units (``|bound| · 10^decimals``), so every
+  value the preparation computes in float64 is an exact integer (a 9-decimal column may hold up to about 9·10⁶;
+  a whole-number column up to about 9·10¹⁵): such a policy is refused otherwise;
+* a bounded version is refused at registration when ``rows · M`` exceeds :data:`SUM_LIMIT` (the signed 64-bit
+  range) for one of its numeric columns (:func:`check_sum_range`): the custodian, who knows the rows, learns it.
+
+``privacy.queries`` sums in 128-bit integers and saturates into the 64-bit range anyway (a 1-Lipschitz step:
+the sensitivity and so the privacy guarantee are unchanged), so even a frame that bypassed registration never
+wraps; with the two rules above the saturation never changes a value.
+
 Categorical values outside the declared set are mapped to :data:`OTHER_CATEGORY` when the bounded version is
 prepared, so every declared key set is ``categories + (OTHER_CATEGORY,)`` and never comes from the data.
 """
@@ -16,11 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
+from common import numbers
 from common.errors import DomainError
 
 OTHER_CATEGORY = "__other__"
@@ -28,6 +42,12 @@ MAX_DECIMALS = 9
 MAX_CATEGORIES = 1000
 MAX_ROWS_PER_UNIT_LIMIT = 10_000
 _DELTA_UNITS = 1_000_000_000_000
+MAX_ABS_UNITS = 2**53
+"""Largest absolute bound of a numeric column in fixed-point units (exact in float64)."""
+MAX_BOUND = 2**53
+"""Largest absolute bound in natural units a policy may name (at 0 decimals it is MAX_ABS_UNITS)."""
+SUM_LIMIT = numbers.INT64_MAX
+"""Largest ``rows · max|bound|`` (units) a bounded version may reach: a 64-bit sum of it cannot wrap."""
 
 # The small dtype vocabulary a data schema is described in (prepare.schema_of maps Polars dtypes to it).
 SCHEMA_TYPES = frozenset({"int", "float", "decimal", "string", "bool", "other"})
@@ -53,17 +73,10 @@ class ColumnKind(StrEnum):
 
 
 def parse_exact(value: object, what: str) -> Fraction:
-    """Read an exact number: int, Fraction, Decimal, decimal string, or float (via its shortest repr)."""
-    if isinstance(value, bool):
-        raise PolicyError(f"{what} must be a number, got a boolean")
-    if isinstance(value, int | Fraction):
-        return Fraction(value)
-    if isinstance(value, float | str | Decimal):
-        try:
-            return Fraction(Decimal(str(value)))
-        except (InvalidOperation, ValueError) as exc:
-            raise PolicyError(f"{what} must be a finite decimal number, got {value!r}") from exc
-    raise PolicyError(f"{what} must be a number, got {type(value).__name__}")
+    """Read an exact bound: int, Fraction, Decimal, decimal text, or float (via its shortest repr), through
+    the one bounded parser of ``common.numbers`` (form and exponent checked before conversion), and within
+    ±:data:`MAX_BOUND`."""
+    return numbers.parse_exact(value, what, lo=-MAX_BOUND, hi=MAX_BOUND, ratios=False)
 
 
 def decimal_text(value: Fraction, decimals: int) -> str:
@@ -112,6 +125,11 @@ class ColumnSpec:
                     f"numeric column {self.name!r}: bound {float(bound)} is not exact at "
                     f"{self.decimals} decimals; raise decimals"
                 )
+        if self.max_abs_units > MAX_ABS_UNITS:
+            raise PolicyError(
+                f"numeric column {self.name!r}: bounds times 10^decimals reach {self.max_abs_units} units, above "
+                f"2^53 (sums and the float preparation must stay exact); narrow the bounds or lower decimals"
+            )
 
     def _check_categorical(self) -> None:
         if self.lo is not None or self.hi is not None:
@@ -309,6 +327,18 @@ class DatasetPolicy:
             sme_cap_epsilon_micro=cap.get("epsilon_micro", 0),
             sme_cap_delta_e12=cap.get("delta_e12", 0),
         )
+
+
+def check_sum_range(policy: DatasetPolicy, rows: int) -> None:
+    """Refuse a bounded version of ``rows`` rows whose exact sum of some numeric column could leave the signed
+    64-bit range (``rows · max|bound| > SUM_LIMIT``; see the module docstring)."""
+    for col in policy.columns_of(ColumnKind.NUMERIC):
+        if rows * col.max_abs_units > SUM_LIMIT:
+            raise PolicyError(
+                f"numeric column {col.name!r}: {rows} rows of up to {col.max_abs_units} units could sum beyond "
+                f"the 64-bit range; at most {SUM_LIMIT // col.max_abs_units} rows fit these bounds — narrow "
+                "them, lower decimals or split the dataset"
+            )
 
 
 def validate_against_schema(policy: DatasetPolicy, schema: Mapping[str, str]) -> None:

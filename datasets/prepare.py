@@ -6,6 +6,7 @@ Bounding rules (applied once, at registration, so queries never regroup by perso
 * each privacy unit keeps at most ``max_rows_per_unit`` rows, a uniformly random subset chosen by a
   random permutation from a cryptographically seeded generator (seeds are for tests only); the stored rows
   are left in that shuffled order, so row order carries nothing from the source;
+* a version whose fixed-point sums could leave the 64-bit range is refused (``policy.check_sum_range``);
 * numeric columns are clamped to their declared bounds and stored as **Int64 fixed-point units**
   (value times 10^decimals, rounded half-to-even, then clamped again so rounding never leaves the
   bounds); nulls and NaN are imputed with the lower bound (a public constant); read them as floats
@@ -34,6 +35,7 @@ from datasets.policy import (
     ColumnKind,
     ColumnSpec,
     DatasetPolicy,
+    check_sum_range,
     validate_against_schema,
 )
 
@@ -119,6 +121,7 @@ def bound_contributions(
     kept = df.filter(pl.col(unit).is_not_null())
     shuffled = kept[gen.permutation(kept.height)]
     capped = shuffled.filter(pl.int_range(pl.len()).over(unit) < policy.max_rows_per_unit)
+    check_sum_range(policy, capped.height)
     return capped.select([_bound_expr(c) for c in policy.columns])
 
 

@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import Any
 
 from common.errors import DomainError, InvalidInput
+from common.numbers import INT64_MAX, check_int
 from datasets.approval import Grant
 from datasets.policy import DatasetPolicy
 
@@ -60,8 +61,7 @@ class PrivacyCost:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInput(f"{name} must be an integer, got {type(value).__name__}")
-            if value < 0:
-                raise InvalidInput(f"{name} must be >= 0, got {value}")
+            check_int(value, name, lo=0, hi=INT64_MAX)  # stored in BIGINT columns: signed 64-bit
         if self.delta_e12 >= DELTA_UNITS:
             raise InvalidInput(f"delta must be < 1, got {self.delta_e12} x 1e-12")
 

@@ -10,7 +10,9 @@ Neighbouring datasets and sensitivities. Two datasets are neighbours when one ad
 unit**, i.e. up to ``k = max_rows_per_unit`` rows of the bounded version. With ``M`` the largest absolute
 bound of a numeric column in fixed-point units:
 
-* count: ``k``;  sum: ``k·M`` (sums run on Int64 fixed-point units, so rounding never enlarges this);
+* count: ``k``;  sum: ``k·M`` (sums run on Int64 fixed-point units, so rounding never enlarges this; they are
+  added in Int128 and saturated into Int64, so they never wrap — see ``datasets.policy`` for the limits that make
+  the saturation a no-op);
 * grouped counts / grouped sums / histogram, over the public key set of a categorical column (declared
   categories plus ``OTHER_CATEGORY``, missing groups released as noisy zeros): the L1 sensitivity of the
   whole vector is still ``k`` (resp. ``k·M``), because each of the unit's ``k`` rows lies in exactly one
@@ -23,6 +25,11 @@ Budget split (``estimate_cost`` is exactly the sum of the parts, and ``charged``
 is a sum (⌈ε/2⌉) and a count (⌊ε/2⌋); ``m`` quantiles split ε evenly (the remainder to the first). Each part's
 Laplace scale is calibrated so that OpenDP's own privacy map, read as an exact fraction, is at most the
 part's ε in micro-ε — OpenDP's accounting, never ours, decides whether the claim holds.
+
+Bounded input. Quantile levels and ε reach this module from users: levels go through
+``common.numbers.parse_exact`` (form and exponent checked before any conversion, then ``0 < q < 1``) and must be
+distinct as exact values (``0.5``, ``"1/2"`` and ``"0.50"`` are one level: ``duplicate_value``); ``epsilon_micro``
+is an integer in ``1..MAX_EPSILON_MICRO``.
 
 Confidence intervals are 95% intervals of the noise only, from the discrete Laplace's exact tail
 (:func:`laplace_half_width`); per key they are marginal, not simultaneous. A mean's interval takes each part
@@ -45,12 +52,14 @@ import opendp.prelude as dp
 import polars as pl
 
 from common.errors import InvalidInput
+from common.numbers import INT64_MAX, INT64_MIN, check_int, check_unique, parse_exact
 from datasets.policy import ColumnKind, ColumnSpec, DatasetPolicy, PolicyError
-from privacy.budget import EPSILON_UNITS, PrivacyCost
+from privacy.budget import DELTA_UNITS, EPSILON_UNITS, PrivacyCost
 
 dp.enable_features("contrib")
 
 MAX_QUANTILES = 20
+MAX_EPSILON_MICRO = 10**12  # one query's ε: at most 10⁶ ε, the largest grant an access request may ask
 MAX_QUANTILE_CANDIDATES = 1025
 TOTAL_KEY = "*"
 _SPEC_FIELDS = frozenset({"kind", "epsilon", "epsilon_micro", "column", "group_by", "quantiles"})
@@ -92,7 +101,9 @@ class QuerySpec:
                 raise QueryError(f"query kind must be one of {[k.value for k in QueryKind]}") from exc
         if not isinstance(self.epsilon, PrivacyCost):
             object.__setattr__(self, "epsilon", PrivacyCost(self.epsilon))
-        object.__setattr__(self, "quantiles", tuple(_parse_level(q) for q in self.quantiles))
+        levels = tuple(_parse_level(q, f"quantiles[{i}]") for i, q in enumerate(self.quantiles))
+        check_unique(levels, "quantiles", show=self.quantiles)
+        object.__setattr__(self, "quantiles", levels)
 
     @classmethod
     def make(
@@ -116,14 +127,16 @@ class QuerySpec:
             raise QueryError(f"unknown query fields: {sorted(unknown)}")
         raw_eps = data.get("epsilon", data.get("epsilon_micro"))
         if isinstance(raw_eps, Mapping):
-            eps: PrivacyCost | int = PrivacyCost.from_dict(dict(raw_eps))
-        elif isinstance(raw_eps, int) and not isinstance(raw_eps, bool):
-            eps = raw_eps
+            eps: PrivacyCost | int = _bounded_cost(raw_eps)
+        elif raw_eps is not None:
+            eps = check_int(raw_eps, "epsilon_micro", lo=1, hi=MAX_EPSILON_MICRO)
         else:
             raise QueryError("a query needs epsilon_micro (an integer of micro-ε)")
         quantiles = data.get("quantiles") or ()
         if not isinstance(quantiles, list | tuple):
             raise QueryError("quantiles must be a list of levels in (0, 1)")
+        if len(quantiles) > MAX_QUANTILES:
+            raise QueryError(f"a quantile query needs 1..{MAX_QUANTILES} levels")
         for name in ("column", "group_by"):
             if data.get(name) is not None and not isinstance(data.get(name), str):
                 raise QueryError(f"{name} must be a column name")
@@ -145,13 +158,19 @@ def level_text(level: Fraction) -> str:
     return repr(float(level))
 
 
-def _parse_level(value: Fraction | float | str) -> Fraction:
-    if isinstance(value, bool) or not isinstance(value, Fraction | float | int | str):
-        raise QueryError("quantile levels must be numbers in (0, 1)")
-    try:
-        return Fraction(str(value)) if isinstance(value, float) else Fraction(value)
-    except (ValueError, ZeroDivisionError, OverflowError) as exc:
-        raise QueryError("quantile levels must be numbers in (0, 1)") from exc
+def _parse_level(value: Fraction | float | str, field: str) -> Fraction:
+    """A quantile level in (0, 1) through the one bounded parser (its form is checked before conversion)."""
+    return parse_exact(value, field, lo=0, hi=1, lo_open=True, hi_open=True)
+
+
+def _bounded_cost(data: Mapping[str, Any]) -> PrivacyCost:
+    """``{"epsilon_micro": n, "delta_e12": m}`` with both integers range-checked before use."""
+    extra = sorted(str(k) for k in data if k not in ("epsilon_micro", "delta_e12"))
+    if extra:
+        raise QueryError(f"unknown privacy cost fields: {extra}")
+    eps = check_int(data.get("epsilon_micro"), "epsilon.epsilon_micro", lo=1, hi=MAX_EPSILON_MICRO)
+    delta = check_int(data.get("delta_e12", 0), "epsilon.delta_e12", lo=0, hi=DELTA_UNITS - 1)
+    return PrivacyCost(eps, delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,10 +366,17 @@ def _agg_exprs(name: str, policy: DatasetPolicy, clip: bool) -> list[pl.Expr]:
     col = policy.column(name.removeprefix("sum:"))
     value = pl.col(col.name).clip(col.lo_units, col.hi_units) if clip else pl.col(col.name)
     return [
-        value.sum().cast(pl.Int64).alias(name),
+        _checked_sum(value).alias(name),
         value.min().cast(pl.Int64).alias(f"min:{col.name}"),
         value.max().cast(pl.Int64).alias(f"max:{col.name}"),
     ]
+
+
+def _checked_sum(value: pl.Expr) -> pl.Expr:
+    """The exact sum of an Int64 column without wrapping: summed in Int128 (no overflow below 2⁶⁴ rows), then
+    saturated into Int64 — a 1-Lipschitz step, so the sum's sensitivity ``k·M`` and the guarantee are unchanged.
+    With ``datasets.policy.check_sum_range`` enforced at registration the saturation never alters a value."""
+    return value.cast(pl.Int128).sum().clip(INT64_MIN, INT64_MAX).cast(pl.Int64)
 
 
 def _sums_in_bounds(frame: pl.DataFrame, names: Sequence[str], policy: DatasetPolicy) -> bool:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from common.errors import InvalidInput
+from common.numbers import INT64_MAX, DuplicateValue, check_json_text, check_text
 
 
 class Strict(BaseModel):
@@ -12,6 +16,47 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+
+PRINTABLE_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+"""What the OpenAPI says of every stored string: no control characters (lone surrogates are refused too)."""
+
+
+def _reraise(exc: InvalidInput) -> PydanticCustomError:
+    """Our stable code (``control_character``, ``duplicate_value``...) as a pydantic error type, so the
+    validation handler answers with it (see ``broker.app``)."""
+    return PydanticCustomError(exc.code, "{detail}", {"detail": exc.detail})
+
+
+def _printable(value: str) -> str:
+    try:
+        return check_text(value, "value")
+    except InvalidInput as exc:
+        raise _reraise(exc) from None
+
+
+def _printable_json(value: Any) -> Any:
+    try:
+        return check_json_text(value, "value")
+    except InvalidInput as exc:
+        raise _reraise(exc) from None
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    try:
+        if len(set(values)) != len(values):
+            raise DuplicateValue("value: the same item is listed twice")
+    except InvalidInput as exc:
+        raise _reraise(exc) from None
+    return values
+
+
+Text = Annotated[str, AfterValidator(_printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})]
+"""A string that reaches storage or a query: NUL and other control characters are refused (422
+``control_character``) — PostgreSQL cannot store NUL, SQLite would."""
+JsonObject = Annotated[dict[str, Any], AfterValidator(_printable_json)]
+"""A free-form JSON object (policy, spec, query) whose keys and strings obey :data:`Text`'s rule."""
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
+"""An integer that reaches the database: signed 64-bit."""
 
 ResourceClass = Literal["cpu", "gpu", "memory"]
 
@@ -27,7 +72,7 @@ def _cpu() -> list[ResourceClass]:
 class OrgCreate(Strict):
     """Create an organisation."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     role: Literal["operator", "issuer", "custodian", "sme"]
     year_budget: int | None = Field(default=None, ge=0, le=2**62)
     sme_cap: int | None = Field(default=None, ge=0, le=2**62)
@@ -37,7 +82,7 @@ class OrgCreate(Strict):
 class TokenCreate(Strict):
     """Create a bearer token."""
 
-    label: str = Field(default="", max_length=200)
+    label: Text = Field(default="", max_length=200)
     ttl_s: int | None = Field(default=None, gt=0, le=10 * 365 * 24 * 3600)
 
 
@@ -57,10 +102,12 @@ class KeyStatusSet(Strict):
 class VoucherIssue(Strict):
     """Issue a voucher to an SME."""
 
-    sme_org: str = Field(min_length=1, max_length=40)
+    sme_org: Text = Field(min_length=1, max_length=40)
     credits: int = Field(gt=0, le=2**53 - 1)
     coverage_bps: int = Field(ge=1, le=10_000)
-    resources: list[ResourceClass] = Field(default_factory=_cpu_and_memory, min_length=1)
+    resources: Annotated[list[ResourceClass], AfterValidator(_distinct)] = Field(
+        default_factory=_cpu_and_memory, min_length=1
+    )
     valid_from_s: int | None = Field(default=None, ge=0, le=2**53 - 1)
     valid_until_s: int = Field(gt=0, le=2**53 - 1)
     credit_expires_s: int = Field(gt=0, le=2**53 - 1)
@@ -69,7 +116,7 @@ class VoucherIssue(Strict):
 class VoucherRedeem(Strict):
     """Redeem a voucher token."""
 
-    token: str = Field(min_length=1, max_length=65536)
+    token: Text = Field(min_length=1, max_length=65536)
 
 
 class HoldPlace(Strict):
@@ -77,7 +124,7 @@ class HoldPlace(Strict):
 
     amount: int = Field(gt=0, le=2**62)
     resources: list[ResourceClass] = Field(default_factory=_cpu, min_length=1)
-    org_id: str | None = Field(default=None, max_length=40)
+    org_id: Text | None = Field(default=None, max_length=40)
     ttl_s: int | None = Field(default=None, gt=0, le=365 * 24 * 3600)
 
 
@@ -126,18 +173,18 @@ class JobResources(Strict):
 class JobSubmit(JobResources):
     """Submit a job: an entrypoint run in the uploaded working directory."""
 
-    entrypoint: str = Field(min_length=1, max_length=4096)
+    entrypoint: Text = Field(min_length=1, max_length=4096)
     priority: int = Field(default=0, ge=-100, le=100)
-    requirements: list[str] = Field(default_factory=list, max_length=200)
+    requirements: list[Annotated[Text, Field(max_length=1000)]] = Field(default_factory=list, max_length=200)
     working_dir_zip_b64: str | None = Field(default=None, max_length=48 * 1024 * 1024)
 
 
 class TrainingSubmit(Strict):
     """Train a model from the allow-list on a protected dataset (a declarative spec, never code)."""
 
-    dataset_id: str = Field(min_length=1, max_length=40)
-    version: int | None = Field(default=None, ge=1)
-    spec: dict[str, Any] = Field(
+    dataset_id: Text = Field(min_length=1, max_length=40)
+    version: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    spec: JsonObject = Field(
         description="Training spec: task, features, label, model, epochs, ... (docs/training.md)"
     )
     milli_cpu: int = Field(default=1000, ge=100, le=64_000)

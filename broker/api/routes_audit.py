@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from broker.api.deps import PrincipalDep, ServicesDep
 from broker.api.policy import policy
+from common.numbers import INT64_MAX
 
 router = APIRouter(prefix="/api/v1/audit")
 
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/api/v1/audit")
 def audit_entries(
     principal: PrincipalDep,
     services: ServicesDep,
-    after_seq: int = Query(default=0, ge=0),
+    after_seq: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     """Entries the caller may read (operators: all; others: about themselves or their datasets)."""

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from broker.api import models as m
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
+from common.numbers import INT64_MAX
 from quotas.ledger import HoldState
 
 router = APIRouter(prefix="/api/v1")
@@ -144,7 +145,7 @@ def ledger_entries(
     principal: PrincipalDep,
     services: ServicesDep,
     org_id: str | None = Query(default=None, max_length=40),
-    after_id: int = Query(default=0, ge=0),
+    after_id: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     """Ledger entries touching the caller's organisation (operators: any or all)."""

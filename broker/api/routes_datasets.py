@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 
 from broker.api.deps import PrincipalDep, ServicesDep, rate_limited
-from broker.api.models import Strict
+from broker.api.models import JsonObject, Strict, Text
 from broker.api.policy import policy
 from broker.services.datasets import MAX_QUERIES_PER_BATCH, decode_content
+from common.numbers import INT64_MAX
 
 router = APIRouter(prefix="/api/v1")
 
@@ -26,26 +27,26 @@ class DatasetUpload(Strict):
     """A table and its policy: either the file as base64 or the key of an object under ``incoming/<org>/``."""
 
     format: Literal["parquet", "csv"]
-    policy: dict[str, Any]
+    policy: JsonObject
     content_b64: str | None = Field(default=None, max_length=_MAX_B64)
-    object_key: str | None = Field(default=None, max_length=1024)
+    object_key: Text | None = Field(default=None, max_length=1024)
 
 
 class DatasetRegister(DatasetUpload):
     """Register a new dataset."""
 
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=4000)
+    name: Text = Field(min_length=1, max_length=200)
+    description: Text = Field(default="", max_length=4000)
 
 
 class AccessAsk(Strict):
     """An SME's access request."""
 
-    purpose: str = Field(min_length=1, max_length=2000)
+    purpose: Text = Field(min_length=1, max_length=2000)
     epsilon_micro: int = Field(gt=0, le=10**12)
     delta_e12: int = Field(default=0, ge=0, lt=10**12)
     kinds: list[ReleaseKindName] = Field(default_factory=_query_kinds, min_length=1)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=INT64_MAX)
 
 
 class AccessApprove(Strict):
@@ -60,14 +61,14 @@ class AccessApprove(Strict):
 class AccessClose(Strict):
     """A refusal or revocation, with the reason the SME will read."""
 
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Text = Field(min_length=1, max_length=2000)
 
 
 class QueryBatch(Strict):
     """DP queries on one dataset (see ``privacy.queries.QuerySpec.from_dict`` for one query's fields)."""
 
-    queries: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_QUERIES_PER_BATCH)
-    version: int | None = Field(default=None, ge=1)
+    queries: list[JsonObject] = Field(min_length=1, max_length=MAX_QUERIES_PER_BATCH)
+    version: int | None = Field(default=None, ge=1, le=INT64_MAX)
 
 
 def _content(body: DatasetUpload) -> bytes | None:
@@ -126,7 +127,7 @@ def dataset_audit(
     dataset_id: str,
     principal: PrincipalDep,
     services: ServicesDep,
-    after_seq: int = Query(default=0, ge=0),
+    after_seq: int = Query(default=0, ge=0, le=INT64_MAX),
     limit: int = Query(default=200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     """Audit entries of one of the caller's datasets (operators: any)."""

@@ -10,6 +10,7 @@ from broker.api import models as m
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
 from broker.services.jobs import JobRequest
+from common.numbers import INT64_MAX
 from common.resources import Resources
 
 router = APIRouter(prefix="/api/v1")
@@ -102,7 +103,10 @@ def stop_job(job_id: str, principal: PrincipalDep, services: ServicesDep) -> dic
 
 @router.get("/meter/check", openapi_extra=policy("operator"))
 def meter_check(
-    principal: PrincipalDep, services: ServicesDep, start_ms: int = Query(ge=0), end_ms: int = Query(ge=0)
+    principal: PrincipalDep,
+    services: ServicesDep,
+    start_ms: int = Query(ge=0, le=INT64_MAX),
+    end_ms: int = Query(ge=0, le=INT64_MAX),
 ) -> dict[str, Any]:
     """Conservation check of metering over a window (operators)."""
     return services.jobs.meter_check(principal, start_ms=start_ms, end_ms=end_ms)

@@ -619,8 +619,9 @@ class DatasetService:
         require_role(principal, "sme")
         if not 1 <= len(queries) <= MAX_QUERIES_PER_BATCH:
             raise InvalidInput(f"send 1..{MAX_QUERIES_PER_BATCH} queries in one batch")
-        specs = [QuerySpec.from_dict(q) for q in queries]
+        # The grant first: a caller without access learns nothing, and spends nothing, on parsing its specs.
         grant_row, ver = self.c.db.read(lambda conn: self.grant_for(conn, principal, dataset_id, version))
+        specs = [QuerySpec.from_dict(q) for q in queries]
         cost = compose(estimate_cost(s, ver.policy) for s in specs)
         charge_id = new_id("qry")
         hold, remaining = self.c.db.write(

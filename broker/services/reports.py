@@ -44,6 +44,7 @@ from broker.db.orgs import Principal, get_org, list_orgs
 from broker.services.access import require_role
 from common.canonical import canonical_json
 from common.errors import DomainError, InvalidInput, NotFound
+from common.numbers import OutOfRange, check_text
 from quotas.report import ReportRow, SmeTotals, build_report
 from vouchers.keys import sign_bytes, verify_bytes
 
@@ -55,7 +56,8 @@ SIGNATURE_ALG = "Ed25519"
 REPORT_FORMAT = "sbx-subsidy-report/1"
 ACCESS_FORMAT = "sbx-data-access-report/1"
 _MAX_MONTHS = 120
-_PERIOD_RE = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:\.\.(\d{4})-(\d{2}))?$")
+_PERIOD_RE = re.compile(r"(\d{4})(?:-(\d{2}))?(?:\.\.(\d{4})-(\d{2}))?", re.ASCII)
+_LAST_YEAR = 9998  # the month after December 9999 is not a datetime
 
 
 class ReportSignatureInvalid(DomainError):
@@ -83,8 +85,11 @@ def _next(year: int, month: int) -> tuple[int, int]:
 
 
 def parse_period(label: str) -> Period:
-    """Parse ``2026-11`` (a month), ``2026`` (a year) or ``2026-01..2026-06`` (months, inclusive), UTC."""
-    match = _PERIOD_RE.match(label.strip())
+    """Parse ``2026-11`` (a month), ``2026`` (a year) or ``2026-01..2026-06`` (months, inclusive), UTC.
+
+    Bounded like every parsed string (``common.numbers``): printable ASCII digits only, years 1970..9998."""
+    check_text(label, "period")
+    match = _PERIOD_RE.fullmatch(label.strip())
     if match is None:
         raise InvalidInput(
             f"period {label!r}: write a month (2026-11), a year (2026) or a range (2026-01..2026-06)"
@@ -95,8 +100,10 @@ def parse_period(label: str) -> Period:
     first = (int(year), int(month) if month else 1)
     last = (int(end_year), int(end_month)) if end_year else (first if month else (int(year), 12))
     for y, m in (first, last):
-        if not 1 <= m <= 12 or not 1970 <= y <= 9999:
-            raise InvalidInput(f"period {label!r}: {y:04d}-{m:02d} is not a calendar month")
+        if not 1 <= m <= 12 or not 1970 <= y <= _LAST_YEAR:
+            raise OutOfRange(
+                f"period {label!r}: {y:04d}-{m:02d} is not a calendar month in 1970..{_LAST_YEAR}"
+            )
     if last < first:
         raise InvalidInput(f"period {label!r} ends before it starts")
     months: list[tuple[int, int]] = []

@@ -9,7 +9,6 @@ refused on top.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -24,6 +23,8 @@ from broker.services.registry import Services
 from broker.web.render import STATIC, render, subsidy_html
 from broker.web.views import current_period, dashboard
 from common.errors import DomainError, InvalidInput
+from common.numbers import parse_exact
+from privacy.queries import MAX_EPSILON_MICRO
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 COOKIE = "sbx_session"
@@ -156,13 +157,11 @@ def _apply_decision(
 
 def _micro(text: str) -> int:
     """``"0.5"`` ε → 500000 micro-ε, exactly (decimal text, no float)."""
-    try:
-        value = Decimal(text) * 1_000_000
-    except InvalidOperation as exc:
-        raise InvalidInput(f"ε {text!r} is not a number") from exc
-    if value != value.to_integral_value() or value <= 0:
-        raise InvalidInput("ε must be positive with at most 6 decimals")
-    return int(value)
+    value = parse_exact(text, "epsilon", lo=0, lo_open=True, hi=MAX_EPSILON_MICRO // 1_000_000, ratios=False)
+    micro = value * 1_000_000
+    if micro.denominator != 1:
+        raise InvalidInput("epsilon: at most 6 decimals")
+    return int(micro)
 
 
 @router.get("/static/{name}", openapi_extra=policy("public"))

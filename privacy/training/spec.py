@@ -34,10 +34,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Literal
 
+from common.numbers import parse_exact
 from privacy.budget import PrivacyCost
 from privacy.training.errors import SpecError, SpecOverGrant
 
@@ -317,18 +318,9 @@ def _optimizer(value: object) -> OptimizerName:
 
 
 def _exact(value: object, name: str) -> Fraction:
-    """An exact number from an int, a float (its shortest repr) or a decimal string; finite only."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Fraction):
-        raise SpecError(f"{name} must be a number")
-    if isinstance(value, int | Fraction):
-        return Fraction(value)
-    try:
-        dec = Decimal(str(value))
-    except InvalidOperation:
-        raise SpecError(f"{name} must be a number") from None
-    if not dec.is_finite():
-        raise SpecError(f"{name} must be finite")
-    return Fraction(dec)
+    """An exact number from an int, a float (its shortest repr) or decimal text, through the one bounded
+    parser (``common.numbers``: its form and exponent are checked before any conversion)."""
+    return parse_exact(value, f"spec.{name}", ratios=False)
 
 
 def _int_in(value: object, name: str, bounds: tuple[int, int]) -> int:

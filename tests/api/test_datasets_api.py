@@ -98,7 +98,7 @@ def test_custodian_sme_flow_over_http(live: Live) -> None:
                 f"/api/v1/datasets/{dsid}/queries", json={"queries": [{"kind": "count", "epsilon": "lots"}]}
             ),
             422,
-            "invalid_query",
+            "invalid_number",
         )
 
         assert _ok(sme.get(f"/api/v1/datasets/{dsid}/budget"))["sme_cap"]["spent"]["epsilon_micro"] == 200_000

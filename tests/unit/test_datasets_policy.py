@@ -3,6 +3,7 @@ from fractions import Fraction
 
 import pytest
 
+from common.numbers import InvalidNumber
 from datasets.policy import (
     OTHER_CATEGORY,
     ColumnKind,
@@ -38,7 +39,7 @@ def test_numeric_bounds_are_exact_fixed_point() -> None:
         ColumnSpec.numeric("x", "0.5", 1)
     with pytest.raises(PolicyError, match="below hi"):
         ColumnSpec.numeric("x", 5, 5)
-    with pytest.raises(PolicyError):
+    with pytest.raises(InvalidNumber):
         ColumnSpec.numeric("x", "abc", 5)
     with pytest.raises(PolicyError):
         ColumnSpec.numeric("x", 0, 1, decimals=12)

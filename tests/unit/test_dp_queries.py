@@ -4,6 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common.errors import InvalidInput
 from datasets.policy import OTHER_CATEGORY, ColumnSpec, DatasetPolicy
 from datasets.prepare import bound_contributions
 from privacy.budget import PrivacyCost
@@ -81,7 +82,6 @@ def test_estimate_equals_charge_equals_asked(bounded: pl.DataFrame, eps: int) ->
         (QuerySpec.make("count", EPS, group_by="pid"), "categorical"),
         (QuerySpec.make("histogram", EPS, column="x"), "categorical"),
         (QuerySpec.make("quantile", EPS, column="x"), "1..20 levels"),
-        (QuerySpec.make("quantile", EPS, column="x", quantiles=[1]), "strictly between"),
         (QuerySpec.make("quantile", EPS, column="x", quantiles=[0.5], group_by="g"), "no group_by"),
         (QuerySpec.make("mean", 1, column="x"), "too small"),
         (QuerySpec.make("count", PrivacyCost(EPS, 5)), "δ = 0"),
@@ -95,6 +95,39 @@ def test_invalid_queries_fail_before_any_data(spec: QuerySpec, message: str) -> 
     not_a_bounded_version = pl.DataFrame({"anything": [1]})
     with pytest.raises(QueryError):  # validation runs before the frame is even looked at
         run_query(spec, POLICY, not_a_bounded_version)
+
+
+@pytest.mark.parametrize(
+    ("levels", "code"),
+    [
+        ([1], "out_of_range"),
+        ([0], "out_of_range"),
+        (["1e-99999999"], "invalid_number"),
+        ([True], "invalid_number"),
+    ],
+)
+def test_levels_are_parsed_bounded_when_the_spec_is_built(levels: list[object], code: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        QuerySpec.make("quantile", EPS, column="x", quantiles=levels)  # type: ignore[arg-type]
+    assert err.value.code == code
+    assert "quantiles[0]" in err.value.detail
+
+
+def test_duplicate_levels_are_refused_as_exact_values() -> None:
+    with pytest.raises(InvalidInput, match="repeats") as err:
+        QuerySpec.from_dict(
+            {"kind": "quantile", "epsilon_micro": EPS, "column": "x", "quantiles": [0.5, "1/2"]}
+        )
+    assert err.value.code == "duplicate_value"
+    with pytest.raises(InvalidInput):
+        QuerySpec.make("quantile", EPS, column="x", quantiles=["0.50", 0.5])
+
+
+@pytest.mark.parametrize("eps", [0, 10**30, 2**63, True, 1.5])
+def test_epsilon_micro_is_range_checked(eps: object) -> None:
+    with pytest.raises(InvalidInput) as err:
+        QuerySpec.from_dict({"kind": "count", "epsilon_micro": eps})
+    assert err.value.code in {"out_of_range", "invalid_number"}
 
 
 def test_unknown_kind_is_refused() -> None:
@@ -184,7 +217,7 @@ def test_specs_roundtrip_through_json() -> None:
         {"kind": "quantile", "epsilon_micro": 5, "column": "x", "quantiles": [True]},
         {"kind": "sum", "epsilon_micro": 5, "column": 3},
     ):
-        with pytest.raises(QueryError):
+        with pytest.raises(InvalidInput):  # QueryError, or the bounded parser's invalid_number
             QuerySpec.from_dict(bad)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from common.numbers import InvalidNumber
 from privacy.budget import PrivacyCost
 from privacy.training import SpecError, SpecOverGrant, planned_cost, planned_privacy_cost, validate_spec
 
@@ -91,6 +92,17 @@ def test_delta_over_policy_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    "overrides",
+    [{"max_grad_norm": "nan"}, {"learning_rate": "1e-99999999"}, {"target_epsilon": "1e-3000000"}],
+)
+def test_numbers_go_through_the_bounded_parser(overrides: dict[str, Any]) -> None:
+    with pytest.raises(InvalidNumber) as info:
+        check(base(**overrides))
+    assert info.value.code == "invalid_number"
+    assert f"spec.{next(iter(overrides))}" in info.value.detail
+
+
+@pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
         ({"loss": "custom"}, "unknown spec keys ['loss']"),
@@ -118,7 +130,6 @@ def test_delta_over_policy_is_refused() -> None:
         ({"learning_rate": 0}, "learning_rate"),
         ({"learning_rate": 11}, "learning_rate"),
         ({"max_grad_norm": -1}, "max_grad_norm"),
-        ({"max_grad_norm": "nan"}, "finite"),
         ({"target_epsilon": 0}, "target_epsilon must be > 0"),
         ({"target_epsilon": 1.0000001}, "more precision"),
         ({"target_epsilon": 0.000001, "eval_epsilon_share": 0}, "leaves no ε for training"),
