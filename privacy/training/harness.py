@@ -2,14 +2,16 @@
 
 Order of work (``train_dp``):
 
-1. preflight, no data read: secure RNG available (production), columns present, public bounds sane;
+1. preflight, no data read: the CSPRNG works (secure mode, the default), the device exists, columns
+   present, public bounds sane;
 2. ``prepare``: drop rows whose label is not a declared category (or not finite), keep one random row per
    privacy unit (secure RNG), split the holdout per unit, clamp and scale features with *public* bounds
    only (no data-dependent statistics), non-finite values become the bound's midpoint (0 after scaling);
 3. ``size``: a DP count of the training rows (OpenDP, the spec's size share) sets the steps per epoch,
    ``max(1, round(noisy_n / batch_size))``, hence Opacus's sampling rate, step count and noise multiplier:
    none of them is a function of the private row count;
-4. ``fit``: DP-SGD through Opacus (:mod:`privacy.training.dpsgd`) at the spec's training ε share;
+4. ``fit``: DP-SGD through Opacus (:mod:`privacy.training.dpsgd`) at the spec's training ε share, noise and
+   Poisson masks from the broker's AES-CTR CSPRNG (:mod:`privacy.training.secure_random`);
 5. ``accounting``: the accountant's ε, rounded up to micro-ε, must be ≤ the planned share (fail closed);
 6. ``metric``: a DP metric on the holdout through OpenDP (:mod:`privacy.training.metrics`);
 7. ``export``: weights as safetensors bytes (tensors only, no pickle).
@@ -40,6 +42,7 @@ from privacy.training.dpsgd import (
     FitOutcome,
     build_model,
     fit_private,
+    resolve_device,
     secure_mode_available,
 )
 from privacy.training.errors import SecureModeUnavailable, SpecError, TrainingFailed
@@ -102,22 +105,26 @@ def train_dp(
     frame: pl.DataFrame,
     *,
     privacy_unit: str,
-    secure_mode: bool,
+    secure_mode: bool = True,
     seed: int | None = None,
     feature_bounds: Bounds | None = None,
+    device: str = "auto",
 ) -> TrainingResult:
     """Train ``spec`` on ``frame`` with DP-SGD and return only DP outputs (see the module docstring).
 
     ``privacy_unit`` names the person/household column; ``feature_bounds`` are the policy's public bounds
-    per feature (features without bounds are used unscaled). ``secure_mode=True`` is production (Opacus
-    secure RNG, OS CSPRNG sampling) and takes no seed; ``seed`` makes test runs reproducible.
+    per feature (features without bounds are used unscaled). ``secure_mode=True`` (the default, and what
+    production requires) draws the DP-SGD noise, the Poisson masks and the unit sampling from CSPRNGs keyed
+    from the OS and takes no seed; ``secure_mode=False`` with a ``seed`` is for reproducible tests only.
+    ``device`` is ``auto`` (a GPU when torch sees one), ``cpu`` or ``cuda[:N]``.
     """
     bounds = _preflight(spec, frame, privacy_unit, secure_mode, seed, feature_bounds)
+    resolve_device(device)  # configuration, checked before any data is read
     with _rng_scope(seed):
         prepared = _stage("prepare", lambda: _prepare(spec, frame, privacy_unit, bounds, RandomKeys(seed)))
         net = _stage("build", lambda: build_model(spec.model, len(spec.features), spec.n_outputs))
         steps_per_epoch = _stage("size", lambda: _steps_per_epoch(spec, prepared))
-        outcome = _stage("fit", lambda: _fit(spec, net, prepared, secure_mode, seed, steps_per_epoch))
+        outcome = _stage("fit", lambda: _fit(spec, net, prepared, secure_mode, seed, steps_per_epoch, device))
         spent_train = _stage("accounting", lambda: _check_accounting(spec, outcome.epsilon))
         metrics = _stage("metric", lambda: _metric(spec, net, prepared))
         weights = _stage("export", lambda: _export(net))
@@ -147,8 +154,8 @@ def _preflight(
         raise ValueError("a seed is for tests only: secure_mode=True draws from the OS CSPRNG")
     if secure_mode and not secure_mode_available():
         raise SecureModeUnavailable(
-            "secure-mode DP-SGD needs Opacus's cryptographic RNG (the torchcsprng package), which is not "
-            "installed for this torch; no data was read and no budget should be charged"
+            "secure-mode DP-SGD needs the broker's AES-CTR generator (the randomgen package), which does "
+            "not work here; no data was read and no budget should be charged"
         )
     if unit == spec.label or unit in spec.features:
         raise SpecError(f"the privacy unit column {unit!r} cannot be a feature or the label")
@@ -250,6 +257,7 @@ def _fit(
     secure_mode: bool,
     seed: int | None,
     steps_per_epoch: int,
+    device: str,
 ) -> FitOutcome:
     return fit_private(
         net,
@@ -266,6 +274,7 @@ def _fit(
         secure_mode=secure_mode,
         steps_per_epoch=steps_per_epoch,
         noise_generator=None if seed is None else torch.Generator().manual_seed(seed),
+        device=device,
     )
 
 

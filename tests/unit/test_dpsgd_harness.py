@@ -19,6 +19,7 @@ from privacy.training import (
     SpecError,
     SpecOverGrant,
     TrainingFailed,
+    harness,
     planned_cost,
     validate_spec,
 )
@@ -90,9 +91,10 @@ def with_canaries(df: pl.DataFrame) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def trained() -> TrainingResult:
+    """A run in the default (secure) mode: CSPRNG noise, masks and unit sampling, no seed."""
     x, y, _ = logistic_data(20_000, seed=1)
     df = with_canaries(frame(x, y))
-    return train_dp(spec(), df, privacy_unit="pid", secure_mode=False, seed=7, feature_bounds=BOUNDS)
+    return train_dp(spec(), df, privacy_unit="pid", feature_bounds=BOUNDS)
 
 
 def load_model(result: TrainingResult) -> torch.nn.Module:
@@ -126,7 +128,7 @@ def test_accountant_epsilon_within_plan_within_grant(trained: TrainingResult) ->
     assert trained.delta_e12 == planned_delta <= POLICY_DELTA
     assert trained.steps > 0
     assert trained.noise_multiplier > 0
-    assert trained.grad_sample_mode == "ghost"
+    assert trained.grad_sample_mode == "bookkeeping"  # exact per-sample clipping, one backward pass
 
 
 def test_accounting_fails_closed_above_the_plan() -> None:
@@ -219,9 +221,12 @@ def test_unit_column_as_label_is_refused_before_any_data() -> None:
         train_dp(spec(), Untouchable(), privacy_unit="y", secure_mode=False, seed=1)  # type: ignore[arg-type]
 
 
-def test_secure_mode_without_csprng_is_refused_before_any_data() -> None:
-    if secure_mode_available():
-        pytest.skip("torchcsprng is installed here, so secure mode is available")
+def test_secure_mode_is_available_here() -> None:
+    assert secure_mode_available()  # the AES-CTR CSPRNG (randomgen): no torchcsprng needed
+
+
+def test_secure_mode_without_csprng_is_refused_before_any_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "secure_mode_available", lambda: False)
     with pytest.raises(SecureModeUnavailable) as info:
         train_dp(spec(), Untouchable(), privacy_unit="pid", secure_mode=True)  # type: ignore[arg-type]
     assert info.value.code == "secure_rng_unavailable"
@@ -282,8 +287,9 @@ def test_regression_mlp_reports_a_noisy_mse() -> None:
     assert set(load_safetensors(result.weights)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
+@pytest.mark.parametrize("clipping", ["bookkeeping", "ghost"])
 @pytest.mark.parametrize("task", ["classification", "regression"])
-def test_empty_poisson_batches_are_harmless(task: str) -> None:
+def test_empty_poisson_batches_are_harmless(task: str, clipping: str) -> None:
     # Poisson sampling can draw an empty batch, first or later; the step must keep the weights finite.
     torch.manual_seed(0)
     x = torch.randn(64, 3)
@@ -301,8 +307,8 @@ def test_empty_poisson_batches_are_harmless(task: str) -> None:
         max_grad_norm=1.0,
         target_epsilon=1.0,
         delta=1e-5,
-        secure_mode=False,
         steps_per_epoch=8,
+        clipping=clipping,  # type: ignore[arg-type]
     )
     loader = trainer._loader
     for index in ([], [1, 2, 3], []):
@@ -329,7 +335,6 @@ def test_sampling_rate_steps_and_noise_do_not_depend_on_the_row_count() -> None:
             max_grad_norm=1.0,
             target_epsilon=1.0,
             delta=1e-5,
-            secure_mode=False,
             steps_per_epoch=10,
         )
         loader = trainer._loader
