@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     s3_bucket: str = "sbx-data"
     s3_secure: bool = False
     training_secure_mode: bool = Field(
-        default=False,
-        description="Opacus secure_mode (cryptographic RNG). Needs torchcsprng, which this machine cannot install;"
-        " production refuses to start without it.",
+        default=True,
+        description="DP-SGD draws its Gaussian noise and Poisson sampling masks from the broker's CSPRNG (AES-128-CTR"
+        " via randomgen, keyed from the OS; not torchcsprng). Production refuses to start without it; false is"
+        " for seeded tests only (torch's default generator).",
     )
     training_seed: int | None = Field(default=None, description="Tests only: a fixed seed for training runs.")
     hold_ttl_s: int = Field(
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
         if self.compute == "ray" and (self.ray_token or "") in DEFAULT_SECRETS:
             problems.append("SBX_RAY_TOKEN is missing or a well-known default")
         if not self.training_secure_mode:
-            problems.append("SBX_TRAINING_SECURE_MODE must be true (Opacus secure_mode: cryptographic noise)")
+            problems.append("SBX_TRAINING_SECURE_MODE must be true (DP-SGD noise and sampling from the CSPRNG)")
         if self.training_seed is not None:
             problems.append("SBX_TRAINING_SEED is for tests only")
         if self.host == "127.0.0.1":
