@@ -20,6 +20,8 @@ Ray's environment, none of which reaches the command. In order, it:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import resource
@@ -53,6 +55,8 @@ from .spec import (
 from .stage import Stage, enter_private_mount_namespace
 
 WATCH_INTERVAL_S = 0.1
+REAP_TIMEOUT_S = 5.0
+PR_SET_CHILD_SUBREAPER = 36
 _CHUNK = 64 * 1024
 
 # --- checks of the job directory ------------------------------------------------------------------------
@@ -156,28 +160,38 @@ class _Watch:
 
 def breach_of(watch: _Watch) -> tuple[str, str] | None:
     """The reason and detail of the first limit ``watch`` finds exceeded now, or ``None``."""
+    return _check(watch)[0]
+
+
+def _check(watch: _Watch) -> tuple[tuple[str, str] | None, int]:
+    """:func:`breach_of` and the disk use it measured (the watchdog polls faster near the cap)."""
     if watch.cgroup is not None:
         if watch.cgroup.oom_kills() > 0:
-            return OUT_OF_MEMORY, "the memory limit was reached (the kernel's OOM killer fired in the cgroup)"
+            return (
+                OUT_OF_MEMORY,
+                "the memory limit was reached (the kernel's OOM killer fired in the cgroup)",
+            ), 0
         if watch.cgroup.pids_refusals() > 0:
-            return TOO_MANY_PROCESSES, "the process limit was reached (the pids cgroup refused a fork)"
+            return (TOO_MANY_PROCESSES, "the process limit was reached (the pids cgroup refused a fork)"), 0
     if watch.uid_to_count is not None and lim.processes_of_uid(watch.uid_to_count) >= watch.max_pids:
-        return TOO_MANY_PROCESSES, "the process limit was reached (RLIMIT_NPROC of the job's uid)"
+        return (TOO_MANY_PROCESSES, "the process limit was reached (RLIMIT_NPROC of the job's uid)"), 0
     used = disk_usage(watch.roots)
     if used > watch.disk_bytes:
-        return DISK_QUOTA, f"the job's files reached {used} bytes, over the cap of {watch.disk_bytes}"
-    return None
+        return (DISK_QUOTA, f"the job's files reached {used} bytes, over the cap of {watch.disk_bytes}"), used
+    return None, used
 
 
 def _watchdog(watch: _Watch, run: _Run) -> None:
-    """Check ``watch`` every ~100 ms (longer when a scan is slow) until the run ends or a limit breaks."""
+    """Check ``watch`` every ~100 ms (every ~20 ms past half the disk cap; longer when a scan is slow)
+    until the run ends or a limit breaks."""
     while not run.done.is_set():
         started = time.monotonic()
-        found = breach_of(watch)
+        found, used = _check(watch)
         if found is not None:
             run.breach(*found)
             return
-        run.done.wait(max(WATCH_INTERVAL_S, 4 * (time.monotonic() - started)))
+        interval = WATCH_INTERVAL_S if used < watch.disk_bytes // 2 else WATCH_INTERVAL_S / 5
+        run.done.wait(max(interval, 4 * (time.monotonic() - started)))
 
 
 # --- the child: joins the cgroup, takes the rlimits, drops to the job uid ----------------------------
@@ -367,6 +381,29 @@ def _kill_sandbox(proc: subprocess.Popen[bytes], cgroup: lim.Cgroup | None) -> N
         proc.kill()
 
 
+def become_subreaper() -> None:
+    """Make the launcher the reaper of every orphan of the sandbox (bwrap's inner processes die orphaned
+    when the whole group is killed at once; without this they linger as zombies of the host's init)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_orphans(timeout_s: float = REAP_TIMEOUT_S) -> None:
+    """Reap every remaining child (orphans reparented to the launcher) until none is left or time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINTR:
+                return
+            continue
+        if pid == 0:
+            time.sleep(0.01)
+
+
 def _status(rc: int) -> int:
     """A ``Popen`` return code as a shell status (128+N for death by signal N)."""
     return 128 - rc if rc < 0 else rc
@@ -419,6 +456,7 @@ def _supervise(
     if dog is not None:
         dog.join(timeout=10)
     run.kill()  # leftovers (a daemon that outlived the command cannot: the PID namespace is gone)
+    reap_orphans()
     pump.join(timeout=10)
     proc.stdout.close()
     return _status(rc)
@@ -449,6 +487,7 @@ def _result(setup: _Setup | None, run: _Run, status: int | None, started: bool) 
 def run_sandboxed(spec: SandboxSpec, *, bwrap: str | None = None, run: _Run | None = None) -> SandboxResult:
     """Run ``spec`` in the sandbox and return what happened (the launcher's whole job but the I/O)."""
     run = run or _Run()
+    become_subreaper()
     with _signals(run):
         cgroup = _make_cgroup(spec)
         setup: _Setup | None = None
