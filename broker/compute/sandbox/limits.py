@@ -230,12 +230,19 @@ def _create_v2(root: Path, name: str, limits: SandboxLimits, own: Mapping[str, s
     return Cgroup(2, {"": group})
 
 
-def create_cgroup(name: str, limits: SandboxLimits, root: Path = CGROUP_ROOT) -> Cgroup:
-    """Create and configure the group ``name`` for ``limits``; :class:`CgroupError` when impossible."""
+def create_cgroup(
+    name: str, limits: SandboxLimits, root: Path = CGROUP_ROOT, own: Mapping[str, str] | None = None
+) -> Cgroup:
+    """Create and configure the group ``name`` for ``limits``; :class:`CgroupError` when impossible.
+
+    The group goes under this process's own group (``own``: controller → path, read from
+    ``/proc/self/cgroup`` when not given), so a delegated or containerised hierarchy is respected.
+    """
     version = cgroup_version(root)
     if version is None:
         raise CgroupError(f"no usable cgroup hierarchy under {root}")
-    own = _own_cgroups(_read(Path("/proc/self/cgroup")))
+    if own is None:
+        own = _own_cgroups(_read(Path("/proc/self/cgroup")))
     if version == 2:
         return _create_v2(root, name, limits, own)
     return _create_v1(root, name, limits, own)
