@@ -1,14 +1,18 @@
-"""Submit → RUNNING latency on a local Ray head: through the broker versus Ray's own client.
+"""Submit → the first line the job's own code prints, on a local Ray head: the broker with its sandbox,
+the broker without it, and Ray's own client.
 
-The broker path is the whole service: an SME's ``JobService.submit`` (quota check, pricing, the job row and
-its audit entry), the admission loop woken by the submission (snapshot, fair decision, the hold written
-durably, the backend create + start), and the job's status read through the service until it says running.
-The direct path is ``JobSubmissionClient.submit_job`` then ``get_job_status``. Both run side by side on the
-same cluster (alternating, after warm-up) and poll at the same interval; the ratio of the medians is the
-broker's overhead.
+Ray reports RUNNING before the sandbox starts, so RUNNING cannot show the sandbox's cost: every path here
+waits until the job's log holds the line its code prints first. The broker path is the whole service: an
+SME's ``JobService.submit`` (quota check, pricing, the job row and its audit entry), the admission loop woken
+by the submission (snapshot, fair decision, the hold written durably, the backend create + start: the
+sandbox spec, the launcher, cgroup, bubblewrap), then the job's log read through the service. The same
+service runs with the sandbox switched off (the test-only setting, on the same head) for the sandbox's own
+share, and the direct path is ``JobSubmissionClient.submit_job`` then ``get_job_logs``. The three alternate
+after warm-up and poll at the same interval; ratios are of medians.
 
 Usage: ``.venv/bin/python bench/submit.py [--jobs 20] [--state-dir DIR]``
-Last line: ``BENCH submit broker_ms=… direct_ms=… ratio=… jobs=…``
+Last line: ``BENCH submit broker_ms=… direct_ms=… ratio=… jobs=… sandbox=1 sandbox_overhead=…
+nosandbox_ms=…``
 """
 
 from __future__ import annotations
@@ -22,15 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.compute import BackendStatus, JobLaunch, LocalRayBackend, launch_name
+from broker.compute import JobLaunch, LocalRayBackend, launch_name
 from broker.compute.ray_jobs import build_runtime_env, entrypoint_resources
+from broker.compute.ray_local import SandboxDefaults
 from common.resources import Resources
 
 POLL_S = 0.02
 TIMEOUT_S = 120.0
-RESOURCES = Resources(milli_cpu=100, memory_mib=32)
-ENTRYPOINT = "sleep 1"
-REACHED = {"RUNNING", "SUCCEEDED", "FAILED", "STOPPED"}
+RESOURCES = Resources(milli_cpu=100, memory_mib=256)
+FIRST_LINE = "sbx-bench-first-line"
+ENTRYPOINT = f"python -c \"print('{FIRST_LINE}', flush=True); import time; time.sleep(1)\""
 
 
 def make_launch(job_id: str) -> JobLaunch:
@@ -47,30 +52,17 @@ def make_launch(job_id: str) -> JobLaunch:
     )
 
 
-def _wait(read_state: Callable[[], str]) -> None:
+def _wait_for_line(read_logs: Callable[[], str]) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
-        state = read_state()
-        if state in REACHED:
-            if state == "FAILED":
-                raise RuntimeError("benchmark job failed")
+        if FIRST_LINE in read_logs():
             return
         time.sleep(POLL_S)
-    raise TimeoutError("job never reached RUNNING")
-
-
-def through_broker(
-    submit: Callable[[JobLaunch], None], status: Callable[[str], BackendStatus], launch: JobLaunch
-) -> float:
-    """Milliseconds from ``submit(launch)`` until ``status(name)`` says RUNNING (or later)."""
-    t0 = time.perf_counter()
-    submit(launch)
-    _wait(lambda: str(status(launch.name).state))
-    return (time.perf_counter() - t0) * 1000
+    raise TimeoutError("the job never printed its first line")
 
 
 def direct(client: Any, launch: JobLaunch, runtime_env: dict[str, Any]) -> float:
-    """Milliseconds from ``JobSubmissionClient.submit_job`` until Ray says RUNNING (or later)."""
+    """Milliseconds from ``JobSubmissionClient.submit_job`` until the job's log has its first line."""
     t0 = time.perf_counter()
     client.submit_job(
         entrypoint=launch.entrypoint,
@@ -78,24 +70,14 @@ def direct(client: Any, launch: JobLaunch, runtime_env: dict[str, Any]) -> float
         runtime_env=runtime_env,
         **entrypoint_resources(launch.resources),
     )
-    _wait(lambda: str(client.get_job_status(launch.name)))
+    _wait_for_line(lambda: str(client.get_job_logs(launch.name)))
     return (time.perf_counter() - t0) * 1000
-
-
-def broker_submit(backend: LocalRayBackend) -> Callable[[JobLaunch], None]:
-    """What the broker does on admission: create, then start."""
-
-    def submit(launch: JobLaunch) -> None:
-        backend.create(launch)
-        backend.start(launch)
-
-    return submit
 
 
 def service_path(
     state_dir: Path, backend: LocalRayBackend
-) -> tuple[Callable[[str], float], Callable[[], None]]:
-    """A broker over SQLite with ``backend`` and running loops; returns (submit-to-running, close)."""
+) -> tuple[Callable[[LocalRayBackend], float], Callable[[], None]]:
+    """A broker over SQLite with running loops; returns (submit-to-first-line on a backend, close)."""
     from broker.bootstrap import initialise
     from broker.container import build_container
     from broker.loops import BackgroundLoops
@@ -131,18 +113,19 @@ def service_path(
     loops = BackgroundLoops(services, interval_ms=500)
     loops.start()
 
-    def submit_to_running(_name: str) -> float:
+    def submit_to_first_line(on: LocalRayBackend) -> float:
+        container.use_compute(on)
         t0 = time.perf_counter()
         request = JobRequest(ENTRYPOINT, RESOURCES, 60)
         job = services.jobs.submit(sme, request, idempotency_key=None)
-        _wait(lambda: services.jobs.get(sme, job_id=job["id"])["state"].upper())
+        _wait_for_line(lambda: services.jobs.logs(sme, job_id=job["id"]))
         return (time.perf_counter() - t0) * 1000
 
     def close() -> None:
         loops.stop()
         container.close()
 
-    return submit_to_running, close
+    return submit_to_first_line, close
 
 
 def main() -> None:
@@ -155,26 +138,29 @@ def main() -> None:
 
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="sbx-bench-submit-"))
     backend = LocalRayBackend(state_dir, num_cpus=2)
+    unsandboxed = LocalRayBackend(state_dir, num_cpus=2, sandbox=SandboxDefaults(unsafe_no_sandbox=True))
+    times: dict[str, list[float]] = {"broker": [], "nosandbox": [], "direct": []}
     try:
         token = backend.head.token_path.read_text().strip()
         client = JobSubmissionClient(backend.address, headers={"Authorization": f"Bearer {token}"})
         runtime_env = build_runtime_env(make_launch("x"), Path(sys.executable).parent)
         through_service, close_service = service_path(state_dir, backend)
-        broker_ms: list[float] = []
-        direct_ms: list[float] = []
         for i in range(args.warmup + args.jobs):
-            b = through_service(f"bench-b-{i}")
+            b = through_service(backend)
+            n = through_service(unsandboxed)
             d = direct(client, make_launch(f"bench-d-{i}"), runtime_env)
             if i >= args.warmup:
-                broker_ms.append(b)
-                direct_ms.append(d)
-            print(f"job {i}: broker {b:.0f} ms, direct {d:.0f} ms", flush=True)
+                times["broker"].append(b)
+                times["nosandbox"].append(n)
+                times["direct"].append(d)
+            print(f"job {i}: broker {b:.0f} ms, without sandbox {n:.0f} ms, direct {d:.0f} ms", flush=True)
         close_service()
     finally:
         backend.close()
-    b_med, d_med = statistics.median(broker_ms), statistics.median(direct_ms)
+    b_med, n_med, d_med = (statistics.median(times[k]) for k in ("broker", "nosandbox", "direct"))
     print(
         f"BENCH submit broker_ms={b_med:.1f} direct_ms={d_med:.1f} ratio={b_med / d_med:.3f} jobs={args.jobs}"
+        f" sandbox=1 sandbox_overhead={b_med / n_med:.3f} nosandbox_ms={n_med:.1f}"
     )
 
 

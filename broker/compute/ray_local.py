@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -49,11 +50,20 @@ from .ray_jobs import RayJobsBackend
 if TYPE_CHECKING:
     from .sandbox import SandboxResult, SandboxSpec
 
-#: The packages the broker's own harness imports inside its sandbox (bound read-only when they are not
-#: already inside the mounted environment, as with an editable install).
+#: The packages the broker's own harness imports inside its sandbox (bound read-only under
+#: :data:`HARNESS_LIB` when they are not already inside the mounted environment, as with an editable install).
 HARNESS_PACKAGES = ("common", "quotas", "datasets", "privacy")
+HARNESS_LIB = "/opt/sbx/lib"
+
+
+def harness_entrypoint(module: str, *args: str) -> str:
+    """The sandboxed command that runs the harness module ``module`` with ``args``: the packages bound at
+    :data:`HARNESS_LIB` come first on its path (never ``broker``, which is not mounted)."""
+    boot = f"import runpy, sys; sys.path.insert(0, {HARNESS_LIB!r}); runpy.run_module({module!r}, run_name='__main__')"
+    return shlex.join(["python", "-I", "-c", boot, *args])
+
+
 _LAUNCHES = "launches"
-UNSAFE_ENV = "SBX_TEST_UNSAFE_NO_SANDBOX"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +232,7 @@ class LocalRayBackend:
         if launch.harness:
             if (job_dir / "input").is_dir():
                 binds.append((str(job_dir / "input"), "/input"))
-            binds += [(p, p) for p in _harness_package_dirs()]
+            binds += [(path, f"{HARNESS_LIB}/{Path(path).name}") for path in _harness_package_dirs()]
         return SandboxSpec(
             job_id=launch.job_id,
             job_dir=str(job_dir),
@@ -251,12 +261,19 @@ class LocalRayBackend:
         """Write the sandbox spec and return the launch Ray runs: the launcher, nothing of the job's own."""
         if launch.secret_env:
             raise BackendError("a sandboxed launch gets no credentials: stage its input into the job dir")
+        from .sandbox import SandboxSpecError
+
         job_dir = self._job_dir(launch)
-        spec = self.sandbox_spec(launch, job_dir)
+        try:
+            spec = self.sandbox_spec(launch, job_dir)
+        except SandboxSpecError as exc:
+            raise BackendError(f"the sandbox refused launch {launch.name}: {exc}") from exc
         _write_atomic(job_dir / "spec.json", spec.to_json().encode())
         (self._state_dir / _LAUNCHES).mkdir(exist_ok=True)
         _write_atomic(self._state_dir / _LAUNCHES / launch.name, str(job_dir).encode())
-        entrypoint = f"{sys.executable} -I -m broker.compute.sandbox.launch {job_dir / 'spec.json'}"
+        from .sandbox import UNSAFE_ENV, launcher_argv
+
+        entrypoint = shlex.join(launcher_argv(str(job_dir / "spec.json")))
         env = {UNSAFE_ENV: "1"} if self._sandbox.unsafe_no_sandbox else {}
         return replace(launch, entrypoint=entrypoint, working_dir=None, env=env, requirements=())
 

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from broker.compute import JobLaunch
+from broker.compute.ray_local import harness_entrypoint
 from broker.container import Container
 from broker.db import datasets as repo
 from broker.db import jobs as jobs_db
@@ -47,7 +48,9 @@ KIND = "training"
 OPERATION = "training.submit"
 DEFAULT_RESOURCES = Resources(milli_cpu=1000, gpus=0, memory_mib=2048)
 #: The harness as it runs in the embedded sandbox: its staged input read-only at /input, results in /output.
-SANDBOXED_ENTRYPOINT = "python -I -m privacy.training.entry --input /input --output /output"
+SANDBOXED_ENTRYPOINT = harness_entrypoint(
+    "privacy.training.entry", "--input", "/input", "--output", "/output"
+)
 
 
 class TrainingService:

@@ -8,7 +8,6 @@ by its clock, KubeRay by its toy operator, Ray by waiting for the real job.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import urllib.error
@@ -46,11 +45,11 @@ SCRIPTS = {
     "fail": "import sys\nprint('about to fail', flush=True)\nsys.exit(1)\n",
     "long": "import time\nprint('working', flush=True)\ntime.sleep(600)\n",
 }
-PRELUDE = (
+PRELUDE = (  # every run leaves a line in its own output dir (the sandbox lets it write nowhere else)
     "import os, pathlib\n"
-    "marker = os.environ.get('SBX_TEST_MARKER_DIR')\n"
-    "if marker:\n"
-    "    with open(pathlib.Path(marker) / (os.environ['SBX_TEST_NAME'] + '.runs'), 'a') as f:\n"
+    "out = os.environ.get('SBX_OUTPUT')\n"
+    "if out:\n"
+    "    with open(pathlib.Path(out) / 'runs', 'a') as f:\n"
     "        f.write(str(os.getpid()) + '\\n')\n"
 )
 
@@ -79,7 +78,7 @@ def _launch(job_id: str, wd: Path, env: dict[str, str]) -> JobLaunch:
         name=launch_name(job_id),
         job_id=job_id,
         org_id="org-contract",
-        entrypoint="python main.py",
+        entrypoint=f"python main.py {job_id}",  # the job id names its processes on the host
         working_dir=wd,
         requirements=(),
         resources=JOB_RESOURCES,
@@ -211,12 +210,11 @@ class RayHarness:
         self.ray = pool.get()
         self.backend: ComputeBackend = self.ray
         self.temp_dir = self.ray.head.temp_dir
-        self.markers = root / "markers"
-        self.markers.mkdir(exist_ok=True)
+        self.ids: dict[str, str] = {}
 
     def make(self, job_id: str, behaviour: str) -> JobLaunch:
-        env = {"SBX_TEST_MARKER_DIR": str(self.markers), "SBX_TEST_NAME": launch_name(job_id)}
-        return _launch(job_id, _working_dir(self.root, job_id, behaviour), env)
+        self.ids[launch_name(job_id)] = job_id
+        return _launch(job_id, _working_dir(self.root, job_id, behaviour), {})
 
     def until(self, name: str, states: set[BackendState]) -> BackendStatus:
         deadline = time.monotonic() + 120
@@ -229,32 +227,22 @@ class RayHarness:
             time.sleep(0.2)
         raise AssertionError(f"{name} never reached {states}; last {status}")
 
-    def _pids(self, name: str) -> list[int]:
-        marker = self.markers / f"{name}.runs"
-        return [int(p) for p in marker.read_text().split()] if marker.exists() else []
-
     def runs(self, name: str) -> int:
-        return len(self._pids(name))
+        marker = self.ray.state_dir / "jobs" / self.ids[name] / "output" / "runs"
+        return len(marker.read_text().split()) if marker.exists() else 0
 
     def leftovers(self) -> list[str]:
-        job_pids = [int(p) for f in self.markers.glob("*.runs") for p in f.read_text().split()]
+        """Ray's processes (they name the temp dir) and the jobs' sandboxed processes (their command lines
+        name the job id; the host sees them whatever PID namespace they run in)."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            alive = [p for p in job_pids if _alive(p)]
+            jobs = [p for job_id in self.ids.values() for p in pids_mentioning(job_id)]
             stray = pids_mentioning(self.temp_dir)
-            if not alive and not stray:
+            if not jobs and not stray:
                 break
             time.sleep(0.2)
-        left = [f"job pid {p}" for p in alive] + [f"ray pid {p}" for p in stray]
+        left = [f"job pid {p}" for p in jobs] + [f"ray pid {p}" for p in stray]
         return left + ([f"temp dir {self.temp_dir}"] if Path(self.temp_dir).exists() else [])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # --- fixtures ----------------------------------------------------------------------------------------

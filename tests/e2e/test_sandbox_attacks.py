@@ -258,8 +258,9 @@ def test_no_attack_reaches_a_secret(
     assert CANARY not in returned, returned
     assert "PRIVATE KEY" not in returned
     for name, outcome in found.items():
-        if name.startswith(("read ", "write ", "connect ", "route ", "list ")):
+        if name.startswith(("read ", "write ", "connect ", "route ", "list ")) and "/proc" not in name:
             assert str(outcome).startswith("blocked"), (name, outcome)
+    assert "RAY_" not in found["read /proc/*/environ"]  # only the sandbox's own, explicit environments
     assert found["interfaces"] == ["lo"]
     assert found["uid"] != 0
     assert len(found["pids"]) <= 4  # its own PID namespace: the sandbox's init, the shell, python
