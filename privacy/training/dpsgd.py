@@ -133,7 +133,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def build_model(model: ModelSpec, n_features: int, n_outputs: int) -> nn.Module:
+def build_model(model: ModelSpec, n_features: int, n_outputs: int) -> nn.Sequential:
     """The allow-listed architecture: one linear layer, or Linear+ReLU blocks then a linear head."""
     layers: list[nn.Module] = []
     width = n_features
