@@ -201,10 +201,11 @@ for pid in os.listdir("/proc"):
     if pid.isdigit():
         for name in ("environ", "cmdline"):
             try:
-                seen.append(open(f"/proc/{pid}/{name}", "rb").read().decode(errors="replace"))
+                text = open(f"/proc/{pid}/{name}", "rb").read().decode(errors="replace")
             except OSError:
-                pass
-print(json.dumps({"env": dict(os.environ), "proc": "\\n".join(seen)}))
+                continue
+            seen += [item for item in text.split("\\0") if "canary-" in item]
+print(json.dumps({"env": dict(os.environ), "proc_hits": seen}))
 """
 EXPLICIT = {"PATH", "HOME", "TMPDIR", "LANG", "SBX_OUTPUT", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
 
@@ -216,8 +217,9 @@ def test_environment_is_exactly_the_explicit_one(tmp_path: Path) -> None:
     env: dict[str, str] = probe_out["env"]  # type: ignore[assignment]
     assert set(env) == EXPLICIT | {"JOB_SETTING", "PWD"}  # PWD: set by /bin/sh
     assert env["SBX_OUTPUT"] == "/output" and env["HOME"] == "/job" and env["JOB_SETTING"] == "42"
+    assert probe_out["proc_hits"] == []  # no process it can see has the canaries in its environ/cmdline
     for canary in (RAY_CANARY, SBX_CANARY):
-        assert canary not in launched.log  # not in the env, nor in any process's environ/cmdline
+        assert canary not in launched.log
 
 
 IDENTITY_PROBE = """
@@ -459,7 +461,9 @@ def test_negative_control_without_sandbox_sees_canaries_and_network(tmp_path: Pa
     launched = run(job_dir, {"SBX_TEST_UNSAFE_NO_SANDBOX": "1"})
     assert launched.rc == 0, launched.log
     env: dict[str, str] = last_json(launched.log)["env"]  # type: ignore[assignment]
+    out = last_json(launched.log)
     assert env["RAY_FOO"] == RAY_CANARY and env["SBX_SECRET"] == SBX_CANARY  # the probes can fail
+    assert f"RAY_FOO={RAY_CANARY}" in out["proc_hits"]  # type: ignore[operator]
     assert os.path.exists("/etc/shadow")
     assert launched.result.enforced == ()
 
@@ -470,6 +474,17 @@ def test_mode_off_is_refused_without_the_test_variable(tmp_path: Path) -> None:
     assert launched.rc == 1
     assert launched.result.reason == "sandbox_error"
     assert not (job_dir / "output" / "ran").exists()
+
+
+def test_a_sandbox_that_cannot_start_is_a_sandbox_error(tmp_path: Path) -> None:
+    job_dir = make_job(
+        tmp_path, "open('/output/ran', 'w')\n", readonly_binds=((str(tmp_path / "missing"), "/in"),)
+    )
+    launched = run(job_dir)
+    assert launched.rc == 1
+    assert launched.result.reason == "sandbox_error" and launched.result.exit_code is None
+    assert not (job_dir / "output" / "ran").exists()
+    assert RAY_CANARY not in launched.log and SBX_CANARY not in launched.log
 
 
 def test_probe_reports_the_isolation() -> None:

