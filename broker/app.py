@@ -82,6 +82,7 @@ def create_app(services: Services) -> FastAPI:
 
 def _feature_routers() -> list[Any]:
     """Routers of later features (jobs, datasets, reports, dashboard), added as they land."""
+    from broker.api.routes_archives import router as archives_router
     from broker.api.routes_audit import router as audit_router
     from broker.api.routes_datasets import router as datasets_router
     from broker.api.routes_jobs import router as jobs_router
@@ -89,7 +90,15 @@ def _feature_routers() -> list[Any]:
     from broker.api.routes_training import router as training_router
     from broker.web.routes import router as web_router
 
-    return [audit_router, jobs_router, training_router, datasets_router, reports_router, web_router]
+    return [
+        audit_router,
+        jobs_router,
+        training_router,
+        datasets_router,
+        reports_router,
+        archives_router,
+        web_router,
+    ]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

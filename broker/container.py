@@ -13,12 +13,14 @@ from typing import Any
 
 from broker.compute import ComputeBackend
 from broker.compute.factory import build_backend
+from broker.compute.kuberay import ArchiveUploader, PodHardening
 from broker.db.audit import AuditRepo
 from broker.db.database import Database
 from broker.db.engine import make_engine
 from broker.db.ledger import LedgerRepo
 from broker.keys import load_broker_key
 from broker.metrics import Metrics, attach_database
+from broker.services.archives import CodeArchives
 from broker.settings import Settings
 from common.clock import Clock, SystemClock
 from common.resources import Resources
@@ -51,9 +53,14 @@ class Container:
         """The compute backend, built on first use (a local Ray head takes seconds to start)."""
         with self._compute_lock:
             if self._compute is None:
-                self._compute = build_compute(self.settings, self.clock)
+                self._compute = build_compute(self.settings, self.clock, archives=self.archives.publish)
                 self.closers.append(self._compute.close)
             return self._compute
+
+    @property
+    def archives(self) -> CodeArchives:
+        """KubeRay code archives at capability URLs, over this container's database and object store."""
+        return CodeArchives(self.db, self.storage, self.clock, self.settings)
 
     def use_compute(self, backend: ComputeBackend) -> None:
         """Use an already-built backend (tests share one local Ray across containers)."""
@@ -68,9 +75,12 @@ class Container:
         self.db.close()
 
 
-def build_compute(settings: Settings, clock: Clock) -> ComputeBackend:
+def build_compute(
+    settings: Settings, clock: Clock, *, archives: ArchiveUploader | None = None
+) -> ComputeBackend:
     """The compute backend the settings ask for: a local Ray head by default, an existing Ray cluster as soon
-    as ``SBX_RAY_ADDRESS`` is set, KubeRay or the fake when chosen explicitly."""
+    as ``SBX_RAY_ADDRESS`` is set, KubeRay or the fake when chosen explicitly. ``archives`` publishes KubeRay
+    jobs' code at capability URLs (other backends read the broker's disk)."""
     kind = "ray" if settings.compute == "ray-local" and settings.ray_address else settings.compute
     return build_backend(
         kind,
@@ -89,6 +99,13 @@ def build_compute(settings: Settings, clock: Clock) -> ComputeBackend:
             else None  # kuberay then refuses to start with a message naming SBX_KUBE_CAPACITY_*
         ),
         kube_secret_env=settings.kube_secret_env,
+        kube_archive_uploader=archives,
+        kube_hardening=PodHardening(
+            service_account=settings.kube_service_account,
+            runtime_class=settings.kube_runtime_class or None,
+            run_as_user=settings.kube_run_as_user,
+            run_as_group=settings.kube_run_as_group,
+        ),
         local_num_cpus=settings.ray_num_cpus,
         clock=clock,
     )

@@ -49,6 +49,30 @@ class Settings(BaseSettings):
             "jobs' namespace); a RayJob then refers to them instead of carrying them."
         ),
     )
+    kube_service_account: str = Field(
+        default="sbx-job-runner",
+        description="KubeRay: the job pods' service account (no RBAC; its token is never mounted).",
+    )
+    kube_runtime_class: str | None = Field(
+        default=None, description="KubeRay: runtimeClassName of job pods (a sandboxed runtime: gvisor, kata)."
+    )
+    kube_run_as_user: int = Field(default=1000, ge=1, description="KubeRay: the job image's non-root uid.")
+    kube_run_as_group: int = Field(default=100, ge=0, description="KubeRay: the job image's gid.")
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "The broker's URL as job pods reach it (in-cluster Service URL); KubeRay jobs fetch their code "
+            "archive from it at a capability URL."
+        ),
+    )
+    archive_max_fetches: int = Field(
+        default=16, ge=1, description="KubeRay: fetches of one job's code archive (each node, and retries)."
+    )
+    archive_grace_s: int = Field(
+        default=300,
+        ge=0,
+        description="KubeRay: a code archive stays valid this long after the job's deadline.",
+    )
     storage: StorageKind = "local"
     s3_endpoint: str | None = None
     s3_access_key: str | None = None

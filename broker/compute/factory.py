@@ -10,7 +10,13 @@ from common.resources import Resources
 
 from .base import ComputeBackend
 from .fake import FakeBackend
-from .kuberay import KubeRayBackend, WorkingDirUploader, parse_secret_env
+from .kuberay import (
+    ArchiveUploader,
+    KubeRayBackend,
+    PodHardening,
+    WorkingDirUploader,
+    parse_secret_env,
+)
 from .ray_jobs import RayJobsBackend
 from .ray_local import LocalRayBackend
 
@@ -28,6 +34,8 @@ def build_backend(
     kube_capacity: Resources | None = None,
     kube_upload_working_dir: WorkingDirUploader | None = None,
     kube_secret_env: str = "",
+    kube_archive_uploader: ArchiveUploader | None = None,
+    kube_hardening: PodHardening | None = None,
     local_num_cpus: int | None = None,
     clock: Clock | None = None,
 ) -> ComputeBackend:
@@ -35,7 +43,8 @@ def build_backend(
 
     ``ray-local`` starts a private Ray head under ``state_dir`` (seconds); ``ray`` needs ``ray_address``
     (dashboard URL) and normally ``ray_token``; ``kuberay`` needs ``kube_namespace``, ``kube_image`` and
-    ``kube_capacity`` and loads the in-cluster Kubernetes config (or ``~/.kube/config`` outside a pod);
+    ``kube_capacity`` and loads the in-cluster Kubernetes config (or ``~/.kube/config`` outside a pod), its
+    pods locked down by ``kube_hardening`` and its code archives published by ``kube_archive_uploader``;
     ``fake`` is the scriptable in-memory backend. The caller owns the result and must ``close()`` it.
     """
     if kind == "ray-local":
@@ -47,7 +56,7 @@ def build_backend(
     if kind == "kuberay":
         if not (kube_namespace and kube_image and kube_capacity):
             raise InvalidInput("compute backend 'kuberay' needs a namespace, an image and a capacity")
-        custom, core = _kube_apis()
+        custom, core, networking = _kube_apis()
         return KubeRayBackend(
             custom,
             kube_namespace,
@@ -57,14 +66,17 @@ def build_backend(
             upload_working_dir=kube_upload_working_dir,
             clock=clock,
             secret_refs=parse_secret_env(kube_secret_env),
+            archive_uploader=kube_archive_uploader,
+            networking_api=networking,
+            hardening=kube_hardening,
         )
     if kind == "fake":
         return FakeBackend(clock or SystemClock())
     raise InvalidInput(f"unknown compute backend {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def _kube_apis() -> tuple[object, object]:
-    """Load the Kubernetes config (in-cluster first) and return (CustomObjectsApi, CoreV1Api)."""
+def _kube_apis() -> tuple[object, object, object]:
+    """Load the Kubernetes config (in-cluster first); return (CustomObjectsApi, CoreV1Api, NetworkingV1Api)."""
     from kubernetes import client, config
 
     try:
@@ -72,4 +84,4 @@ def _kube_apis() -> tuple[object, object]:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
-    return client.CustomObjectsApi(api), client.CoreV1Api(api)
+    return client.CustomObjectsApi(api), client.CoreV1Api(api), client.NetworkingV1Api(api)

@@ -16,9 +16,18 @@ Decisions recorded here:
   group with the same pod shape exists with ``worker_replicas`` replicas (0 by default) for jobs that scale.
 * Token auth: ``rayClusterSpec.authOptions.mode: token`` — the operator generates the Secret; the broker
   never handles it and jobs receive only what KubeRay injects into Ray's own containers.
-* A local ``working_dir`` cannot be uploaded by a submitter pod: the backend's ``upload_working_dir``
-  callable turns it into a URI Ray can fetch (``s3://``, ``https://…zip``); without one such launches are
-  refused.
+* A local ``working_dir`` cannot be uploaded by a submitter pod: the backend's ``archive_uploader`` (given the
+  launch: the broker's job-bound capability URL, see ``broker/db/archives.py``) or ``upload_working_dir``
+  (given the directory) turns it into a URI Ray can fetch (``http(s)://…zip``, ``s3://``); without one such
+  launches are refused.
+* Every pod (head, workers, submitter) meets the Pod Security Standard *restricted* profile
+  (:class:`PodHardening`): non-root uid, no privilege escalation, all capabilities dropped, seccomp
+  ``RuntimeDefault``, a read-only root filesystem with ``emptyDir`` volumes at ``/tmp`` and ``/tmp/ray`` (Ray's
+  session files), a dedicated service account whose token is not mounted, and an optional sandboxed
+  ``runtimeClassName`` (gVisor, Kata). SME code is not trusted with anything of the cluster.
+* Pod labels (``managed-by``, ``job-id``, ``job-kind``) are what the chart's NetworkPolicies select; a
+  per-job NetworkPolicy (owned by the RayJob, so Kubernetes deletes it with the RayJob) lets the pods of one
+  job talk to each other and to no other job's pods.
 * Writes that depend on what was read carry ``metadata.resourceVersion``; a 409 triggers a re-read and a
   retry. A 404 reads as ``NOT_FOUND``.
 * Times for metering are ``status.rayJobInfo.startTime/endTime`` (Ray's own), falling back to
@@ -67,7 +76,75 @@ _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_RETRIES = 5
 _LOG_TAIL_LINES = 5_000  # limitBytes would cut the head of the log; we want its tail
 
+#: Turns a local working dir into a URI Ray can fetch (content-addressed stores, tests).
 WorkingDirUploader = Callable[[Path], str]
+#: Publishes a launch's working dir at a URI bound to that job (the broker's capability URL).
+ArchiveUploader = Callable[[JobLaunch], str]
+#: Writable scratch of every container (the root filesystem is read-only): name → mount path.
+SCRATCH_VOLUMES = {"tmp": "/tmp", "ray-tmp": "/tmp/ray"}  # noqa: S108 - emptyDirs, private to the pod
+_SUBMITTER_RESOURCES = {"cpu": "500m", "memory": "512Mi"}
+
+
+@dataclass(frozen=True, slots=True)
+class PodHardening:
+    """How every pod of a job is locked down (the Pod Security Standard *restricted* profile and more).
+
+    ``run_as_user``/``run_as_group`` are the image's non-root user (1000/100 in ``rayproject/ray``);
+    ``service_account`` is a dedicated account with no RBAC whose token is never mounted; ``runtime_class``
+    names a sandboxed runtime (``gvisor``, ``kata``) when the cluster has one.
+    """
+
+    service_account: str = "sbx-job-runner"
+    runtime_class: str | None = None
+    run_as_user: int = 1000
+    run_as_group: int = 100
+
+    def __post_init__(self) -> None:
+        if self.run_as_user <= 0 or self.run_as_group < 0:
+            raise InvalidInput("job pods run as a non-root user: run_as_user must be a positive uid")
+        if not self.service_account:
+            raise InvalidInput("job pods need a dedicated service account name")
+
+    def pod_security(self) -> dict[str, Any]:
+        """The pod-level ``securityContext``."""
+        return {
+            "runAsNonRoot": True,
+            "runAsUser": self.run_as_user,
+            "runAsGroup": self.run_as_group,
+            "fsGroup": self.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+
+    def container_security(self) -> dict[str, Any]:
+        """The container-level ``securityContext`` (repeats the pod's: each container must pass alone)."""
+        return {
+            "runAsNonRoot": True,
+            "runAsUser": self.run_as_user,
+            "runAsGroup": self.run_as_group,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+
+    def pod_spec(self, containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """A pod spec around ``containers`` with the account, runtime class and scratch volumes."""
+        for container in containers:
+            container["securityContext"] = self.container_security()
+            container["volumeMounts"] = [{"name": n, "mountPath": p} for n, p in SCRATCH_VOLUMES.items()]
+        spec: dict[str, Any] = {
+            "serviceAccountName": self.service_account,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": self.pod_security(),
+            "containers": containers,
+            "volumes": [{"name": n, "emptyDir": {}} for n in SCRATCH_VOLUMES],
+            **extra,
+        }
+        if self.runtime_class:
+            spec["runtimeClassName"] = self.runtime_class
+        return spec
 
 
 def label_value(text: str) -> str:
@@ -112,13 +189,13 @@ def _pod_template(
     env: Mapping[str, str],
     secret_refs: Mapping[str, SecretRef],
     labels: Mapping[str, str],
+    hardening: PodHardening,
 ) -> dict[str, Any]:
     quantities = _quantities(resources)
     container: dict[str, Any] = {
         "name": f"ray-{role}",
         "image": image,
         "resources": {"requests": dict(quantities), "limits": dict(quantities)},
-        "securityContext": {"allowPrivilegeEscalation": False},
     }
     entries: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     entries += [
@@ -127,7 +204,18 @@ def _pod_template(
     ]
     if entries:
         container["env"] = entries
-    return {"metadata": {"labels": dict(labels)}, "spec": {"containers": [container]}}
+    return {"metadata": {"labels": dict(labels)}, "spec": hardening.pod_spec([container])}
+
+
+def _submitter_template(image: str, labels: Mapping[str, str], hardening: PodHardening) -> dict[str, Any]:
+    """The pod running ``ray job submit`` (KubeRay fills in its command): hardened like the Ray pods."""
+    container = {
+        "name": "ray-job-submitter",
+        "image": image,
+        "resources": {"requests": dict(_SUBMITTER_RESOURCES), "limits": dict(_SUBMITTER_RESOURCES)},
+    }
+    spec = hardening.pod_spec([container], restartPolicy="Never")
+    return {"metadata": {"labels": dict(labels)}, "spec": spec}
 
 
 def rayjob_manifest(
@@ -140,14 +228,17 @@ def rayjob_manifest(
     worker_replicas: int = 0,
     ray_version: str | None = None,
     secret_refs: Mapping[str, SecretRef] | None = None,
+    hardening: PodHardening | None = None,
 ) -> dict[str, Any]:
     """Return the ``RayJob`` object for ``launch`` (pure; validated against KubeRay's CRD in tests).
 
     ``working_dir_uri`` replaces ``launch.working_dir`` in the runtime env (a submitter pod cannot read the
     broker's disk); a launch with a working dir but no URI is refused. Each ``launch.secret_env`` variable
     becomes a ``secretKeyRef`` to the Secret key ``secret_refs`` names for it, never its value; a secret
-    variable without a reference is refused.
+    variable without a reference is refused. Every pod, the submitter's included, is locked down by
+    ``hardening`` (the defaults of :class:`PodHardening` unless given).
     """
+    harden = hardening or PodHardening()
     if launch.working_dir is not None and working_dir_uri is None:
         raise InvalidInput(f"job {launch.job_id}: KubeRay needs the working dir uploaded to a URI first")
     refs = secret_refs or {}
@@ -167,17 +258,14 @@ def rayjob_manifest(
         LABEL_ORG: label_value(launch.org_id),
         LABEL_JOB: label_value(launch.job_id),
     }
-    # Pod labels let a NetworkPolicy tell the broker's trusted harness (kind=training) from SME code.
-    pod_labels = {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_KIND: label_value(launch.labels.get("kind", "job")),
-        LABEL_JOB: label_value(launch.job_id),
-    }
+    pod_labels = job_pod_labels(launch)
     cluster: dict[str, Any] = {
         "authOptions": {"mode": "token"},
         "headGroupSpec": {
             "rayStartParams": {},
-            "template": _pod_template("head", image, launch.resources, launch.env, env_refs, pod_labels),
+            "template": _pod_template(
+                "head", image, launch.resources, launch.env, env_refs, pod_labels, harden
+            ),
         },
         "workerGroupSpecs": [
             {
@@ -187,7 +275,7 @@ def rayjob_manifest(
                 "maxReplicas": worker_replicas,
                 "rayStartParams": {},
                 "template": _pod_template(
-                    "worker", image, launch.resources, launch.env, env_refs, pod_labels
+                    "worker", image, launch.resources, launch.env, env_refs, pod_labels, harden
                 ),
             }
         ],
@@ -203,6 +291,7 @@ def rayjob_manifest(
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": ttl_seconds_after_finished,
         "rayClusterSpec": cluster,
+        "submitterPodTemplate": _submitter_template(image, pod_labels, harden),
     }
     if runtime_env:
         spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
@@ -220,6 +309,48 @@ def rayjob_manifest(
             "annotations": {LABEL_JOB: launch.job_id, LABEL_ORG: launch.org_id},
         },
         "spec": spec,
+    }
+
+
+def job_pod_labels(launch: JobLaunch) -> dict[str, str]:
+    """Labels of every pod of ``launch``: NetworkPolicies select them (the harness by ``kind=training``, one
+    job's pods by its ``job-id``); only the broker sets them, SME code cannot change a pod's labels."""
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_KIND: label_value(launch.labels.get("kind", "job")),
+        LABEL_JOB: label_value(launch.job_id),
+    }
+
+
+def job_network_policy(launch: JobLaunch, *, namespace: str, owner_uid: str) -> dict[str, Any]:
+    """The NetworkPolicy letting the pods of ``launch`` (head, workers, submitter) reach each other only.
+
+    NetworkPolicies add up: the chart's policy for all job pods allows DNS and the broker's archive endpoint
+    and denies the rest; this one adds traffic within one job (Ray needs head <-> worker and submitter ->
+    head), never between two jobs. Owned by the RayJob, so it is garbage-collected with it.
+    """
+    labels = {"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_JOB: label_value(launch.job_id)}
+
+    def selector() -> dict[str, Any]:
+        return {"matchLabels": dict(labels)}
+
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": launch.name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [
+                {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayJob", "name": launch.name, "uid": owner_uid}
+            ],
+        },
+        "spec": {
+            "podSelector": selector(),
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": selector()}]}],
+            "egress": [{"to": [{"podSelector": selector()}]}],
+        },
     }
 
 
@@ -289,8 +420,15 @@ class KubeRayBackend:
         ray_version: str | None = None,
         clock: Clock | None = None,
         secret_refs: Mapping[str, SecretRef] | None = None,
+        archive_uploader: ArchiveUploader | None = None,
+        networking_api: Any | None = None,
+        hardening: PodHardening | None = None,
     ) -> None:
-        """Use ``api`` (a ``kubernetes.client.CustomObjectsApi``) in ``namespace``; pods run ``image``."""
+        """Use ``api`` (a ``kubernetes.client.CustomObjectsApi``) in ``namespace``; pods run ``image``.
+
+        ``archive_uploader`` (preferred) or ``upload_working_dir`` publish a launch's working dir; with a
+        ``networking_api`` (``NetworkingV1Api``) each job gets its own NetworkPolicy (:func:`job_network_policy`).
+        """
         self._api = api
         self._core = core_api
         self._namespace = namespace
@@ -302,11 +440,16 @@ class KubeRayBackend:
         self._ray_version = ray_version
         self._clock = clock or SystemClock()
         self._secret_refs = dict(secret_refs or {})
+        self._archive = archive_uploader
+        self._net = networking_api
+        self._hardening = hardening or PodHardening()
 
     def manifest(self, launch: JobLaunch) -> dict[str, Any]:
         """Return the RayJob this backend creates for ``launch`` (uploads the working dir if any)."""
         uri = None
-        if launch.working_dir is not None and self._upload is not None:
+        if launch.working_dir is not None and self._archive is not None:
+            uri = self._archive(launch)
+        elif launch.working_dir is not None and self._upload is not None:
             uri = self._upload(launch.working_dir)
         return rayjob_manifest(
             launch,
@@ -317,20 +460,38 @@ class KubeRayBackend:
             worker_replicas=self._workers,
             ray_version=self._ray_version,
             secret_refs=self._secret_refs,
+            hardening=self._hardening,
         )
 
     # --- ComputeBackend ----------------------------------------------------------------------------
     def create(self, launch: JobLaunch) -> None:
-        """Create the suspended RayJob; an existing one with the same name is kept (idempotent)."""
-        if self._read(launch.name) is not None:
-            return
+        """Create the suspended RayJob and its NetworkPolicy; existing ones are kept (idempotent)."""
+        obj = self._read(launch.name)
+        if obj is None:
+            obj = self._create_rayjob(launch)
+        if obj is not None and self._net is not None:
+            self._ensure_network_policy(launch, str(obj["metadata"].get("uid", "")))
+
+    def _create_rayjob(self, launch: JobLaunch) -> dict[str, Any] | None:
         body = self.manifest(launch)
         try:
-            self._api.create_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, body)
+            created = self._api.create_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, body)
         except Exception as exc:
             if _status_of(exc) == 409:  # AlreadyExists: a concurrent create won
-                return
+                return self._read(launch.name)
             raise BackendError(f"cannot create RayJob {launch.name}: {_reason(exc)}") from exc
+        return dict(created)
+
+    def _ensure_network_policy(self, launch: JobLaunch, owner_uid: str) -> None:
+        """Create the job's NetworkPolicy (before ``start`` unsuspends it: pods never run without it)."""
+        body = job_network_policy(launch, namespace=self._namespace, owner_uid=owner_uid)
+        net: Any = self._net
+        try:
+            net.create_namespaced_network_policy(self._namespace, body)
+        except Exception as exc:
+            if _status_of(exc) == 409:  # it exists already (retry, or another replica)
+                return
+            raise BackendError(f"cannot create the NetworkPolicy of {launch.name}: {_reason(exc)}") from exc
 
     def start(self, launch: JobLaunch) -> None:
         """Unsuspend the RayJob (creating it first if needed); a stopped job is never resumed."""
@@ -373,7 +534,7 @@ class KubeRayBackend:
 
     def close(self) -> None:
         """Close the HTTP connection pools of the Kubernetes clients."""
-        for api in (self._api, self._core):
+        for api in (self._api, self._core, self._net):
             client = getattr(api, "api_client", None)
             if client is not None:
                 client.close()

@@ -296,3 +296,17 @@ subsidy_daily = Table(
     Column("gpu", BigInteger, nullable=False),  # GPU·ms
     Column("memory", BigInteger, nullable=False),  # MiB·ms
 )
+
+# KubeRay code archives (0006): a job's working dir served at a capability URL. Only the token's SHA-256 is
+# stored; a fetch counts with one conditional UPDATE (broker/db/archives.py), so no race passes max_fetches.
+job_archives = Table(
+    "job_archives",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("max_fetches", Integer, nullable=False),
+    Column("fetches", Integer, nullable=False, default=0),
+    Column("revoked", Boolean, nullable=False, default=False),
+    CheckConstraint("fetches >= 0 AND fetches <= max_fetches", name="fetches"),
+)

@@ -84,7 +84,8 @@ QUERY_KINDS = {
     "issuer_org": "issuer_org",
     "custodian_org": "custodian_org",
 }
-LITERAL_PATH = {"decision": "refuse", "name": "style.css"}
+# ``token`` is a capability in the path (KubeRay code archives): any value is refused like an unknown one.
+LITERAL_PATH = {"decision": "refuse", "name": "style.css", "token": "t" * 43}
 EXTRA_QUERY = {"period": "2026-11", "start_ms": "0", "end_ms": "1"}
 MASS_FIELDS = ["org_id", "owner", "balance", "budget", "status", "state", "amount_settled"]
 COOKIE = "sbx_session"

@@ -4,6 +4,7 @@ the status mapping."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from broker.compute import BackendState, JobLaunch, launch_name, rayjob_manifest
 from broker.compute.kube_fake import Validator, crd_validator
 from broker.compute.kuberay import (
     STOPPED_AT,
+    KubeRayBackend,
+    PodHardening,
+    job_network_policy,
     label_value,
     map_rayjob_status,
     parse_k8s_time,
@@ -21,6 +25,7 @@ from broker.compute.kuberay import (
 )
 from common.errors import InvalidInput
 from common.resources import Resources
+from tests.pss_restricted import restricted_violations
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAYJOB_CRD = REPO_ROOT.parent / "shared/kuberay/ray.io_rayjobs.yaml"
@@ -311,3 +316,247 @@ def test_status_mapping(
 def test_deadline_failures_say_why() -> None:
     got = map_rayjob_status(_obj({"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded"}))
     assert "DeadlineExceeded" in got.message
+
+
+# --- Pod Security Standard "restricted", field by field, for every pod of every generated RayJob ----------
+def _pods(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod template of a RayJob: the head, each worker group and the submitter."""
+    spec = manifest["spec"]
+    cluster = spec["rayClusterSpec"]
+    pods = [("head", cluster["headGroupSpec"]["template"])]
+    pods += [(f"workers/{g['groupName']}", g["template"]) for g in cluster["workerGroupSpecs"]]
+    pods.append(("submitter", spec["submitterPodTemplate"]))
+    return pods
+
+
+HARDENED = PodHardening(service_account="sbx-job-runner", runtime_class="gvisor", run_as_user=1000)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sme": {"launch": _launch()},
+    "sme-working-dir": {
+        "launch": _launch(working_dir=Path("/w")),
+        "working_dir_uri": "http://sbx.sandbox-broker.svc:80/api/v1/archives/tok.zip",
+    },
+    "training": {
+        "launch": _launch(secret_env=HARNESS_SECRETS, labels={"kind": "training"}),
+        "secret_refs": HARNESS_REFS,
+    },
+    "gvisor": {"launch": _launch(), "hardening": HARDENED},
+}
+
+
+def _variant(name: str) -> dict[str, Any]:
+    kwargs = dict(VARIANTS[name])
+    return _manifest(kwargs.pop("launch"), worker_replicas=2, **kwargs)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_pod_meets_the_restricted_profile(variant: str) -> None:
+    for where, template in _pods(_variant(variant)):
+        assert restricted_violations(template["spec"], template["metadata"].get("annotations")) == [], where
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_pod_is_hardened_field_by_field(variant: str) -> None:
+    """The profile's fields, named one by one (the checker could be wrong; this spells out what we set)."""
+    for where, template in _pods(_variant(variant)):
+        spec = template["spec"]
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, where
+        assert pod_sc["runAsUser"] > 0, where
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["serviceAccountName"] == "sbx-job-runner", where
+        for field in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(field), (where, field)
+        assert all(set(v) == {"name", "emptyDir"} for v in spec["volumes"]), where
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["privileged"] is False, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert not any(port.get("hostPort") for port in container.get("ports", [])), where
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert set(mounts) == {"/tmp", "/tmp/ray"}, where
+            assert {v["name"] for v in spec["volumes"]} == set(mounts.values()), where
+
+
+def test_the_runtime_class_is_set_only_when_configured() -> None:
+    for where, template in _pods(_variant("gvisor")):
+        assert template["spec"]["runtimeClassName"] == "gvisor", where
+    for where, template in _pods(_variant("sme")):
+        assert "runtimeClassName" not in template["spec"], where
+
+
+def test_pods_carry_the_labels_the_network_policies_select() -> None:
+    for variant, kind in (("sme", "job"), ("training", "training")):
+        for where, template in _pods(_variant(variant)):
+            assert template["metadata"]["labels"] == {
+                "app.kubernetes.io/managed-by": "sandbox-broker",
+                "sandbox-broker.io/job-kind": kind,
+                "sandbox-broker.io/job-id": "01J-ABC",
+            }, where
+
+
+def test_the_training_harness_keeps_its_secret_references_and_no_sme_pod_gets_one() -> None:
+    training = yaml.safe_dump(_variant("training"))
+    assert training.count("secretKeyRef") == 2 * 2  # head + worker group, two keys each
+    assert "secretKeyRef" not in yaml.safe_dump(_variant("sme"))
+
+
+def _relax(path: str, value: object) -> Callable[[dict[str, Any]], None]:
+    """Set (or with ``None`` delete) one dotted field of the head pod template's spec."""
+
+    def change(spec: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = spec
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        index: Any = int(last) if isinstance(node, list) else last
+        if value is None:
+            del node[index]
+        else:
+            node[index] = value
+
+    return change
+
+
+RELAXED = {
+    "privilege escalation": (
+        _relax("containers.0.securityContext.allowPrivilegeEscalation", True),
+        "allowPrivilegeEscalation",
+    ),
+    "escalation unset": (
+        _relax("containers.0.securityContext.allowPrivilegeEscalation", None),
+        "allowPrivilegeEscalation",
+    ),
+    "root user": (_relax("containers.0.securityContext.runAsUser", 0), "runAsUser"),
+    "root allowed": (_relax("containers.0.securityContext.runAsNonRoot", False), "runAsNonRoot"),
+    "capabilities kept": (
+        _relax("containers.0.securityContext.capabilities.drop", []),
+        "drop must contain ALL",
+    ),
+    "capability added": (
+        _relax("containers.0.securityContext.capabilities.add", ["SYS_ADMIN"]),
+        "capabilities.add",
+    ),
+    "seccomp unconfined": (
+        _relax("containers.0.securityContext.seccompProfile.type", "Unconfined"),
+        "seccomp",
+    ),
+    "privileged": (_relax("containers.0.securityContext.privileged", True), "privileged"),
+    "host network": (_relax("hostNetwork", True), "hostNetwork"),
+    "host pid": (_relax("hostPID", True), "hostPID"),
+    "host ipc": (_relax("hostIPC", True), "hostIPC"),
+    "host port": (_relax("containers.0.ports", [{"containerPort": 8265, "hostPort": 8265}]), "hostPort"),
+    "host path": (_relax("volumes.0", {"name": "tmp", "hostPath": {"path": "/"}}), "hostPath"),
+    "proc mount": (_relax("containers.0.securityContext.procMount", "Unmasked"), "procMount"),
+    "selinux": (_relax("securityContext.seLinuxOptions", {"type": "spc_t"}), "seLinuxOptions"),
+    "sysctl": (_relax("securityContext.sysctls", [{"name": "kernel.msgmax", "value": "1"}]), "sysctl"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RELAXED))
+def test_the_checker_fails_a_pod_with_one_field_relaxed(case: str) -> None:
+    """Negative control: the same manifest with one field relaxed is refused, naming that field."""
+    change, expected = RELAXED[case]
+    spec = copy.deepcopy(_pods(_variant("sme"))[0][1]["spec"])
+    change(spec)
+    problems = restricted_violations(spec)
+    assert problems, case
+    assert any(expected in p for p in problems), problems
+
+
+def test_the_checker_needs_seccomp_and_non_root_somewhere() -> None:
+    spec = copy.deepcopy(_pods(_variant("sme"))[0][1]["spec"])
+    del spec["securityContext"]["seccompProfile"]
+    assert restricted_violations(spec) == []  # the container still sets it
+    del spec["containers"][0]["securityContext"]["seccompProfile"]
+    assert any("seccompProfile" in p for p in restricted_violations(spec))
+    spec = copy.deepcopy(_pods(_variant("sme"))[0][1]["spec"])
+    del spec["securityContext"]["runAsNonRoot"]
+    del spec["containers"][0]["securityContext"]["runAsNonRoot"]
+    assert any("runAsNonRoot" in p for p in restricted_violations(spec))
+
+
+def test_hardening_refuses_root_and_an_empty_service_account() -> None:
+    with pytest.raises(InvalidInput, match="non-root"):
+        PodHardening(run_as_user=0)
+    with pytest.raises(InvalidInput, match="service account"):
+        PodHardening(service_account="")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_hardened_manifests_validate_against_kuberays_crd(validate: Validator, variant: str) -> None:
+    validate(_variant(variant))
+
+
+# --- one NetworkPolicy per job ----------------------------------------------------------------------------
+def test_the_job_network_policy_opens_traffic_within_one_job_only() -> None:
+    policy = job_network_policy(_launch(), namespace="sbx", owner_uid="uid-1")
+    mine = {"app.kubernetes.io/managed-by": "sandbox-broker", "sandbox-broker.io/job-id": "01J-ABC"}
+    assert policy["metadata"]["ownerReferences"] == [
+        {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": "sbx-01j-abc", "uid": "uid-1"}
+    ]
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": mine}
+    assert spec["ingress"] == [{"from": [{"podSelector": {"matchLabels": mine}}]}]
+    assert spec["egress"] == [{"to": [{"podSelector": {"matchLabels": mine}}]}]
+    pod_labels = _pods(_manifest())[0][1]["metadata"]["labels"]
+    assert mine.items() <= pod_labels.items()  # it selects exactly this job's pods
+
+
+class _Api:
+    """Records calls of the Kubernetes client methods the backend uses (CustomObjects and Networking)."""
+
+    def __init__(self, conflict: bool = False) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.policies: list[dict[str, Any]] = []
+        self.conflict = conflict
+
+    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        name = args[-1]
+        if name not in self.objects:
+            raise _Status(404)
+        return self.objects[name]
+
+    def create_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        body: dict[str, Any] = copy.deepcopy(args[-1])
+        body["metadata"]["uid"] = "uid-" + body["metadata"]["name"]
+        self.objects[body["metadata"]["name"]] = body
+        return body
+
+    def create_namespaced_network_policy(self, namespace: str, body: dict[str, Any]) -> None:
+        if self.conflict or any(p["metadata"]["name"] == body["metadata"]["name"] for p in self.policies):
+            raise _Status(409)
+        self.policies.append(body)
+
+
+class _Status(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def test_create_makes_the_rayjob_then_its_policy_and_stays_idempotent() -> None:
+    api = _Api()
+    seen: list[JobLaunch] = []
+
+    def uploader(launch: JobLaunch) -> str:
+        seen.append(launch)
+        return "http://broker/api/v1/archives/t.zip"
+
+    backend = KubeRayBackend(
+        api, "sbx", "img", capacity=Resources(1000), networking_api=api, archive_uploader=uploader
+    )
+    launch = _launch(working_dir=Path("/w"))
+    backend.create(launch)
+    backend.create(launch)
+    assert seen == [launch]  # uploaded once: the second create found the RayJob
+    assert [p["metadata"]["ownerReferences"][0]["uid"] for p in api.policies] == ["uid-sbx-01j-abc"]
+    job = api.objects["sbx-01j-abc"]
+    assert (
+        yaml.safe_load(job["spec"]["runtimeEnvYAML"])["working_dir"] == "http://broker/api/v1/archives/t.zip"
+    )
