@@ -239,6 +239,7 @@ class LocalRayBackend:
             command=launch.entrypoint,
             limits=limits,
             env=dict(launch.env),
+            gpu_devices=gpu_device_nodes(res.gpus),
             readonly_binds=tuple(binds),
             mode="off" if d.unsafe_no_sandbox else "auto",
         )
@@ -442,6 +443,22 @@ class LocalRayBackend:
             time.sleep(0.3)
             if not Path(head.temp_dir).exists():
                 break
+
+
+def gpu_device_nodes(gpus: int, dev: Path = Path("/dev")) -> tuple[str, ...]:
+    """The device nodes of ``gpus`` admitted NVIDIA GPUs (the control nodes plus ``nvidia0..N-1``).
+
+    The embedded head is one machine: its GPUs are handed out in device order, so a job admitted with N
+    GPUs gets the first N nodes that exist (never all of them); without GPUs, none. A job asking for more
+    GPUs than exist gets only those that exist (admission never admits more than the head's capacity).
+    """
+    if gpus <= 0:
+        return ()
+    control = [dev / n for n in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools") if (dev / n).exists()]
+    cards = sorted(
+        (p for p in dev.glob("nvidia[0-9]*") if p.name[6:].isdigit()), key=lambda p: int(p.name[6:])
+    )
+    return tuple(str(p) for p in [*control, *cards[:gpus]])
 
 
 def _harness_package_dirs() -> list[str]:
