@@ -236,11 +236,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sbx-bench-report-") as tmp:
         state = args.keep or Path(tmp) / "state"
         settings = Settings(state_dir=state, compute="fake", background_loops=False)
-        initialise(state, settings=settings)
+        operator_token = initialise(state, settings=settings)["token"]
         container = build_container(settings, clock=FakeClock(MONTH_START + 31 * 86_400_000 - 1))
         services = build_services(container)
         try:
-            op = services.orgs.authenticate((state / "operator.token").read_text().strip())
+            op = services.orgs.authenticate(operator_token)
             assert op is not None
             issuer_org = services.orgs.create(
                 op, name="Bench Programme", role="issuer", year_budget=10**15, sme_cap=10**12

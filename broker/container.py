@@ -18,7 +18,7 @@ from broker.db.audit import AuditRepo
 from broker.db.database import Database
 from broker.db.engine import make_engine
 from broker.db.ledger import LedgerRepo
-from broker.keys import load_broker_key
+from broker.keys import BrokerKeys, Kek, load_broker_keys, load_kek
 from broker.metrics import Metrics, attach_database
 from broker.services.archives import CodeArchives
 from broker.settings import Settings
@@ -42,6 +42,8 @@ class Container:
     broker_key_pem: bytes
     broker_kid: str
     broker_public_jwk: dict[str, Any]
+    broker_keys: BrokerKeys  # current + retired signing keys (rotation)
+    kek: Kek  # unwraps the keys the broker holds (broker/keys.py)
     storage: ObjectStore
     limiter: RateLimiter
     closers: list[Any] = field(default_factory=list)
@@ -143,7 +145,11 @@ def build_container(
     settings: Settings, *, clock: Clock | None = None, group_commit: bool = True
 ) -> Container:
     """Build every adapter from ``settings``; the state directory must have been initialised."""
-    key_pem = load_broker_key(settings.keys_dir)
+    kek = load_kek(
+        settings.kek_file, production=settings.environment == "production", state_dir=settings.state_dir
+    )
+    broker_keys = load_broker_keys(settings.keys_dir, kek)
+    key_pem = broker_keys.current_pem
     jwk = public_jwk(key_pem)
     db = Database(make_engine(settings.resolved_database_url), group_commit=group_commit)
     the_clock = clock or SystemClock()
@@ -159,6 +165,8 @@ def build_container(
         broker_key_pem=key_pem,
         broker_kid=key_id(key_pem),
         broker_public_jwk=jwk,
+        broker_keys=broker_keys,
+        kek=kek,
         storage=build_storage(settings),
         limiter=build_limiter(settings, the_clock),
     )

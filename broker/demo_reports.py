@@ -30,7 +30,7 @@ def step_subsidy_report(state: Any) -> str:
     period = datetime.now(tz=UTC).strftime("%Y-%m")
     document = issuer.call("GET", "/api/v1/reports/subsidy", params={"period": period})
     jwks = issuer.call("GET", "/.well-known/jwks.json")
-    verify_report(document, jwks)
+    verified = verify_report(document, jwks)
     out = _reports_dir(state)
     stem = f"subsidy-{period}"
     (out / f"{stem}.json").write_text(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False))
@@ -50,7 +50,7 @@ def step_subsidy_report(state: Any) -> str:
         f"[demo]   report (signed):    {(out / f'{stem}.json').resolve()}  (check: sbx report verify FILE)",
         flush=True,
     )
-    return f"subsidy report {period} signed by key {document['signature']['kid'][:12]}… and verified"
+    return f"subsidy report {period} signed by key {verified['kid'][:12]}… and verified"
 
 
 def step_dashboard(state: Any) -> str:

@@ -59,6 +59,7 @@ _STATUS_BY_CODE: dict[str, int] = {
     "unknown_key": 422,
     "unknown_voucher": 422,
     "voucher_mismatch": 422,
+    "kek_unavailable": 503,
     "expired": 422,
     "not_yet_valid": 422,
     "wrong_beneficiary": 422,

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = "text"
     state_dir: Path = Field(default=Path(".sbx"), description="Keys, SQLite file, local object store.")
+    kek_file: Path | None = Field(
+        default=None,
+        description="The key-encryption key that wraps the keys the broker holds; kept outside the state dir "
+        "and the database. Embedded default ~/.config/sandbox-broker/kek (written by `sbx init`); production: "
+        "a file mounted from a Secret (required).",
+    )
     database_url: str | None = Field(default=None, description="Defaults to SQLite in the state dir.")
     host: str = "127.0.0.1"
     port: int = 8750
@@ -114,6 +120,8 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return []
         problems = []
+        if self.kek_file is None or not self.kek_file.is_file():
+            problems.append("SBX_KEK_FILE must name the key-encryption key, mounted from a Secret")
         if not (self.database_url or "").startswith("postgresql"):
             problems.append("SBX_DATABASE_URL must point at PostgreSQL (several replicas share it)")
         if self.storage != "s3":

@@ -250,7 +250,7 @@ def init_state(state_dirs: list[Path], database_url: str | None) -> str:
         raise RuntimeError(f"sbx init failed: {done.stderr}")
     for other in state_dirs[1:]:
         (other / "keys").mkdir(parents=True, mode=0o700)
-        shutil.copy2(first / "keys" / "broker.pem", other / "keys" / "broker.pem")
+        shutil.copy2(first / "keys" / "broker-keys.json", other / "keys" / "broker-keys.json")  # wrapped
     return str(json.loads(done.stdout)["token"])
 
 

@@ -114,7 +114,11 @@ def clock() -> FakeClock:
 def settings(tmp_path: Path, database_url: str) -> Settings:
     """Settings for a fresh state dir on the chosen database, with fake compute."""
     return Settings(
-        state_dir=tmp_path / "state", database_url=database_url, compute="fake", background_loops=False
+        state_dir=tmp_path / "state",
+        database_url=database_url,
+        compute="fake",
+        background_loops=False,
+        kek_file=tmp_path / "kek",  # outside the state dir, as SBX_KEK_FILE must be
     )
 
 

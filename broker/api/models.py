@@ -113,6 +113,18 @@ class VoucherIssue(Strict):
     credit_expires_s: int = Field(gt=0, le=2**53 - 1)
 
 
+class KeyRegister(Strict):
+    """Register the issuer's own Ed25519 public key (a JWK: kty OKP, crv Ed25519, x; never d)."""
+
+    public_jwk: dict[str, Any] = Field(max_length=16)
+
+
+class VoucherRegister(Strict):
+    """Register a voucher the issuer signed offline with its registered key."""
+
+    token: str = Field(min_length=1, max_length=65536)
+
+
 class VoucherRedeem(Strict):
     """Redeem a voucher token."""
 

@@ -72,6 +72,12 @@ def create_key(principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]
     return services.vouchers.create_key(principal)
 
 
+@router.post("/issuer/keys/register", status_code=201, openapi_extra=policy("issuer"))
+def register_key(body: m.KeyRegister, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    """Register the calling issuer's own public key (it keeps the private key; rotation as for create)."""
+    return services.vouchers.register_key(principal, jwk=body.public_jwk)
+
+
 @router.get("/issuer/keys", openapi_extra=policy("issuer", "operator"))
 def list_keys(principal: PrincipalDep, services: ServicesDep) -> list[dict[str, Any]]:
     """The caller's keys with their status."""
@@ -99,6 +105,14 @@ def issue_voucher(body: m.VoucherIssue, principal: PrincipalDep, services: Servi
         valid_until_s=body.valid_until_s,
         credit_expires_s=body.credit_expires_s,
     )
+
+
+@router.post("/vouchers/register", status_code=201, openapi_extra=policy("issuer"))
+def register_voucher(
+    body: m.VoucherRegister, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Record a voucher the issuer signed offline (`sbx voucher sign`); only then can it be redeemed."""
+    return services.vouchers.register(principal, token=body.token)
 
 
 @router.get("/vouchers", openapi_extra=policy("issuer", "sme", "operator"))

@@ -26,6 +26,7 @@ token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
 issuer_app = typer.Typer(help="Issuer keys and programmes.", no_args_is_help=True)
 key_app = typer.Typer(help="Issuer signing keys (rotation, revocation).", no_args_is_help=True)
 voucher_app = typer.Typer(help="Innovation vouchers.", no_args_is_help=True)
+keys_app = typer.Typer(help="Keys the broker holds (local: KEK rotation).", no_args_is_help=True)
 hold_app = typer.Typer(help="Credit holds (normally placed by jobs).", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(org_app, name="org")
@@ -33,6 +34,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(issuer_app, name="issuer")
 issuer_app.add_typer(key_app, name="key")
 app.add_typer(voucher_app, name="voucher")
+app.add_typer(keys_app, name="keys")
 app.add_typer(hold_app, name="hold")
 app.add_typer(audit_app, name="audit")
 app.add_typer(job_app, name="job")
@@ -81,22 +83,45 @@ def _state(ctx: typer.Context, as_json: bool) -> CliState:
 def init(
     state_dir: Annotated[Path, typer.Option(envvar="SBX_STATE_DIR", help="State directory.")] = Path(".sbx"),
     operator_name: Annotated[str, typer.Option(help="Name of the first operator organisation.")] = "operator",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the operator token to this file (0600); default: print only."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create the state directory, the broker's Ed25519 key (0600), the schema and the first operator token."""
+    """Create the state directory, the KEK (SBX_KEK_FILE, outside it), the broker's wrapped Ed25519 key, the
+    schema and the first operator token (printed once)."""
     from broker.bootstrap import initialise
 
-    result = initialise(state_dir, operator_name=operator_name)
+    result = initialise(state_dir, operator_name=operator_name, token_file=token_file)
     emit(
         result,
         as_json=as_json,
         human=(
-            f"state directory: {result['state_dir']}\nbroker key: {result['broker_key']} (mode 0600)\n"
+            f"state directory: {result['state_dir']}\nbroker key: {result['broker_key']} (wrapped)\n"
+            f"key-encryption key: {result['kek_file']} (0600; keep it out of backups of the state dir)\n"
             f"database: {result['database']}\noperator token (shown once, keep it secret):\n{result['token']}"
             if result["token"]
             else f"state directory {result['state_dir']} was already initialised; nothing changed"
         ),
     )
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    broker_key: Annotated[
+        bool, typer.Option(help="Also make a new broker signing key (the old one retires, still verifies).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-wrap every key the broker holds under a new key-encryption key (SBX_KEK_FILE is rewritten)."""
+    from broker.bootstrap import rotate_keys
+
+    result = rotate_keys(broker_key=broker_key)
+    human = f"re-wrapped {result['rewrapped']} keys under KEK {result['kek_id']} ({result['kek_file']})"
+    if broker_key:
+        human += f"\nnew broker signing key {result['broker_kid']}"
+    emit(result, as_json=as_json, human=human)
 
 
 @app.command()
@@ -187,6 +212,35 @@ def key_create(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     emit(data, as_json=js, human=f"active key {data['kid']}")
 
 
+@key_app.command("generate")
+def key_generate(
+    out: Annotated[Path, typer.Option(help="Write the new private key (PEM) here, mode 0600.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Offline: make your own Ed25519 signing key; register its public part with `sbx issuer key register`."""
+    from broker.cli.offline import generate_key
+
+    jwk = generate_key(out)
+    emit(jwk, as_json=as_json, human=f"private key {out} (0600), kid {jwk['kid']}")
+
+
+@key_app.command("register")
+def key_register(
+    ctx: typer.Context,
+    key: Annotated[
+        Path, typer.Option(help="Your public key: a JWK (JSON) or a PEM (only its public part is sent).")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Register your own public key; the broker never sees the private key (sign with `sbx voucher sign`)."""
+    from broker.cli.offline import public_jwk_of
+
+    data, js = call(
+        ctx, as_json, "POST", "/api/v1/issuer/keys/register", body={"public_jwk": public_jwk_of(key)}
+    )
+    emit(data, as_json=js, human=f"registered key {data['kid']} (active; held by you)")
+
+
 @key_app.command("list")
 def key_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List your keys."""
@@ -240,6 +294,56 @@ def voucher_issue(
     if out is not None:
         out.write_text(data["token"] + "\n")
     emit(data, as_json=js, human=f"voucher {data['jti']} ({credits} credits)\n{data['token']}")
+
+
+@voucher_app.command("sign")
+def voucher_sign(
+    key: Annotated[Path, typer.Option(help="Your Ed25519 private key (PEM), registered with the broker.")],
+    issuer: Annotated[str, typer.Option(help="Your issuer organisation id (the `iss` claim).")],
+    sme: Annotated[str, typer.Option(help="Beneficiary SME organisation id.")],
+    credits: Annotated[int, typer.Option(help="Credits (smallest unit).")],
+    coverage: Annotated[int, typer.Option(help="Share of cost the programme pays, basis points.")],
+    valid_days: Annotated[int, typer.Option(help="Days the voucher can be redeemed.")] = 30,
+    credit_days: Annotated[int, typer.Option(help="Days the credit lasts after issuance.")] = 365,
+    resources: Annotated[str, typer.Option(help="Comma-separated resource classes.")] = "cpu,memory",
+    out: Annotated[Path | None, typer.Option(help="Write the token to this file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Offline (no server): sign a voucher with your own key, the same compact JWS the broker issues.
+
+    Register it with `sbx voucher register` before the SME can redeem it.
+    """
+    from broker.cli.offline import sign_offline
+
+    data = sign_offline(
+        key,
+        issuer=issuer,
+        sme=sme,
+        credits=credits,
+        coverage_bps=coverage,
+        valid_days=valid_days,
+        credit_days=credit_days,
+        resources=[r.strip() for r in resources.split(",") if r.strip()],
+    )
+    if out is not None:
+        out.write_text(data["token"] + "\n")
+    emit(data, as_json=as_json, human=data["token"])
+
+
+@voucher_app.command("register")
+def voucher_register(
+    ctx: typer.Context,
+    token: Annotated[str | None, typer.Argument(help="The signed voucher (or use --file).")] = None,
+    file: Annotated[Path | None, typer.Option(help="Read the token from a file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a voucher you signed offline; the broker checks its signature, your budget and the SME cap."""
+    if file is not None:
+        token = file.read_text().strip()
+    if not token:
+        fail("give the voucher token as an argument or with --file")
+    data, js = call(ctx, as_json, "POST", "/api/v1/vouchers/register", body={"token": token})
+    emit(data, as_json=js, human=f"registered voucher {data['jti']} ({data['claims']['credits']} credits)")
 
 
 @voucher_app.command("redeem")

@@ -16,6 +16,7 @@ import httpx
 import typer
 
 from broker.cli.client import fail
+from broker.services.report_signing import load_jwks, load_report
 from broker.services.reports import ReportSignatureInvalid, subsidy_csv, verify_report
 from broker.web.render import access_html, subsidy_html
 
@@ -147,15 +148,19 @@ def verify(
     jwks: Annotated[
         Path | None, typer.Option(help="A JWKS file; default: fetch /.well-known/jwks.json from the broker.")
     ] = None,
+    kid: Annotated[
+        list[str] | None,
+        typer.Option(help="Pin the broker's report key(s) you trust (repeatable); default: any broker key."),
+    ] = None,
 ) -> None:
-    """Check a report's Ed25519 signature: exit 0 when it verifies, 1 when it was changed or the key is unknown."""
+    """Check a report's signature by the broker's report key: exit 0 when it verifies, 1 when it was changed,
+    carries duplicate members, or was signed by any other key (an issuer's included)."""
     try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read {file} as JSON: {exc}")
-    keys = _load_jwks(ctx, jwks)
-    try:
-        result = verify_report(document, keys)
+        document = load_report(file.read_bytes())
+        keys = _load_jwks(ctx, jwks)
+        result = verify_report(document, keys, pinned_kids=kid or None)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc}")
     except ReportSignatureInvalid as exc:
         fail(f"NOT VALID: {exc.detail}")
     report = document["report"]
@@ -168,10 +173,9 @@ def verify(
 def _load_jwks(ctx: typer.Context, path: Path | None) -> dict[str, Any]:
     if path is not None:
         try:
-            loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            return load_jwks(path.read_bytes())
+        except OSError as exc:
             fail(f"cannot read the JWKS {path}: {exc}")
-        return loaded
     try:
         with _http(ctx) as client:
             response = client.get("/.well-known/jwks.json")
@@ -179,5 +183,4 @@ def _load_jwks(ctx: typer.Context, path: Path | None) -> dict[str, Any]:
         fail(f"cannot fetch the JWKS from {_root(ctx).url} ({type(exc).__name__}); pass --jwks FILE", 2)
     if response.status_code != 200:
         fail(f"the broker answered HTTP {response.status_code} for its JWKS")
-    fetched: dict[str, Any] = response.json()
-    return fetched
+    return load_jwks(response.content)

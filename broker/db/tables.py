@@ -70,7 +70,9 @@ issuer_keys = Table(
     Column("kid", String(64), primary_key=True),
     Column("org_id", String(40), ForeignKey("organisations.id"), nullable=False, index=True),
     Column("public_jwk", Text, nullable=False),
-    Column("private_pem", LargeBinary, nullable=True),
+    # The private key when the broker generated it, AES-GCM-wrapped under the KEK (broker/keys.py, 0008);
+    # NULL for a key the issuer registered and holds itself.
+    Column("private_wrapped", LargeBinary, nullable=True),
     Column("status", String(10), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("changed_ms", BigInteger, nullable=False),

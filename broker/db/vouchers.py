@@ -69,9 +69,21 @@ def get_programme(conn: Connection, org_id: str, *, lock: bool = False) -> Progr
 
 
 def add_key(
-    conn: Connection, *, org_id: str, kid: str, public_jwk: dict[str, Any], private_pem: bytes, now_ms: int
+    conn: Connection,
+    *,
+    org_id: str,
+    kid: str,
+    public_jwk: dict[str, Any],
+    private_wrapped: bytes | None,
+    now_ms: int,
 ) -> None:
-    """Store a new active key for an issuer; its previous active keys become ``retired`` (rotation)."""
+    """Store a new active key for an issuer; its previous active keys become ``retired`` (rotation).
+
+    ``private_wrapped`` is the KEK-wrapped private key of a key the broker generated, ``None`` for a key
+    the issuer registered and holds itself. A ``kid`` already stored is :class:`Conflict`.
+    """
+    if conn.execute(select(t.issuer_keys.c.kid).where(t.issuer_keys.c.kid == kid)).first() is not None:
+        raise Conflict(f"key {kid} is already registered", code="key_exists")
     conn.execute(
         update(t.issuer_keys)
         .where(t.issuer_keys.c.org_id == org_id, t.issuer_keys.c.status == "active")
@@ -82,7 +94,7 @@ def add_key(
             kid=kid,
             org_id=org_id,
             public_jwk=json.dumps(public_jwk),
-            private_pem=private_pem,
+            private_wrapped=private_wrapped,
             status="active",
             created_ms=now_ms,
             changed_ms=now_ms,
@@ -108,18 +120,42 @@ def lookup_key(conn: Connection, kid: str) -> IssuerKey | None:
 
 
 def signing_key(conn: Connection, org_id: str) -> tuple[str, bytes]:
-    """The issuer's active key id and private key, or :class:`Conflict` when it has none."""
+    """The issuer's active key id and its KEK-wrapped private key, or :class:`Conflict` when the broker
+    holds none (no active key, or the issuer keeps its own and signs offline)."""
     row = conn.execute(
-        select(t.issuer_keys.c.kid, t.issuer_keys.c.private_pem)
+        select(t.issuer_keys.c.kid, t.issuer_keys.c.private_wrapped)
         .where(t.issuer_keys.c.org_id == org_id, t.issuer_keys.c.status == "active")
         .order_by(t.issuer_keys.c.created_ms.desc())
     ).first()
-    if row is None or row.private_pem is None:
+    if row is None:
         raise Conflict(
             "this issuer has no active signing key; create one with `sbx issuer key create`",
             code="no_active_key",
         )
-    return str(row.kid), bytes(row.private_pem)
+    if row.private_wrapped is None:
+        raise Conflict(
+            f"the active key {row.kid} is the issuer's own: the broker cannot sign with it. Sign offline with "
+            "`sbx voucher sign --key FILE` and register the voucher with `sbx voucher register`",
+            code="no_active_key",
+        )
+    return str(row.kid), bytes(row.private_wrapped)
+
+
+def wrapped_keys(conn: Connection) -> list[tuple[str, bytes]]:
+    """Every (kid, wrapped private key) the broker holds, for re-wrapping under a new KEK."""
+    rows = conn.execute(
+        select(t.issuer_keys.c.kid, t.issuer_keys.c.private_wrapped).where(
+            t.issuer_keys.c.private_wrapped.is_not(None)
+        )
+    )
+    return [(str(r.kid), bytes(r.private_wrapped)) for r in rows]
+
+
+def set_wrapped(conn: Connection, *, kid: str, private_wrapped: bytes) -> None:
+    """Replace a key's wrapped private part (after re-wrapping it under a new KEK)."""
+    conn.execute(
+        update(t.issuer_keys).where(t.issuer_keys.c.kid == kid).values(private_wrapped=private_wrapped)
+    )
 
 
 def list_keys(conn: Connection, *, org_id: str | None = None) -> list[dict[str, Any]]:
@@ -133,6 +169,7 @@ def list_keys(conn: Connection, *, org_id: str | None = None) -> list[dict[str, 
             "issuer": r.org_id,
             "status": r.status,
             "public_jwk": json.loads(r.public_jwk),
+            "held_by": "broker" if r.private_wrapped is not None else "issuer",
             "created_ms": r.created_ms,
             "changed_ms": r.changed_ms,
         }

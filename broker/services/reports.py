@@ -19,8 +19,9 @@ updates in its own transaction, so it always equals the sums over the ``settle``
 The per-SME sums go through :func:`quotas.report.build_report`. A long period is read month by month,
 reporting progress after each month.
 
-The JSON document carries an Ed25519 signature (the broker's key, published in ``/.well-known/jwks.json``)
-over the canonical bytes (:func:`common.canonical.canonical_json`) of its ``report`` member.
+The JSON document carries a detached JWS by the broker's report key (``typ`` ``sbx-subsidy-report+jws`` or
+``sbx-data-access-report+jws``) over the canonical bytes of its ``report`` member; see
+:mod:`broker.services.report_signing` for what a verifier checks.
 """
 
 from __future__ import annotations
@@ -42,28 +43,24 @@ from broker.container import Container
 from broker.db import jobs as jobs_db
 from broker.db.orgs import Principal, get_org, list_orgs
 from broker.services.access import require_role
-from common.canonical import canonical_json
+from broker.services.report_signing import (  # re-exported: callers import them from here
+    ReportSignatureInvalid as ReportSignatureInvalid,
+)
+from broker.services.report_signing import sign_report
+from broker.services.report_signing import verify_report as verify_report
 from common.errors import DomainError, InvalidInput, NotFound
 from common.numbers import OutOfRange, check_text
 from quotas.report import ReportRow, SmeTotals, build_report
-from vouchers.keys import sign_bytes, verify_bytes
 
 log = logging.getLogger("sbx.reports")
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, what)``: called after each month of a report is aggregated."""
 
-SIGNATURE_ALG = "Ed25519"
 REPORT_FORMAT = "sbx-subsidy-report/1"
 ACCESS_FORMAT = "sbx-data-access-report/1"
 _MAX_MONTHS = 120
 _PERIOD_RE = re.compile(r"(\d{4})(?:-(\d{2}))?(?:\.\.(\d{4})-(\d{2}))?", re.ASCII)
 _LAST_YEAR = 9998  # the month after December 9999 is not a datetime
-
-
-class ReportSignatureInvalid(DomainError):
-    """A report's signature does not verify (changed after signing, or signed by an unknown key)."""
-
-    code = "report_signature_invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,37 +282,6 @@ def row_dict(row: ReportRow, name: str) -> dict[str, Any]:
     }
 
 
-def sign_report(report: dict[str, Any], *, key_pem: bytes, kid: str) -> dict[str, Any]:
-    """Wrap ``report`` with a detached Ed25519 signature over its canonical JSON bytes."""
-    return {
-        "report": report,
-        "signature": {"alg": SIGNATURE_ALG, "kid": kid, "value": sign_bytes(key_pem, canonical_json(report))},
-    }
-
-
-def verify_report(document: Mapping[str, Any], jwks: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a signed report against a JWK Set; returns ``{"ok": True, "kid": …}`` or raises
-    :class:`ReportSignatureInvalid` saying why (no signature, unknown key, bytes changed)."""
-    signature = document.get("signature")
-    report = document.get("report")
-    if not isinstance(signature, Mapping) or not isinstance(report, dict):
-        raise ReportSignatureInvalid("the document has no 'report' and 'signature' members")
-    kid = signature.get("kid")
-    keys = [k for k in jwks.get("keys", []) if isinstance(k, Mapping) and k.get("kid") == kid]
-    if not keys:
-        raise ReportSignatureInvalid(f"no key {kid!r} in the JWKS; fetch the broker's /.well-known/jwks.json")
-    value = signature.get("value")
-    try:
-        data = canonical_json(report)
-    except (TypeError, ValueError) as exc:
-        raise ReportSignatureInvalid(f"the report is not canonical JSON: {exc}") from exc
-    if signature.get("alg") != SIGNATURE_ALG or not isinstance(value, str):
-        raise ReportSignatureInvalid(f"the signature must be {SIGNATURE_ALG} with a base64url value")
-    if not verify_bytes(keys[0], data, value):
-        raise ReportSignatureInvalid("the signature does not match the report: it was changed after signing")
-    return {"ok": True, "kid": kid, "kind": report.get("format")}
-
-
 CSV_COLUMNS = (
     "org_id",
     "name",
@@ -476,8 +442,8 @@ class ReportService:
         return {"per_org": per_org, "total": total, "capacity": capacity}
 
     def jwks(self) -> dict[str, Any]:
-        """The broker's own public key as a JWK Set (what verifies its reports)."""
-        return {"keys": [dict(self.c.broker_public_jwk)]}
+        """The broker's own public keys, current and retired, as a JWK Set (what verifies its reports)."""
+        return self.c.broker_keys.jwks()
 
 
 _ACCESS_SELECT = """

@@ -5,17 +5,20 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection
 
 from broker.container import Container
 from broker.db import orgs, vouchers
 from broker.db.orgs import Principal
+from broker.keys import issuer_key_label
 from broker.services.access import read_scope, require_role, visible
 from broker.services.idem import write_idempotent
 from common.errors import Conflict, DomainError, InvalidInput, NotFound
 from common.ids import new_id
 from vouchers import (
     ALREADY_REDEEMED,
+    EXPIRED,
     MALFORMED,
     REVOKED,
     VoucherClaims,
@@ -27,9 +30,11 @@ from vouchers import (
     jwks,
     key_id,
     public_jwk,
+    public_key_from_jwk,
     sign_voucher,
     token_sha256,
     unknown_voucher,
+    verify_signed,
     verify_voucher,
     year_of,
 )
@@ -46,13 +51,31 @@ class VoucherService:
         """Generate a new signing key for the calling issuer; earlier active keys retire (rotation)."""
         require_role(principal, "issuer")
         pem = generate_private_pem()
-        jwk = public_jwk(pem)
         kid = key_id(pem)
+        wrapped = self.c.kek.wrap(pem, label=issuer_key_label(kid))
+        return self._add_key(principal, public_jwk(pem), wrapped)
+
+    def register_key(self, principal: Principal, *, jwk: dict[str, Any]) -> dict[str, Any]:
+        """Record the calling issuer's own Ed25519 public key (JWK); the private key never reaches the broker.
+
+        Only ``kty``, ``crv`` and ``x`` are taken from the JWK; ``kid`` is its RFC 7638 thumbprint, so the
+        issuer's tools and the broker agree on it. Earlier active keys retire, as with :meth:`create_key`.
+        """
+        require_role(principal, "issuer")
+        public = public_key_from_jwk(jwk)  # KeyFormatError for anything but a public Ed25519 JWK
+        pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        given = jwk.get("kid")
+        if given is not None and given != key_id(pem):
+            raise InvalidInput(f"the JWK's kid {given!r} is not its RFC 7638 thumbprint {key_id(pem)!r}")
+        return self._add_key(principal, public_jwk(pem), None)
+
+    def _add_key(self, principal: Principal, jwk: dict[str, Any], wrapped: bytes | None) -> dict[str, Any]:
+        kid = str(jwk["kid"])
         now = self.c.clock.now_ms()
 
         def tx(conn: Connection) -> dict[str, Any]:
             vouchers.add_key(
-                conn, org_id=principal.org_id, kid=kid, public_jwk=jwk, private_pem=pem, now_ms=now
+                conn, org_id=principal.org_id, kid=kid, public_jwk=jwk, private_wrapped=wrapped, now_ms=now
             )
             self.c.audit.append(
                 conn,
@@ -62,7 +85,7 @@ class VoucherService:
                 object_type="key",
                 object_id=kid,
                 org_id=principal.org_id,
-                details={},
+                details={"held_by": "broker" if wrapped is not None else "issuer"},
             )
             return {"kid": kid, "status": "active", "public_jwk": jwk}
 
@@ -94,7 +117,8 @@ class VoucherService:
 
     def signing_key_of(self, conn: Connection, org_id: str) -> tuple[str, bytes]:
         """The issuer's active key id and private PEM, for vouchers the broker signs on its behalf."""
-        return vouchers.signing_key(conn, org_id)
+        kid, wrapped = vouchers.signing_key(conn, org_id)
+        return kid, self.c.kek.unwrap(wrapped, label=issuer_key_label(kid))
 
     def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
         """The caller's keys (operators: all)."""
@@ -106,7 +130,7 @@ class VoucherService:
         """Public keys that verify vouchers (active and retired issuer keys) plus the broker's own key."""
         keys = self.c.db.read(lambda conn: vouchers.list_keys(conn))
         published = [k["public_jwk"] for k in keys if k["status"] != "revoked"]
-        published.append(self.c.broker_public_jwk)
+        published.extend(self.c.broker_keys.jwks()["keys"])  # marked "sbx_role": "broker"
         return jwks(published)
 
     # -- issuance ---------------------------------------------------------------------------------
@@ -141,21 +165,8 @@ class VoucherService:
         )
 
         def tx(conn: Connection) -> dict[str, Any]:
-            sme = orgs.get_org(conn, sme_org)
-            if sme.role != "sme":
-                raise InvalidInput(f"{sme_org} is a {sme.role}; vouchers are issued to SMEs")
-            programme = vouchers.get_programme(conn, principal.org_id)
+            self._check_issuance(conn, claims)
             year = year_of(nbf)
-            year_total, sme_total = vouchers.issued_totals(
-                conn, issuer_org=principal.org_id, sme_org=sme_org, year=year
-            )
-            check_issuance(
-                amount=credits,
-                programme_year_budget=programme.year_budget,
-                issued_this_year=year_total,
-                sme_cap=programme.sme_cap,
-                issued_to_sme_total=sme_total,
-            )
             kid, pem = self.signing_key_of(conn, principal.org_id)
             token = sign_voucher(claims, pem, kid)
             vouchers.record_voucher(
@@ -174,6 +185,76 @@ class VoucherService:
             return {"jti": jti, "token": token, "kid": kid, "claims": _claims_dict(claims)}
 
         return self.c.db.write(tx)
+
+    def register(self, principal: Principal, *, token: str) -> dict[str, Any]:
+        """Record a voucher the issuer signed offline with its own registered key (``sbx voucher sign``).
+
+        Checked like an issued voucher: the signature against the issuer's registered key, the beneficiary
+        is an SME, and the programme's budget and per-SME cap. Only a registered voucher can be redeemed.
+        Registering the same token again returns the record; another token for a known ``jti`` is
+        ``voucher_mismatch``.
+        """
+        require_role(principal, "issuer")
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            claims, key = verify_signed(token, key_lookup=lambda kid: vouchers.lookup_key(conn, kid))
+            if claims.iss != principal.org_id:
+                raise InvalidInput(f"the voucher names issuer {claims.iss!r}; you are {principal.org_id!r}")
+            if claims.exp <= now // 1000:
+                raise VoucherRefused(EXPIRED, f"the voucher expired at {claims.exp} (epoch s)")
+            existing = vouchers.get_voucher(conn, claims.jti)
+            if existing is not None:
+                check_matches_record(
+                    token, claims, recorded_sha256=existing.token_sha256, recorded_claims=existing.claims
+                )
+                return {
+                    "jti": claims.jti,
+                    "kid": key.kid,
+                    "claims": _claims_dict(claims),
+                    "registered": False,
+                }
+            self._check_issuance(conn, claims)
+            vouchers.record_voucher(
+                conn,
+                claims=claims,
+                kid=key.kid,
+                year=year_of(claims.nbf),
+                now_ms=now,
+                token_sha256=token_sha256(token),
+                origin="issuer",
+            )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="voucher.register",
+                object_type="voucher",
+                object_id=claims.jti,
+                org_id=claims.sub,
+                details={"credits": claims.credits, "coverage_bps": claims.coverage_bps, "kid": key.kid},
+            )
+            return {"jti": claims.jti, "kid": key.kid, "claims": _claims_dict(claims), "registered": True}
+
+        return self.c.db.write(tx)
+
+    @staticmethod
+    def _check_issuance(conn: Connection, claims: VoucherClaims) -> None:
+        """The beneficiary is an SME, and the voucher fits the programme's year budget and per-SME cap."""
+        sme = orgs.get_org(conn, claims.sub)
+        if sme.role != "sme":
+            raise InvalidInput(f"{claims.sub} is a {sme.role}; vouchers are issued to SMEs")
+        programme = vouchers.get_programme(conn, claims.iss)
+        year_total, sme_total = vouchers.issued_totals(
+            conn, issuer_org=claims.iss, sme_org=claims.sub, year=year_of(claims.nbf)
+        )
+        check_issuance(
+            amount=claims.credits,
+            programme_year_budget=programme.year_budget,
+            issued_this_year=year_total,
+            sme_cap=programme.sme_cap,
+            issued_to_sme_total=sme_total,
+        )
 
     def revoke(self, principal: Principal, *, jti: str) -> dict[str, Any]:
         """Revoke an unredeemed voucher (its issuer or an operator)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from broker.services.report_signing import signature_header
 from broker.web.charts import Bar, column_bars, meter, stacked_bars
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -73,7 +74,7 @@ def subsidy_html(document: Mapping[str, Any]) -> str:
     return render(
         "report_subsidy.html",
         report=report,
-        signature=document["signature"],
+        signature=signature_header(document),
         by_sme=by_sme,
         over_time=over_time,
         style=_style(),
@@ -83,5 +84,5 @@ def subsidy_html(document: Mapping[str, Any]) -> str:
 def access_html(document: Mapping[str, Any]) -> str:
     """The printable data-access report (per dataset and SME: releases and ε spent)."""
     return render(
-        "report_access.html", report=document["report"], signature=document["signature"], style=_style()
+        "report_access.html", report=document["report"], signature=signature_header(document), style=_style()
     )

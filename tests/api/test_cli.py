@@ -84,12 +84,14 @@ def test_an_unreachable_broker_is_a_clear_error() -> None:
 
 
 def test_init_is_idempotent_and_writes_a_private_key(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env={"SBX_KEK_FILE": str(tmp_path / "kek")})
     state = tmp_path / "st"
     first = runner.invoke(app, ["init", "--state-dir", str(state), "--json"])
     assert first.exit_code == 0, first.stdout
     data = json.loads(first.stdout)
     assert data["token"].startswith("sbx_tok_")
-    assert (state / "keys" / "broker.pem").stat().st_mode & 0o777 == 0o600
+    assert (state / "keys" / "broker-keys.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "kek").stat().st_mode & 0o777 == 0o600
+    assert not (state / "operator.token").exists()  # printed once, not left beside the database
     again = runner.invoke(app, ["init", "--state-dir", str(state)])
     assert again.exit_code == 0 and "already initialised" in again.stdout

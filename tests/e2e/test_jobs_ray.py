@@ -170,9 +170,9 @@ def test_broker_killed_mid_job_is_reconciled_and_settled_once(tmp_path: Path, co
     state = tmp_path / "state"
     port = free_port()
     env = {"SBX_COMPUTE": "ray-local", "SBX_RAY_NUM_CPUS": "2"}
-    proc = _serve_initialised(state, port, env)
+    proc, operator_token = _serve_initialised(state, port, env)
     url = f"http://127.0.0.1:{port}"
-    tokens = bootstrap_world(url, (state / "operator.token").read_text().strip())
+    tokens = bootstrap_world(url, operator_token)
     sme = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['sme']}"}, timeout=60)
     op = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['operator']}"}, timeout=60)
     try:
@@ -211,11 +211,12 @@ def test_broker_killed_mid_job_is_reconciled_and_settled_once(tmp_path: Path, co
     assert leftovers == [], "Ray was left running after the broker stopped"
 
 
-def _serve_initialised(state: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    subprocess.run(
-        [sys.executable, "-m", "broker.cli.main", "init", "--state-dir", str(state)],
+def _serve_initialised(state: Path, port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``sbx init`` (its --json output carries the operator token, shown once), then ``sbx serve``."""
+    init = subprocess.run(
+        [sys.executable, "-m", "broker.cli.main", "init", "--state-dir", str(state), "--json"],
         check=True,
         capture_output=True,
         env={**os.environ, **env},
     )
-    return _serve(state, port, env)
+    return _serve(state, port, env), str(json.loads(init.stdout)["token"])
