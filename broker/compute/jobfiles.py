@@ -7,6 +7,7 @@ Layout under ``<state dir>/jobs/<job id>/`` (the directory is 0700, owned by the
     output/    what the job returns ($SBX_OUTPUT inside the sandbox), downloadable by its SME
     input/     a harness run's staged, read-only input (the bounded dataset version, the run's spec)
     spec.json  the sandbox launcher's instructions;  result.json  what the launcher saw (exit, kill reason)
+    log.txt    the finished job's log (capped), kept when the backend's copy is gone (a head restart)
 
 Archives are checked before anything is written: compressed size, entry count, path depth, declared
 unpacked size, no absolute or escaping paths, no links or devices. Unpacking then streams every entry and
@@ -177,6 +178,21 @@ class JobFiles:
         """Remove the job's code dir and staged input after its retention; its log and output stay."""
         for sub in ("work", "input"):
             shutil.rmtree(self.job_dir(job_id) / sub, ignore_errors=True)
+
+    def keep_log(self, job_id: str, text: str) -> None:
+        """Keep a finished job's log (already capped by the backend) as ``log.txt`` in its directory."""
+        job_dir = self.job_dir(job_id)
+        if job_dir.is_dir():
+            tmp = job_dir / "log.txt.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(job_dir / "log.txt")
+
+    def kept_log(self, job_id: str) -> str | None:
+        """The kept log of a finished job, or ``None`` when there is none."""
+        try:
+            return (self.job_dir(job_id) / "log.txt").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
 
     def output_zip(self, job_id: str) -> bytes:
         """The job's ``output/`` as a zip (one top-level directory named after the job)."""

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from broker.compute import BackendError, BackendState, BackendStatus, JobLaunch, launch_name
+from broker.compute.base import tail_bytes
 from broker.compute.isolation import IsolationStatus, code_job_refusal, isolation_status, stages_locally
 from broker.compute.jobfiles import CheckedArchive, check_archive
 from broker.container import Container
@@ -411,6 +412,9 @@ class JobService:
         job = self._visible(principal, job_id)
         if job.state in (JobState.QUEUED, JobState.REJECTED) or job.admitted_ms is None:
             return ""
+        kept = self.c.job_files.kept_log(job.id) if job.state.is_terminal() else None
+        if kept is not None:
+            return tail_bytes(kept, max_bytes)
         return self.c.compute.logs(job.name, max_bytes=max_bytes)
 
     def output(self, principal: Principal, *, job_id: str) -> bytes:
@@ -708,6 +712,12 @@ class JobService:
         return 1
 
     def _after_settle(self, job: Job) -> None:
+        """Keep the finished job's log beside its output (the backend's copy goes with a head restart), then
+        run its kind's hook."""
+        with contextlib.suppress(BackendError):
+            self.c.job_files.keep_log(
+                job.id, self.c.compute.logs(job.name, max_bytes=self.c.settings.sandbox_log_bytes)
+            )
         kind = self._kinds.get(job.kind)
         if kind is not None:
             kind.settled(job)

@@ -162,13 +162,17 @@ def test_output_is_downloadable_once_the_job_ended(world: World, fake: FakeBacke
         world.services.jobs.output(world.sme, job_id=job["id"])
     assert exc.value.code == "not_finished"
     (world.services.container.job_files.output_dir(job["id"]) / "model.txt").write_text("weights")
-    fake.script(launch_name(job["id"]), FakeScript(run_ms=1_000))
+    fake.script(launch_name(job["id"]), FakeScript(run_ms=1_000, output="trained\n"))
     for _ in range(4):
         world.clock.advance(1_000)
         world.services.jobs.reconcile_pass()
         world.services.jobs.admission_pass()
     with zipfile.ZipFile(io.BytesIO(world.services.jobs.output(world.sme, job_id=job["id"]))) as zf:
         assert zf.read(f"{job['id']}/model.txt") == b"weights"
+    # The log is kept beside the output: it outlives the backend's copy.
+    assert (_jobs_dir(world.services) / job["id"] / "log.txt").read_text() == "trained\n"
+    world.services.container.use_compute(FakeBackend(world.clock))  # a restarted backend knows nothing
+    assert world.services.jobs.logs(world.sme, job_id=job["id"]) == "trained\n"
     with pytest.raises(DomainError) as missing:
         world.services.jobs.output(world.sme_b, job_id=job["id"])  # another SME: the same 404 as missing
     assert missing.value.code == "not_found"
