@@ -1,12 +1,18 @@
 """DP-SGD with Opacus over in-memory tensors: the allow-listed models and one private fit.
 
-Per-sample gradients use Opacus's ``ghost`` clipping (per-sample gradient *norms* from activations and
-output gradients, then a second backward pass on the re-weighted loss): exact per-sample clipping and the
-fastest exact Opacus mode measured here. One epoch of an MLP 100-256-256-2 on 50k rows, batch 256, one
-thread, against the same non-private epoch: ``ghost`` ~1.8x wall with row-by-row batch fetching on both
-sides, ~2.2-2.6x CPU with batch gathering on both (``bench/dpsgd.py``); ``hooks``, ``ew`` and ``functorch``
-took 24-30x. Sampling is Poisson (Opacus's ``DPDataLoader``), so the accountant's ε is valid for the run.
-The accountant is PRV; its ``get_epsilon`` returns an upper bound.
+Clipping is exact per-sample clipping, by default **book-keeping** (:class:`BookkeepingModule`): one backward
+pass gives every linear layer's per-sample output gradients, from which the per-sample norms and the clipped
+sum follow directly (no second backward pass, no weight gradients thrown away). Opacus's ``ghost`` mode
+(two backward passes) stays selectable. Measured on ``bench/dpsgd.py`` (MLP 100-256-256-2, 50k rows, batch
+256, one thread, CPU seconds): ghost 2.6-3.0x a non-private epoch, book-keeping 1.6-1.8x with torch's
+generator and 2.0-2.2x with the secure noise (``docs/training.md`` has the profile). Sampling is Poisson
+(a ``DPDataLoader``), so the accountant's ε is valid for the run; the accountant is PRV, whose
+``get_epsilon`` returns an upper bound.
+
+Randomness: in secure mode (the default) the Gaussian noise and the Poisson masks come from the broker's
+AES-128-CTR CSPRNG keyed from the OS (:mod:`privacy.training.secure_random`), plugged into Opacus by the
+subclasses of :mod:`privacy.training.dp_opacus`; ``secure_mode=False`` (seeded tests, the benchmark's
+default-RNG column) is Opacus's stock torch-generator noise.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ computed there in float64.
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import threading
 from fractions import Fraction
@@ -77,7 +78,8 @@ class SecureRandom:
     """A CSPRNG for one training run: AES-128-CTR keyed from the OS (see the module docstring).
 
     ``key`` is for tests only: given, the stream is reproducible; omitted (always, in the harness), a fresh
-    128-bit key comes from :mod:`secrets`. Thread-safe: NumPy holds the bit generator's lock per draw.
+    128-bit key comes from :mod:`secrets`. Thread-safe: NumPy holds the bit generator's lock per draw. A
+    forked child may not draw from its parent's generator (the two streams would be the same).
     """
 
     def __init__(self, key: bytes | None = None) -> None:
@@ -88,6 +90,7 @@ class SecureRandom:
         self._bits = randomgen.AESCounter(key=int.from_bytes(raw, "little"), counter=0)
         self._gen = np.random.Generator(self._bits)
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     @property
     def keyed_from_os(self) -> bool:
@@ -101,14 +104,21 @@ class SecureRandom:
 
     def standard_normal(self, n: int, dtype: type[np.floating] = np.float64) -> npt.NDArray[np.floating]:
         """``n`` independent N(0, 1) draws (ziggurat over the AES stream), float64 unless asked otherwise."""
+        self._check_process()
         out = np.empty(n, dtype=dtype)
         self._gen.standard_normal(out=out, dtype=dtype)
         return out
 
     def raw64(self, n: int) -> npt.NDArray[np.uint64]:
         """``n`` uniform 64-bit words straight from the keystream."""
+        self._check_process()
         with self._lock:
             return np.asarray(self._bits.random_raw(n), dtype=np.uint64)
+
+    def _check_process(self) -> None:
+        """Refuse to draw in a forked child: parent and child would repeat the same keystream."""
+        if os.getpid() != self._pid:
+            raise RuntimeError("a SecureRandom cannot be used across fork(): its stream would repeat")
 
     def bernoulli_mask(self, n: int, rate: float) -> npt.NDArray[np.bool_]:
         """``n`` independent Bernoulli(``rate``) draws: ``word < floor(rate·2⁶⁴)`` exactly.

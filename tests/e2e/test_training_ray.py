@@ -15,6 +15,7 @@ from safetensors.numpy import load as load_safetensors
 from broker.compute.ray_local import LocalRayBackend
 from broker.db.orgs import Principal
 from broker.services.registry import Services
+from broker.settings import Settings
 from common.clock import SystemClock
 from tests import training_data as td
 from tests.conftest import World
@@ -25,6 +26,13 @@ pytestmark = pytest.mark.ray
 @pytest.fixture
 def clock() -> SystemClock:  # type: ignore[override]
     return SystemClock()
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, checked to train in secure mode (the default): CSPRNG noise and masks, no seed."""
+    assert settings.training_secure_mode and settings.training_seed is None
+    return settings
 
 
 def _custodian(world: World) -> Principal:

@@ -58,6 +58,22 @@ def test_keys_come_from_the_os_unless_a_test_gives_one() -> None:
         SecureRandom(b"short")
 
 
+def test_a_forked_child_cannot_repeat_its_parents_stream() -> None:
+    random = SecureRandom()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether drawing was refused, then leave at once
+        try:
+            random.standard_normal(4)
+            os.write(write, b"drew")
+        except RuntimeError:
+            os.write(write, b"refused")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"refused"
+    random.standard_normal(4)  # the parent still draws
+
+
 def test_normals_have_gaussian_moments_and_pass_kolmogorov_smirnov() -> None:
     z = SecureRandom().standard_normal(N_LARGE)
     assert z.dtype == np.float64
