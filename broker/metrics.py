@@ -108,6 +108,10 @@ class AuditHealth(Collector):
 
     def record_verification(self, *, ok: bool, checked: int, at_ms: int) -> None:
         """Publish the outcome of a full audit verification."""
+    def record_ledger_consistency(self, ok: bool) -> None:
+        """Publish the outcome of the last ledger verification (``sbx_ledger_consistent``)."""
+        self.audit_health.record_ledger(ok=ok)
+
         with self._lock:
             self._verified = (ok, checked, at_ms)
 
@@ -120,10 +124,22 @@ class AuditHealth(Collector):
         """Nothing up front (the values may not be known yet)."""
         return []
 
+        self._ledger_ok: bool | None = None
+
+    def record_ledger(self, *, ok: bool) -> None:
+        """Publish whether the ledger matched its recorded transfers and its invariants."""
+        with self._lock:
+            self._ledger_ok = ok
     def collect(self) -> Iterator[Metric]:
         """The known values only: a gauge at 0 before the first verification would read as a failure."""
         with self._lock:
-            verified, checkpoint_ms = self._verified, self._checkpoint_ms
+            verified, checkpoint_ms, ledger_ok = self._verified, self._checkpoint_ms, self._ledger_ok
+        if ledger_ok is not None:
+            yield GaugeMetricFamily(
+                "sbx_ledger_consistent",
+                "1 when the last ledger verification passed (balances = entries = recorded transfers), else 0.",
+                value=1 if ledger_ok else 0,
+            )
         if verified is not None:
             ok, checked, at_ms = verified
             yield GaugeMetricFamily(

@@ -102,6 +102,21 @@ class Settings(BaseSettings):
     audit_checkpoint_interval_s: int = Field(
         default=30, ge=1, description="How often the background loop signs an audit checkpoint."
     )
+    audit_checkpoint_window_s: int = Field(
+        default=300, ge=1, description="`audit verify` fails when the latest signed checkpoint is older than this."
+    )
+    audit_log_origin: str = Field(
+        default="sandbox-broker.local/audit",
+        pattern=r"^[^\s+]+$",
+        description="The audit log's name: the origin line of its C2SP checkpoints and the broker key's name.",
+    )
+    audit_witnesses: list[str] = Field(
+        default_factory=list,
+        description="Witness verifier keys (`name+keyid+base64`, from `sbx audit witness --init`), a JSON list.",
+    )
+    audit_witnesses_required: int = Field(
+        default=0, ge=0, description="Witness cosignatures a checkpoint needs before `audit verify` accepts it."
+    )
     audit_verify_interval_s: int = Field(
         default=600,
         ge=1,

@@ -1,12 +1,15 @@
-"""The audit log core: a SHA-256 hash chain of entries and Ed25519-signed checkpoints kept outside the DB.
-
-Pure: no database here (the table and repository live in ``broker/db``). Public surface:
+"""The audit log core: a SHA-256 hash chain of entries, an RFC 9162 Merkle tree over them, and C2SP signed
+checkpoints (tree heads) with witness cosignatures. Pure: no database here (tables and repositories live in
+``broker/db``). Public surface:
 
 - chain: :data:`GENESIS_HASH`, :class:`AuditRecord`, :func:`body_bytes`, :func:`compute_hash`,
-  :func:`next_record`, :func:`verify_chain` (deep), :func:`verify_chain_bodies` (fast),
+  :func:`next_record`, :func:`leaf_of`, :func:`verify_chain` (deep), :func:`verify_chain_bodies` (fast),
   :func:`record_from_body`, :func:`record_matches_body`, :func:`columns_match`, :class:`VerifyResult`
-- checkpoints: :class:`Checkpoint`, :func:`sign_checkpoint`, :func:`verify_checkpoint`,
+- merkle (``broker.audit.merkle``): leaf/node hashing, tree heads, inclusion and consistency proofs
+- note (``broker.audit.note``): C2SP signed notes, checkpoint text, cosignatures
+- checkpoints: :class:`Checkpoint`, :func:`sign_checkpoint`, :func:`verify_checkpoint`, :func:`cosigners`,
   :class:`CheckpointFile` (``append``, ``read_all``, ``last``), :class:`CheckpointFileError`
+- transparency (``broker.audit.transparency``): anchoring checkpoints to the stored tree; record rules
 """
 
 from broker.audit.chain import (
@@ -16,6 +19,7 @@ from broker.audit.chain import (
     body_bytes,
     columns_match,
     compute_hash,
+    leaf_of,
     next_record,
     record_from_body,
     record_matches_body,
@@ -26,7 +30,7 @@ from broker.audit.checkpoints import (
     Checkpoint,
     CheckpointFile,
     CheckpointFileError,
-    checkpoint_message,
+    cosigners,
     sign_checkpoint,
     verify_checkpoint,
 )
@@ -39,9 +43,10 @@ __all__ = [
     "CheckpointFileError",
     "VerifyResult",
     "body_bytes",
-    "checkpoint_message",
     "columns_match",
     "compute_hash",
+    "cosigners",
+    "leaf_of",
     "next_record",
     "record_from_body",
     "record_matches_body",

@@ -1,4 +1,4 @@
-"""The audit log's hash chain: building entries and verifying a whole log against signed checkpoints.
+"""The audit log's hash chain: building entries and verifying a whole log against signed tree heads.
 
 Each entry's ``entry_hash`` is ``SHA-256(prev_hash || body)`` in lowercase hex, where ``prev_hash`` is the
 previous entry's hash as 64 ASCII hex characters (:data:`GENESIS_HASH` before the first entry) and ``body``
@@ -8,8 +8,9 @@ is :func:`body_bytes`: the canonical JSON of every field except ``entry_hash`` â
 Verification walks the log in ``seq`` order and stops at the first entry it cannot vouch for, reported as
 ``first_bad_seq`` (every entry before it links correctly). It detects a changed field (the hash no longer
 matches), a deleted, inserted or reordered entry (``seq`` out of step, or ``prev_hash`` not linking), and,
-through signed checkpoints, a rewritten prefix or a truncated end. What no hash chain can detect, and this
-one does not claim to: entries rewritten or removed *after* the last checkpoint. Checkpoint often.
+through anchors proven by signed tree heads (``broker.audit.transparency``), a rewritten prefix or a
+truncated end. What no hash chain can detect, and this one does not claim to: entries rewritten or removed
+*after* the last signed tree head that a witness has seen. Checkpoint often.
 
 Two ways in:
 - :func:`verify_chain` over :class:`AuditRecord` values rebuilds each body from the fields, so it also
@@ -25,11 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.audit.checkpoints import Checkpoint, verify_checkpoint
+from broker.audit.merkle import leaf_hash
 from common.canonical import canonical_json
 
 GENESIS_HASH = "0" * 64
@@ -94,7 +95,7 @@ class VerifyResult:
     """The verdict on a log: ``ok``, how many entries were ``checked`` good, where and why it failed.
 
     ``first_bad_seq`` is the first entry that could not be vouched for (``None`` when ``ok``);
-    ``proven_seq`` the highest entry covered by a valid, matching signed checkpoint.
+    ``proven_seq`` the highest entry covered by a valid, matching signed tree head.
     """
 
     ok: bool
@@ -268,55 +269,39 @@ def _rows_of(records: Iterable[AuditRecord]) -> Iterator[Row]:
         yield record.seq, record.prev_hash, record.entry_hash, body
 
 
+def leaf_of(entry_hash: str) -> bytes:
+    """The Merkle leaf hash of an entry: RFC 9162 ``leaf_hash`` of its 32-byte entry hash.
+
+    The tree's leaves are the chain's hashes, so one leaf at index ``s - 1`` commits to every entry up to
+    ``s``: a signed tree head of size ``s`` is tied to the whole chain by the inclusion of that one leaf.
+    """
+    return leaf_hash(bytes.fromhex(entry_hash))
+
+
 def verify_chain(
     records: Iterable[AuditRecord],
-    checkpoints: Sequence[Checkpoint],
-    public_jwk: Mapping[str, Any],
+    anchors: Mapping[int, bytes],
     *,
     after_seq: int = 0,
     after_hash: str = GENESIS_HASH,
 ) -> VerifyResult:
-    """Verify records (in ``seq`` order, as stored) against signed checkpoints: the deep check.
+    """Verify records (in ``seq`` order, as stored) against anchors: the deep check.
 
-    Each body is rebuilt from the record's fields, so an edited column is caught too. ``public_jwk`` is
-    the broker's audit JWK or a JWK Set of its current and former audit keys. To verify only new entries,
-    pass ``after_seq``/``after_hash`` of an entry already proven (e.g. the last verified checkpoint).
+    Each body is rebuilt from the record's fields, so an edited column is caught too. ``anchors`` maps a
+    sequence number to the leaf hash a signed tree head proves for it (:func:`leaf_of` of the entry's hash;
+    see ``broker.audit.transparency``). To verify only new entries, pass ``after_seq``/``after_hash`` of an
+    entry already proven.
     """
-    return verify_chain_bodies(
-        _rows_of(records), checkpoints, public_jwk, after_seq=after_seq, after_hash=after_hash
-    )
+    return verify_chain_bodies(_rows_of(records), anchors, after_seq=after_seq, after_hash=after_hash)
 
 
 def _fail(checked: int, seq: int, reason: str, proven: int) -> VerifyResult:
     return VerifyResult(ok=False, checked=checked, first_bad_seq=seq, reason=reason, proven_seq=proven)
 
 
-def _checked_checkpoints(
-    checkpoints: Sequence[Checkpoint], public_jwk: Mapping[str, Any], after_seq: int
-) -> tuple[list[Checkpoint], VerifyResult | None]:
-    """Verify every checkpoint signature; return those after ``after_seq`` in order, or a failure."""
-    by_seq: dict[int, Checkpoint] = {}
-    for cp in sorted(checkpoints, key=lambda c: c.seq):
-        if not verify_checkpoint(cp, public_jwk):
-            reason = (
-                f"the checkpoint for entry {cp.seq} (key {cp.kid!r}) does not carry a valid signature by a "
-                "known audit key: the checkpoint file was forged or edited"
-            )
-            return [], _fail(0, cp.seq, reason, 0)
-        seen = by_seq.get(cp.seq)
-        if seen is not None and seen.entry_hash != cp.entry_hash:
-            reason = (
-                f"two validly signed checkpoints disagree about entry {cp.seq}: the audit key was misused"
-            )
-            return [], _fail(0, cp.seq, reason, 0)
-        by_seq[cp.seq] = cp
-    return [cp for seq, cp in sorted(by_seq.items()) if seq > after_seq], None
-
-
 def verify_chain_bodies(
     rows: Iterable[Row],
-    checkpoints: Sequence[Checkpoint],
-    public_jwk: Mapping[str, Any],
+    anchors: Mapping[int, bytes],
     *,
     after_seq: int = 0,
     after_hash: str = GENESIS_HASH,
@@ -325,16 +310,14 @@ def verify_chain_bodies(
 
     ``body`` must be exactly the bytes that were hashed (:func:`body_bytes`). Checks, per row: ``seq`` is
     the next number, ``prev_hash`` is the previous entry's hash, ``entry_hash`` is the hash of
-    ``prev_hash || body``, and where a signed checkpoint exists, that it names this hash. At the end, no
-    checkpoint may lie beyond the last entry (truncation).
+    ``prev_hash || body``, and where an anchor exists, that this hash is the proven leaf. At the end, no
+    anchor may lie beyond the last entry (truncation).
     """
-    cps, failure = _checked_checkpoints(checkpoints, public_jwk, after_seq)
-    if failure is not None:
-        return failure
+    marks = sorted(seq for seq in anchors if seq > after_seq)
     sha256 = hashlib.sha256
     expected, running, proven = after_seq + 1, after_hash, after_seq
-    cp_index = 0
-    cp_seq = cps[0].seq if cps else -1
+    mark_index = 0
+    mark = marks[0] if marks else -1
     try:
         for seq, prev_hash, entry_hash, body in rows:
             if seq != expected:
@@ -344,12 +327,12 @@ def verify_chain_bodies(
             if sha256(prev_hash.encode("ascii") + body).hexdigest() != entry_hash:
                 return _fail(seq - after_seq - 1, seq, _changed(seq), proven)
             running = entry_hash
-            if seq == cp_seq:
-                if cps[cp_index].entry_hash != entry_hash:
+            if seq == mark:
+                if leaf_of(entry_hash) != anchors[seq]:
                     return _fail(seq - after_seq - 1, seq, _rewritten(proven, seq), proven)
                 proven = seq
-                cp_index += 1
-                cp_seq = cps[cp_index].seq if cp_index < len(cps) else -1
+                mark_index += 1
+                mark = marks[mark_index] if mark_index < len(marks) else -1
             expected += 1
     except _UnreadableRecordError as exc:
         return _fail(expected - after_seq - 1, expected, str(exc), proven)
@@ -357,10 +340,10 @@ def verify_chain_bodies(
         reason = f"entry {expected} is not a well-formed row ({type(exc).__name__}): the table was altered"
         return _fail(expected - after_seq - 1, expected, reason, proven)
     checked = expected - after_seq - 1
-    if cp_index < len(cps):
+    if mark_index < len(marks):
         reason = (
-            f"the log ends at entry {expected - 1} but a signed checkpoint vouches for entry "
-            f"{cps[cp_index].seq}: entries {expected}..{cps[cp_index].seq} were removed from the end"
+            f"the log ends at entry {expected - 1} but a signed tree head covers {marks[mark_index]} "
+            f"entries: entries {expected}..{marks[mark_index]} were removed from the end (a rollback)"
         )
         return _fail(checked, expected, reason, proven)
     return VerifyResult(ok=True, checked=checked, first_bad_seq=None, reason="ok", proven_seq=proven)
@@ -375,7 +358,7 @@ def _changed(seq: int) -> str:
 
 
 def _rewritten(proven: int, seq: int) -> str:
-    return f"entry {seq} differs from its signed checkpoint: entries {proven + 1}..{seq} were rewritten"
+    return f"entry {seq} differs from the leaf a signed tree head proves: entries {proven + 1}..{seq} were rewritten"
 
 
 def _out_of_step(expected: int, seq: object) -> str:

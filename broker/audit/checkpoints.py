@@ -1,13 +1,13 @@
-"""Signed audit checkpoints, kept outside the database.
+"""Signed tree heads of the audit log (C2SP checkpoints) and the append-only file that keeps them.
 
-A checkpoint states "entry ``seq`` of the audit log has hash ``entry_hash``", signed with the broker's
-Ed25519 audit key. Because the hash chains every earlier entry, one checkpoint vouches for the whole prefix
-up to ``seq``; whoever administers the database cannot rewrite that prefix, or cut it short, without the
-signing key. Checkpoints are written to an append-only JSON-lines file (and may be copied anywhere else:
-object store, the funder's inbox).
+A checkpoint says "the audit log's Merkle tree (RFC 9162) of ``size`` entries has root ``root``, as of
+``time_ms``", in the C2SP tlog-checkpoint text, signed as a C2SP signed note with the broker's Ed25519 key
+(key name = the log's origin). Witnesses add their tlog cosignatures as further signature lines of the same
+note, so one note carries every party's signature. The broker never signs two checkpoints that are not
+consistent with each other; a verifier holding any earlier one can demand a consistency proof.
 
-What is signed is :func:`checkpoint_message`: the canonical JSON of the checkpoint's fields plus a type tag,
-so a checkpoint signature can never be replayed as a report or voucher signature (or the reverse).
+The file (``<state dir>/audit/checkpoints.jsonl``, one ``{"note": …}`` object per line) is the copy outside
+the database; the database holds the same sequence (``audit_checkpoints``) for every replica.
 """
 
 from __future__ import annotations
@@ -15,18 +15,29 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.canonical import canonical_json
-from common.errors import DomainError
-from vouchers.keys import key_id, sign_bytes, verify_bytes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-CHECKPOINT_TYPE = "sbx.audit.checkpoint.v1"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+from broker.audit.note import (
+    NoteError,
+    SignatureLine,
+    SignedNote,
+    TreeHead,
+    key_id,
+    parse_note,
+    parse_tree_head,
+    sign_text,
+    verify_cosignature,
+    verify_line,
+)
+from common.errors import DomainError
+from vouchers.errors import KeyFormatError
+from vouchers.keys import public_key_from_jwk
 
 
 class CheckpointFileError(DomainError):
@@ -37,79 +48,109 @@ class CheckpointFileError(DomainError):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """A signed statement "audit entry ``seq`` has hash ``entry_hash``", made at ``ts_ms`` by ``kid``."""
+    """A signed tree head: what it states (``head``) and the whole signed note (log signature, cosignatures)."""
 
-    seq: int
-    entry_hash: str
-    ts_ms: int
-    kid: str
-    signature: str
+    head: TreeHead
+    note: SignedNote
 
-    def __post_init__(self) -> None:
-        if type(self.seq) is not int or self.seq < 1:
-            raise ValueError(f"checkpoint seq must be a positive integer, got {self.seq!r}")
-        if type(self.ts_ms) is not int or self.ts_ms < 0:
-            raise ValueError(f"checkpoint ts_ms must be a non-negative integer, got {self.ts_ms!r}")
-        if not isinstance(self.entry_hash, str) or not _HEX64.fullmatch(self.entry_hash):
-            raise ValueError("checkpoint entry_hash must be 64 lowercase hex characters")
-        if not isinstance(self.kid, str) or not self.kid or not isinstance(self.signature, str):
-            raise ValueError("checkpoint kid and signature must be non-empty strings")
+    @property
+    def size(self) -> int:
+        """How many entries the tree covers."""
+        return self.head.size
+
+    @property
+    def root(self) -> bytes:
+        """The tree's root hash."""
+        return self.head.root
+
+    @property
+    def ts_ms(self) -> int:
+        """When the broker signed it (unix ms, part of the signed text)."""
+        return self.head.time_ms
+
+    def render(self) -> str:
+        """The signed note, as served and stored."""
+        return self.note.render()
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Return the checkpoint as a JSON object (one line of the checkpoint file)."""
-        return asdict(self)
+        """One line of the checkpoint file."""
+        return {"note": self.render()}
+
+    @classmethod
+    def parse(cls, note: str) -> Checkpoint:
+        """Read a signed checkpoint note; ``NoteError`` if it is not one."""
+        signed = parse_note(note)
+        return cls(parse_tree_head(signed.text), signed)
 
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> Checkpoint:
-        """Read a checkpoint written by :meth:`to_json_dict`; raises ``ValueError`` on anything else."""
-        if not isinstance(data, Mapping) or set(data) != {"seq", "entry_hash", "ts_ms", "kid", "signature"}:
+        """Read a line written by :meth:`to_json_dict`; raises ``ValueError`` on anything else."""
+        if not isinstance(data, Mapping) or set(data) != {"note"} or not isinstance(data["note"], str):
             raise ValueError("not a checkpoint object")
-        return cls(
-            seq=data["seq"],
-            entry_hash=data["entry_hash"],
-            ts_ms=data["ts_ms"],
-            kid=data["kid"],
-            signature=data["signature"],
-        )
+        try:
+            return cls.parse(data["note"])
+        except NoteError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def with_signatures(self, lines: Iterable[SignatureLine]) -> Checkpoint:
+        """This checkpoint with more signature lines (cosignatures); a line already present is kept once."""
+        merged = list(self.note.signatures)
+        for line in lines:
+            if line not in merged:
+                merged.append(line)
+        return Checkpoint(self.head, SignedNote(self.note.text, tuple(merged)))
 
 
-def checkpoint_message(seq: int, entry_hash: str, ts_ms: int, kid: str) -> bytes:
-    """Return the exact bytes a checkpoint signature covers (canonical JSON with a type tag)."""
-    return canonical_json(
-        {"type": CHECKPOINT_TYPE, "seq": seq, "entry_hash": entry_hash, "ts_ms": ts_ms, "kid": kid}
-    )
+def private_key(private_pem: bytes) -> Ed25519PrivateKey:
+    """The Ed25519 private key of a PEM (``KeyFormatError`` for anything else)."""
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFormatError("the audit signing key is not Ed25519")
+    return key
 
 
-def sign_checkpoint(seq: int, entry_hash: str, ts_ms: int, private_pem: bytes) -> Checkpoint:
-    """Sign "entry ``seq`` has hash ``entry_hash``" with the broker's audit key (kid = its thumbprint)."""
-    kid = key_id(private_pem)
-    signature = sign_bytes(private_pem, checkpoint_message(seq, entry_hash, ts_ms, kid))
-    return Checkpoint(seq=seq, entry_hash=entry_hash, ts_ms=ts_ms, kid=kid, signature=signature)
+def sign_checkpoint(origin: str, size: int, root: bytes, time_ms: int, private_pem: bytes) -> Checkpoint:
+    """Sign the tree head ``(size, root)`` at ``time_ms`` with the broker's key (key name = ``origin``)."""
+    head = TreeHead(origin, size, root, time_ms)
+    text = head.text()
+    parse_tree_head(text)  # refuse a head we could not read back (an origin with a newline, ...)
+    line = sign_text(text, origin, private_key(private_pem))
+    return Checkpoint(head, SignedNote(text, (line,)))
 
 
-def select_key(keys: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:
-    """Pick the JWK named ``kid`` from a single JWK or a JWK Set (``{"keys": [...]}``); ``None`` if absent."""
+def log_keys(keys: Mapping[str, Any]) -> list[Ed25519PublicKey]:
+    """The Ed25519 keys of a JWK or a JWK Set (the broker's current and former audit keys)."""
     candidates = keys.get("keys") if "keys" in keys else [keys]
     if not isinstance(candidates, list):
-        return None
-    for jwk in candidates:
-        if isinstance(jwk, Mapping) and jwk.get("kid") == kid:
-            return jwk
-    return None
+        return []
+    return [public_key_from_jwk(jwk) for jwk in candidates if isinstance(jwk, Mapping)]
 
 
 def verify_checkpoint(checkpoint: Checkpoint, keys: Mapping[str, Any]) -> bool:
-    """Return whether ``checkpoint`` carries a valid signature by the key it names, found in ``keys``.
+    """Whether the note carries a valid log signature (name = origin) by one of ``keys`` (JWK or JWK Set).
 
-    ``keys`` is the broker's public audit JWK or a JWK Set of current and former audit keys. A key that
-    is not named is ``False`` (an unknown signer); a named JWK that is not an Ed25519 public key raises
-    ``vouchers.KeyFormatError`` (a configuration error, not a forgery, so it must not look like one).
+    Other signature lines (cosignatures, unknown keys) are ignored here, as C2SP requires.
     """
-    jwk = select_key(keys, checkpoint.kid)
-    if jwk is None:
-        return False
-    message = checkpoint_message(checkpoint.seq, checkpoint.entry_hash, checkpoint.ts_ms, checkpoint.kid)
-    return verify_bytes(jwk, message, checkpoint.signature)
+    origin = checkpoint.head.origin
+    publics = {key_id(origin, public): public for public in log_keys(keys)}
+    for line in checkpoint.note.signatures:
+        public = publics.get(line.key_id)
+        if public is not None and verify_line(checkpoint.note.text, line, origin, public):
+            return True
+    return False
+
+
+def cosigners(checkpoint: Checkpoint, witnesses: Mapping[str, Ed25519PublicKey]) -> dict[str, int]:
+    """The configured witnesses (name → key) with a valid cosignature on it, each with its timestamp (s)."""
+    out: dict[str, int] = {}
+    for line in checkpoint.note.signatures:
+        public = witnesses.get(line.name)
+        if public is None or line.name in out:
+            continue
+        stamp = verify_cosignature(checkpoint.note.text, line, line.name, public)
+        if stamp is not None:
+            out[line.name] = stamp
+    return out
 
 
 class CheckpointFile:
@@ -122,6 +163,10 @@ class CheckpointFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+
+    def exists(self) -> bool:
+        """Whether the file is there at all (its absence is a verification failure once a log has entries)."""
+        return self.path.exists()
 
     def append(self, checkpoint: Checkpoint) -> None:
         """Append one checkpoint durably (write, flush, fsync; the directory too when the file is new)."""

@@ -7,21 +7,39 @@ body that was hashed, so verification rehashes bytes without re-serialising.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from broker.audit.chain import AuditRecord, VerifyResult, next_record, verify_chain_bodies
-from broker.audit.checkpoints import Checkpoint, CheckpointFile, sign_checkpoint
+from broker.audit.checkpoints import Checkpoint, CheckpointFile, CheckpointFileError, verify_checkpoint
+from broker.audit.transparency import Problem, RecordState, anchor_checkpoints, check_record
+from broker.db import audit_tree as tree
 from broker.db import tables as t
 from broker.db.database import Database
 from broker.db.orgs import Principal
+from common.errors import InvalidInput, NotFound
+from vouchers.keys import public_jwk
 
 CHECKPOINT_FILE = "checkpoints.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class TransparencyConfig:
+    """The log's name, how often it is checkpointed, how stale a checkpoint may be, and its witnesses."""
+
+    origin: str
+    interval_ms: int
+    window_ms: int
+    witnesses: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    required: int = 0
 
 
 class AuditRepo:
@@ -31,6 +49,11 @@ class AuditRepo:
         self._key = broker_key_pem
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self._checkpoints = CheckpointFile(checkpoint_dir / CHECKPOINT_FILE)
+
+    @property
+    def checkpoint_file(self) -> CheckpointFile:
+        """This replica's copy of the checkpoint sequence, outside the database."""
+        return self._checkpoints
 
     def append(
         self,
@@ -101,18 +124,6 @@ class AuditRepo:
             query = query.where(t.audit_entries.c.dataset_id.in_(dataset_ids))
         return [_public(row) for row in conn.execute(query.limit(limit))]
 
-    def checkpoint(self, conn: Connection, *, now_ms: int) -> Checkpoint | None:
-        """Sign the current head and append it to the checkpoint file (None when the log is empty)."""
-        head = conn.execute(select(t.audit_head.c.seq, t.audit_head.c.entry_hash)).one()
-        if int(head.seq) == 0:
-            return None
-        last = self._checkpoints.last()
-        if last is not None and last.seq == int(head.seq):
-            return last
-        cp = sign_checkpoint(int(head.seq), head.entry_hash, now_ms, self._key)
-        self._checkpoints.append(cp)
-        return cp
-
     def rows(self, conn: Connection, *, batch: int = 20_000) -> Iterator[tuple[int, str, str, bytes]]:
         """Every entry as ``(seq, prev_hash, entry_hash, body)`` in sequence order, streamed in batches straight
         from the driver's cursor (verification is bound by row fetching, not hashing)."""
@@ -139,18 +150,131 @@ class AuditRepo:
         finally:
             cursor.close()
 
-    def verify(self, db: Database, public_jwk: dict[str, Any]) -> VerifyResult:
-        """Check the chain against the signed checkpoints, and every queryable column against its signed
-        body; the result names the first bad entry.
+    # -- the transparency log ---------------------------------------------------------------------------
+    def checkpoint(self, db: Database, cfg: TransparencyConfig, *, now_ms: int) -> Checkpoint | None:
+        """Extend the tree and sign the next checkpoint if due (the signer replica), then copy every checkpoint
+        this replica's file lacks into it (every replica). Returns the newest checkpoint of the sequence."""
+        request = tree.SignRequest(cfg.origin, self._key, now_ms, cfg.interval_ms, cfg.window_ms)
+        db.write(lambda conn: tree.sign_next(conn, request, _first_entry_ms(conn)))
+        self.mirror(db, cfg, now_ms=now_ms)
+        found = db.read(tree.latest)
+        return None if found is None else found[1]
 
-        The two checks read on two connections at once: the database compares the columns (in C, without
-        holding the GIL) while this thread rehashes the chain, so a full verification costs about the chain
-        walk alone. Entries appended between the two snapshots are simply seen by one check and not the other.
+    def mirror(self, db: Database, cfg: TransparencyConfig, *, now_ms: int) -> int:
+        """Append the checkpoints signed since this replica's file's last one (each verified first).
+
+        A missing file is re-created only while the sequence is younger than the window: once checkpoints
+        have existed for longer, a missing file is evidence (of a deletion), left for ``verify`` to report.
         """
-        checkpoints = self._checkpoints.read_all()
+        last = self._checkpoints.last()
+        if last is None and not self._checkpoints.exists():
+            first = db.read(tree.first_checkpoint_ms)
+            if first is not None and now_ms - first > cfg.window_ms:
+                return 0
+        fresh = db.read(lambda conn: tree.since(conn, last.ts_ms if last else -1))
+        keys = {"keys": [self._public_jwk()]}
+        for cp in fresh:
+            if verify_checkpoint(cp, keys):
+                self._checkpoints.append(cp)
+        return len(fresh)
+
+    def _public_jwk(self) -> dict[str, str]:
+        return public_jwk(self._key)
+
+    def served_checkpoint(
+        self, conn: Connection, *, seq: int | None = None, size: int | None = None
+    ) -> tuple[int, Checkpoint]:
+        """A checkpoint with all its cosignatures (the newest, or by ``seq`` or tree ``size``)."""
+        return tree.served(conn, seq=seq, size=size)
+
+    def add_cosignature(
+        self, conn: Connection, cfg: TransparencyConfig, *, checkpoint_seq: int, line: str, now_ms: int
+    ) -> int:
+        """Store a configured witness's cosignature; returns its timestamp (s)."""
+        return tree.add_cosignature(
+            conn,
+            checkpoint_seq=checkpoint_seq,
+            line=line,
+            witnesses=cfg.witnesses,
+            log_keys={"keys": [self._public_jwk()]},
+            now_ms=now_ms,
+        )
+
+    def entry(self, conn: Connection, seq: int) -> dict[str, Any]:
+        """One entry as readers see it (``NotFound`` if there is none)."""
+        row = conn.execute(select(t.audit_entries).where(t.audit_entries.c.seq == seq)).first()
+        if row is None:
+            raise NotFound(f"no audit entry {seq}")
+        return _public(row)
+
+    def prove(self, conn: Connection, seq: int, *, size: int | None = None) -> dict[str, Any]:
+        """The inclusion proof of entry ``seq`` in the tree of a signed checkpoint (the newest by default)."""
+        cp_seq, cp = tree.served(conn, size=size)
+        if not 1 <= seq <= cp.size:
+            raise InvalidInput(
+                f"entry {seq} is not in the signed tree of {cp.size} entries", code="not_in_tree"
+            )
+        proof = tree.inclusion_proof(conn, seq - 1, cp.size)
+        return {
+            "seq": seq,
+            "leaf_index": seq - 1,
+            "tree_size": cp.size,
+            "entry": self.entry(conn, seq),
+            "proof": [base64.b64encode(p).decode() for p in proof],
+            "checkpoint_seq": cp_seq,
+            "checkpoint": cp.render(),
+        }
+
+    def consistency(self, conn: Connection, old: int, new: int) -> dict[str, Any]:
+        """The consistency proof between two signed tree sizes, with the checkpoint of the newer one."""
+        if not 1 <= old <= new:
+            raise InvalidInput("a consistency proof needs 1 <= old <= new", code="bad_tree_sizes")
+        cp_seq, cp = tree.served(conn, size=new)
+        proof = tree.consistency_proof(conn, old, new)
+        old_cp = tree.served(conn, size=old)[1].render() if _has_size(conn, old) else None
+        return {
+            "old_size": old,
+            "new_size": new,
+            "proof": [base64.b64encode(p).decode() for p in proof],
+            "checkpoint_seq": cp_seq,
+            "checkpoint": cp.render(),
+            "old_checkpoint": old_cp,
+        }
+
+    def checkpoints(self, conn: Connection, *, after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Signed checkpoints after ``after_seq``, oldest first, each with its cosignatures."""
+        seqs = conn.execute(
+            select(t.audit_checkpoints.c.seq)
+            .where(t.audit_checkpoints.c.seq > after_seq)
+            .order_by(t.audit_checkpoints.c.seq)
+            .limit(limit)
+        ).all()
+        out = []
+        for r in seqs:
+            seq, cp = tree.served(conn, seq=int(r.seq))
+            out.append({"seq": seq, "tree_size": cp.size, "time_ms": cp.ts_ms, "checkpoint": cp.render()})
+        return out
+
+    def verify(
+        self, db: Database, keys: Mapping[str, Any], cfg: TransparencyConfig, *, now_ms: int
+    ) -> VerifyResult:
+        """Check the checkpoint record (present, as long as the database says, fresh, witnessed), tie every
+        signed tree head to the stored tree, then walk the chain against those anchors and compare every
+        queryable column with its signed body; the result names the first bad entry.
+
+        The chain walk and the column check read on two connections at once: the database compares the
+        columns (in C, without holding the GIL) while this thread rehashes the chain.
+        """
+        try:
+            file_cps = self._checkpoints.read_all()
+        except CheckpointFileError as exc:
+            return _failed(Problem(1, exc.detail))
+        problem, anchors = db.read(lambda conn: self._anchors(conn, file_cps, keys, cfg, now_ms))
+        if problem is not None:
+            return _failed(problem)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbx-audit-columns") as pool:
             columns = pool.submit(db.read, first_edited_column_row)
-            result = db.read(lambda conn: verify_chain_bodies(self.rows(conn), checkpoints, public_jwk))
+            result = db.read(lambda conn: verify_chain_bodies(self.rows(conn), anchors))
             edited = columns.result()
         if edited is None or (result.first_bad_seq is not None and result.first_bad_seq <= edited):
             return result
@@ -161,6 +285,54 @@ class AuditRepo:
             reason=f"entry {edited}: a queryable column differs from the signed body (edited in the database)",
             proven_seq=result.proven_seq,
         )
+
+    def _anchors(
+        self,
+        conn: Connection,
+        file_cps: list[Checkpoint],
+        keys: Mapping[str, Any],
+        cfg: TransparencyConfig,
+        now_ms: int,
+    ) -> tuple[Problem | None, dict[int, bytes]]:
+        """The record's problem, if any, else the anchors every known checkpoint proves."""
+        head = int(conn.execute(_HEAD).one().seq)
+        try:
+            db_latest = tree.recorded_latest(conn)
+            cosigned = tree.recent_served(conn, after_ms=now_ms - cfg.window_ms) if cfg.required else []
+            db_cps = tree.since(conn, -1, limit=1_000_000)
+        except InvalidInput as exc:
+            return Problem(1, f"a stored checkpoint is malformed: {exc.detail}"), {}
+        state = RecordState(head, _first_entry_ms(conn), db_latest, now_ms, cfg.window_ms)
+        problem = check_record(
+            file_cps,
+            self._checkpoints.exists(),
+            state,
+            cosigned=cosigned,
+            witnesses=cfg.witnesses,
+            required=cfg.required,
+        )
+        if problem is not None:
+            return problem, {}
+        size = tree.tree_state(conn).size
+        anchors, problem = anchor_checkpoints(
+            [*file_cps, *db_cps], keys, size, lambda wanted: tree.read_nodes(conn, wanted)
+        )
+        return problem, anchors
+
+
+def _failed(problem: Problem) -> VerifyResult:
+    return VerifyResult(ok=False, checked=0, first_bad_seq=problem.seq, reason=problem.reason)
+
+
+def _first_entry_ms(conn: Connection) -> int | None:
+    """When the log began (the first entry's time), or ``None`` while it is empty."""
+    row = conn.execute(select(t.audit_entries.c.ts_ms).where(t.audit_entries.c.seq == 1)).first()
+    return None if row is None else int(row.ts_ms)
+
+
+def _has_size(conn: Connection, size: int) -> bool:
+    count = conn.execute(select(func.count()).where(t.audit_checkpoints.c.size == size)).scalar_one()
+    return int(count) > 0
 
 
 # The columns reads are filtered by (who may see an entry). Everything shown is read from the signed body,

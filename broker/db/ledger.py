@@ -14,6 +14,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, u
 
 from broker.db import subsidy
 from broker.db import tables as t
+from broker.db.ledger_chain import record_transfer
 from common.errors import Conflict, InsufficientFunds, NotFound
 from common.ids import new_id
 from quotas.ledger import (
@@ -181,6 +182,10 @@ class LedgerRepo:
         ]
         if rows:
             conn.execute(_INSERT_ENTRIES, rows)
+            legs_out = [(leg.account_id, leg.delta, leg.issuer_org) for leg in legs if leg.delta != 0]
+            record_transfer(  # its hash in this transaction; the audit loop folds it into the log
+                conn, txn_id=txn_id, kind=kind, org_id=org_id, hold_id=hold_id, now_ms=now_ms, legs=legs_out
+            )
         return txn_id
 
     def _lock_accounts(self, conn: Connection, account_ids: list[int]) -> None:

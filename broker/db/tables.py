@@ -210,6 +210,65 @@ audit_entries = Table(
     Column("entry_hash", String(64), nullable=False),
 )
 
+# -- the audit log as a transparency log (migration 0007) ------------------------------------------------
+# Every complete subtree of the RFC 9162 Merkle tree over the entries: (level, idx) covers leaves
+# [idx * 2**level, (idx + 1) * 2**level). Written by the background loop as it extends the tree; a proof
+# reads O(log n) of these rows.
+audit_tree = Table(
+    "audit_tree",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+# One row (id = 1): how far the tree reaches, and the latest signed checkpoint (size, root, time).
+audit_tree_head = Table(
+    "audit_tree_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("last_entry_hash", String(64), nullable=False),
+    Column("checkpoint_seq", BigInteger, nullable=False),
+    Column("checkpoint_size", BigInteger, nullable=False),
+    Column("checkpoint_root", LargeBinary, nullable=True),
+    Column("checkpoint_ms", BigInteger, nullable=False),
+)
+
+# The one checkpoint sequence of all replicas (signed by the holder of the advisory lock): C2SP notes.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, nullable=False, index=True),
+    Column("root", LargeBinary, nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("note", Text, nullable=False),
+)
+
+# Witness cosignatures (C2SP tlog-cosignature lines) on a checkpoint, one per witness.
+audit_cosignatures = Table(
+    "audit_cosignatures",
+    metadata,
+    Column("checkpoint_seq", BigInteger, ForeignKey("audit_checkpoints.seq"), primary_key=True),
+    Column("witness", String(200), primary_key=True),
+    Column("timestamp_s", BigInteger, nullable=False),
+    Column("line", Text, nullable=False),
+    Column("received_ms", BigInteger, nullable=False),
+)
+
+# Each ledger transfer's canonical body (legs, amounts, idempotency key) and hash, written inside the
+# transfer's transaction; the background loop folds unfolded ones into one audit entry (``audit_seq``).
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("txn_id", String(40), nullable=False, unique=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("audit_seq", BigInteger, nullable=True, index=True),
+)
+
 # -- compute (migration 0002) ---------------------------------------------------------------------
 
 rate_cards = Table(

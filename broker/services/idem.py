@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 
 from broker.db import idempotency
 from broker.db.database import Database
+from broker.db.ledger_chain import IDEMPOTENCY_KEY
 
 
 def write_idempotent(
@@ -33,7 +34,11 @@ def write_idempotent(
             earlier = idempotency.claim(conn, org_id=org_id, key=key, req_hash=req_hash, now_ms=now_ms)
             if earlier is not None:
                 return dict(earlier), False
-        result = fn(conn)
+        marker = IDEMPOTENCY_KEY.set(key)  # each ledger transfer records the key it was made under
+        try:
+            result = fn(conn)
+        finally:
+            IDEMPOTENCY_KEY.reset(marker)
         if key is not None:
             idempotency.store(conn, org_id=org_id, key=key, response=result)
         return result, True

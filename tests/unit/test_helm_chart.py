@@ -162,6 +162,7 @@ def test_the_alerts_exist_and_use_only_metrics_the_broker_exports(chart: Any) ->
         "SbxPrivacyBudgetNearlySpent",
         "SbxAuditVerificationFailing",
         "SbxAuditCheckpointStale",
+        "SbxLedgerInconsistent",
     ):
         assert alert in rules
     used = {name for expr in rules.values() for name in _metric_names(expr)}
