@@ -227,7 +227,8 @@ def test_settings_come_from_the_configmap_and_secrets_only(chart: Any) -> None:
     assert config["SBX_STATE_DIR"] == "/var/lib/sbx" and config["SBX_COMPUTE"] == "kuberay"
     assert all(key.startswith("SBX_") for key in config)
     secret_words = ("URL", "KEY", "TOKEN", "PASSWORD")
-    leaked = [k for k in config if any(w in k for w in secret_words) and k != "SBX_MAX_TOKEN_BYTES"]
+    not_secret = {"SBX_MAX_TOKEN_BYTES", "SBX_PUBLIC_URL"}  # a size limit; the broker Service's URL
+    leaked = [k for k in config if any(w in k for w in secret_words) and k not in not_secret]
     assert leaked == [], "secrets belong in Secrets"
     container = broker_container(objects)
     env = {e["name"]: e for e in container["env"]}
@@ -299,6 +300,7 @@ def test_the_role_allows_only_what_the_kuberay_backend_calls(chart: Any) -> None
         assert rules == [
             (("",), ("pods",), ("list",)),
             (("",), ("pods/log",), ("get",)),
+            (("networking.k8s.io",), ("networkpolicies",), ("create",)),
             (("ray.io",), ("rayjobs",), ("get", "create", "patch", "delete")),
         ]
         binding = one(objects, "RoleBinding")
@@ -317,27 +319,122 @@ def test_ingress_terminates_tls_for_its_host(chart: Any) -> None:
     assert not find(render(chart, {}), "Ingress")
 
 
-def test_sme_job_pods_cannot_reach_private_addresses(chart: Any) -> None:
+def test_sme_job_pods_reach_only_dns_and_the_brokers_archive_endpoint(chart: Any) -> None:
+    """Egress: kube-dns on port 53 and the broker's pods on the port the archive route listens on (the
+    container port: policies see traffic after the Service translated it); ingress: the KubeRay operator
+    only (traffic within one job comes from the per-job policy the broker creates)."""
     objects = render(chart, {"kuberay": {"namespace": "sme-jobs"}})
     policy = one(objects, "NetworkPolicy", f"{FULLNAME}-sme-jobs")
     assert policy["metadata"]["namespace"] == "sme-jobs"
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    blocks = [p["ipBlock"] for rule in policy["spec"]["egress"] for p in rule.get("to", []) if "ipBlock" in p]
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "sandbox-broker"}
+    }
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}]}
+    ]
+    dns, archive = policy["spec"]["egress"]
+    assert dns == {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+    deployment = one(objects, "Deployment")
+    broker_labels = deployment["spec"]["selector"]["matchLabels"]
+    port = next(p for p in broker_container(objects)["ports"] if p["name"] == "http")["containerPort"]
+    assert archive == {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+                "podSelector": {"matchLabels": broker_labels},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": port}],
+    }
+    open_ = render(chart, {"jobNetworkPolicy": {"allowInternet": True}})
+    egress = one(open_, "NetworkPolicy", f"{FULLNAME}-sme-jobs")["spec"]["egress"]
+    blocks = [p["ipBlock"] for rule in egress for p in rule.get("to", []) if "ipBlock" in p]
     assert blocks == [
         {
             "cidr": "0.0.0.0/0",
             "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"],
         }
     ]
-    for rule in policy["spec"]["egress"]:
-        for peer in rule.get("to", []):
-            ns = peer.get("namespaceSelector", {}).get("matchLabels", {})
-            assert ns in ({}, {"kubernetes.io/metadata.name": "kube-system"}), (
-                "only DNS outside the namespace"
-            )
-    closed = render(chart, {"jobNetworkPolicy": {"allowInternet": False}})
-    egress = one(closed, "NetworkPolicy", f"{FULLNAME}-sme-jobs")["spec"]["egress"]
-    assert not [p for rule in egress for p in rule.get("to", []) if "ipBlock" in p]
+
+
+def test_the_job_pods_labels_are_what_the_job_policy_selects(chart: Any) -> None:
+    """Every pod template of a RayJob (head, workers, submitter) carries the selected labels; the broker's
+    own pods (labelled by Helm) do not."""
+    selector = one(render(chart, {}), "NetworkPolicy", f"{FULLNAME}-sme-jobs")["spec"]["podSelector"]
+    manifest = rayjob_manifest(_launch("01JOBPOD", Resources(500, 0, 512), ()), image="img", namespace="n")
+    spec = manifest["spec"]
+    templates = [spec["rayClusterSpec"]["headGroupSpec"]["template"], spec["submitterPodTemplate"]]
+    templates += [g["template"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
+    for template in templates:
+        assert selector["matchLabels"].items() <= template["metadata"]["labels"].items()
+    broker_pod = one(render(chart, {}), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not selector["matchLabels"].items() <= broker_pod.items()
+
+
+def test_job_pods_get_a_service_account_without_rights_or_token(chart: Any) -> None:
+    objects = render(chart, {"kuberay": {"namespace": "sme-jobs"}})
+    account = one(objects, "ServiceAccount", "sbx-job-runner")
+    assert account["metadata"]["namespace"] == "sme-jobs"
+    assert account["automountServiceAccountToken"] is False
+    for binding in find(objects, "RoleBinding") + find(objects, "ClusterRoleBinding"):
+        assert all(s["name"] != "sbx-job-runner" for s in binding["subjects"])
+    config = one(objects, "ConfigMap", FULLNAME)["data"]
+    assert config["SBX_KUBE_SERVICE_ACCOUNT"] == "sbx-job-runner"
+    assert "SBX_KUBE_RUNTIME_CLASS" not in config
+    renamed = render(chart, {"jobs": {"serviceAccountName": "runner", "createServiceAccount": False}})
+    assert not find(renamed, "ServiceAccount", "runner")
+    assert one(renamed, "ConfigMap", FULLNAME)["data"]["SBX_KUBE_SERVICE_ACCOUNT"] == "runner"
+    assert not find(
+        render(chart, VALUE_SETS["ray-cluster-and-persistence"]), "ServiceAccount", "sbx-job-runner"
+    )
+
+
+def test_archive_urls_point_at_the_broker_service(chart: Any) -> None:
+    objects = render(chart, {})
+    config = one(objects, "ConfigMap", FULLNAME)["data"]
+    service = one(objects, "Service", FULLNAME)
+    port = service["spec"]["ports"][0]["port"]
+    assert config["SBX_PUBLIC_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc.cluster.local:{port}"
+    assert (config["SBX_ARCHIVE_MAX_FETCHES"], config["SBX_ARCHIVE_GRACE_S"]) == ("16", "300")
+    custom = render(
+        chart, {"jobs": {"archive": {"publicUrl": "http://broker.internal:8080", "maxFetches": 4}}}
+    )
+    data = one(custom, "ConfigMap", FULLNAME)["data"]
+    assert (data["SBX_PUBLIC_URL"], data["SBX_ARCHIVE_MAX_FETCHES"]) == ("http://broker.internal:8080", "4")
+
+
+@pytest.mark.parametrize("runtime_class", ["", "gvisor"])
+def test_rayjobs_from_the_charts_settings_are_restricted_and_use_the_runtime_class(
+    chart: Any, runtime_class: str
+) -> None:
+    from broker.compute.kuberay import PodHardening
+    from tests.pss_restricted import restricted_violations
+
+    config = one(render(chart, {"jobs": {"runtimeClassName": runtime_class}}), "ConfigMap", FULLNAME)["data"]
+    assert config.get("SBX_KUBE_RUNTIME_CLASS", "") == runtime_class
+    hardening = PodHardening(
+        service_account=config["SBX_KUBE_SERVICE_ACCOUNT"],
+        runtime_class=config.get("SBX_KUBE_RUNTIME_CLASS"),
+        run_as_user=int(config["SBX_KUBE_RUN_AS_USER"]),
+        run_as_group=int(config["SBX_KUBE_RUN_AS_GROUP"]),
+    )
+    launch = _launch("01JOBRTC", Resources(500, 0, 512), ())
+    spec = rayjob_manifest(launch, image="img", namespace="n", hardening=hardening, worker_replicas=1)["spec"]
+    templates = [spec["rayClusterSpec"]["headGroupSpec"]["template"], spec["submitterPodTemplate"]]
+    templates += [g["template"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
+    for template in templates:
+        assert restricted_violations(template["spec"]) == []
+        assert template["spec"].get("runtimeClassName", "") == runtime_class
+        assert template["spec"]["serviceAccountName"] == "sbx-job-runner"
 
 
 def test_only_the_brokers_training_harness_pods_may_reach_the_object_store(chart: Any) -> None:
@@ -415,6 +512,9 @@ def test_audit_checkpoints_persist_per_pod_on_a_kept_volume(chart: Any) -> None:
         ({"replicaCount": 0}, "/replicaCount"),
         ({"jobNetworkPolicy": {"deniedCidrs": ["10.0.0.0"]}}, "deniedCidrs"),
         ({"config": {"compute": "ray"}}, "ray.address"),
+        ({"jobs": {"runAsUser": 0}}, "/jobs/runAsUser"),
+        ({"jobs": {"archive": {"maxFetches": 0}}}, "/jobs/archive/maxFetches"),
+        ({"jobs": {"runtimeClassName": "Not A Name"}}, "/jobs/runtimeClassName"),
     ],
 )
 def test_values_that_would_break_production_are_refused(

@@ -54,6 +54,11 @@ app.kubernetes.io/component: broker
 {{- default .Release.Namespace .Values.kuberay.namespace }}
 {{- end }}
 
+{{/* The broker's URL as job pods reach it: the code archives' capability URLs start with it. */}}
+{{- define "sbx.publicUrl" -}}
+{{- default (printf "http://%s.%s.svc.cluster.local:%d" (include "sbx.fullname" .) .Release.Namespace (int .Values.service.port)) .Values.jobs.archive.publicUrl }}
+{{- end }}
+
 {{/* The image reference. */}}
 {{- define "sbx.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
