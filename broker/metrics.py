@@ -93,6 +93,10 @@ class Metrics:
         for record in records:
             counters[record.resource].inc(record.quantity_unit_ms / _USAGE_SCALE[record.resource])
 
+    def record_ledger_consistency(self, ok: bool) -> None:
+        """Publish the outcome of the last ledger verification (``sbx_ledger_consistent``)."""
+        self.audit_health.record_ledger(ok=ok)
+
 
 class AuditHealth(Collector):
     """Audit-log health as this replica last saw it; each metric is absent until it is first known.
@@ -105,13 +109,15 @@ class AuditHealth(Collector):
         self._lock = threading.Lock()
         self._verified: tuple[bool, int, int] | None = None  # (ok, checked, at_ms)
         self._checkpoint_ms: int | None = None
+        self._ledger_ok: bool | None = None
+
+    def record_ledger(self, *, ok: bool) -> None:
+        """Publish whether the ledger matched its recorded transfers and its invariants."""
+        with self._lock:
+            self._ledger_ok = ok
 
     def record_verification(self, *, ok: bool, checked: int, at_ms: int) -> None:
         """Publish the outcome of a full audit verification."""
-    def record_ledger_consistency(self, ok: bool) -> None:
-        """Publish the outcome of the last ledger verification (``sbx_ledger_consistent``)."""
-        self.audit_health.record_ledger(ok=ok)
-
         with self._lock:
             self._verified = (ok, checked, at_ms)
 
@@ -124,12 +130,6 @@ class AuditHealth(Collector):
         """Nothing up front (the values may not be known yet)."""
         return []
 
-        self._ledger_ok: bool | None = None
-
-    def record_ledger(self, *, ok: bool) -> None:
-        """Publish whether the ledger matched its recorded transfers and its invariants."""
-        with self._lock:
-            self._ledger_ok = ok
     def collect(self) -> Iterator[Metric]:
         """The known values only: a gauge at 0 before the first verification would read as a failure."""
         with self._lock:
