@@ -373,20 +373,22 @@ try:
     out["memory"] = "allocated"
 except MemoryError:
     out["memory"] = "MemoryError"
-try:
-    with open("/output/big", "wb") as fh:
+try:  # in /tmp, which the disk watchdog does not scan: only RLIMIT_FSIZE (= the disk cap) stops this
+    with open("/tmp/big", "wb") as fh:
         fh.write(b"x" * (20 << 20))
     out["file"] = "written"
 except OSError as exc:
     out["file"] = exc.errno
-out["size"] = os.path.getsize("/output/big")
+out["size"] = os.path.getsize("/tmp/big")
 print(json.dumps(out))
 """
 
 
 def test_rlimit_fallback_enforces_memory_and_file_size(tmp_path: Path) -> None:
     launched = run(
-        make_job(tmp_path, RLIMIT_PROBE, mode="rlimit", limits=_limits(memory_mib=256, disk_mib=16))
+        make_job(
+            tmp_path, RLIMIT_PROBE, mode="rlimit", limits=_limits(memory_mib=256, disk_mib=16, tmp_mib=64)
+        )
     )
     out = last_json(launched.log)
     assert out["memory"] == "MemoryError"

@@ -613,7 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     run = _Run()
     try:
         result, job_dir = launch(spec_path, os.environ, run, bwrap)
-    except (LaunchError, SandboxSpecError, OSError) as exc:
+    except Exception as exc:  # any failure is a recorded sandbox_error, never a traceback in the job log
+        if not isinstance(exc, LaunchError | SandboxSpecError | OSError):
+            exc = LaunchError(f"internal error in the launcher ({type(exc).__name__})")
         print(f"[sbx] sandbox error: {exc}", flush=True)
         result = SandboxResult(None, SANDBOX_ERROR, str(exc), (), False)
         maybe = _job_dir_of(spec_path)
