@@ -92,15 +92,16 @@ class OrgService:
         def tx(conn: Connection) -> dict[str, Any]:
             org = orgs.get_org(conn, target)
             token = orgs.create_token(conn, org_id=org.id, label=label, now_ms=now, expires_ms=expires)
-            self.c.audit.append(
+            token_id = "tok_" + token.split("_")[2]  # sbx_tok_<id>_<secret>: the id only, never the secret
+            self.c.audit.append(  # one entry per token, matched by `token.revoke` on the same object_id
                 conn,
                 ts_ms=now,
                 actor=principal,
                 action="token.create",
-                object_type="org",
-                object_id=org.id,
+                object_type="token",
+                object_id=token_id,
                 org_id=org.id,
-                details={"label": label, "expires_ms": expires},
+                details={"label": label, "expires_ms": expires, "role": org.role},
             )
             return {"org_id": org.id, "role": org.role, "token": token, "expires_ms": expires}
 

@@ -176,3 +176,26 @@ def test_rotating_the_broker_key_keeps_old_reports_verifiable(
             verify_report(old_doc, jwks, pinned_kids={new_kid})
     finally:
         rotated.close()
+
+
+def test_token_creation_and_quota_changes_are_audit_entries(world: World) -> None:
+    services = world.services
+    token = services.orgs.create_token(world.operator, org_id=world.sme.org_id, label="ci")["token"]
+    services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={
+            "max_milli_cpu": 4000,
+            "max_gpus": 0,
+            "max_memory_mib": 8192,
+            "max_running_jobs": 2,
+            "max_queued_jobs": 10,
+        },
+    )
+    entries = services.audit.entries(world.operator, limit=1000)
+    created = [e for e in entries if e["action"] == "token.create" and e["details"].get("label") == "ci"]
+    assert len(created) == 1 and created[0]["object_type"] == "token"
+    assert token.startswith(f"sbx_{created[0]['object_id']}_")  # the id, matched by token.revoke
+    assert all(token.split("_")[3] not in json.dumps(e) for e in entries)  # never the secret
+    quota = [e for e in entries if e["action"] == "quota.set" and e["object_id"] == world.sme.org_id]
+    assert quota and quota[-1]["details"]["max_running_jobs"] == 2
