@@ -187,7 +187,7 @@ def test_failure_after_reading_data_is_generic() -> None:
     x, y, _ = logistic_data(500, seed=5)
     df = with_canaries(frame(x, y)).with_columns(pl.lit(CANARY_TEXT).alias("y"))
     with pytest.raises(TrainingFailed) as info:
-        train_dp(spec(), df, privacy_unit="pid", secure_mode=False, seed=3)
+        train_dp(spec(), df, privacy_unit="pid")
     err = info.value
     assert err.code == "training_failed"
     assert err.__cause__ is None and err.__suppress_context__
@@ -213,12 +213,12 @@ def test_missing_column_is_refused_before_any_data() -> None:
         columns = [c for c in COLUMNS if c != "y"]
 
     with pytest.raises(SpecError, match="'y' is not in the dataset"):
-        train_dp(spec(), NoLabel(), privacy_unit="pid", secure_mode=False, seed=1)  # type: ignore[arg-type]
+        train_dp(spec(), NoLabel(), privacy_unit="pid")  # type: ignore[arg-type]
 
 
 def test_unit_column_as_label_is_refused_before_any_data() -> None:
     with pytest.raises(SpecError, match="privacy unit"):
-        train_dp(spec(), Untouchable(), privacy_unit="y", secure_mode=False, seed=1)  # type: ignore[arg-type]
+        train_dp(spec(), Untouchable(), privacy_unit="y")  # type: ignore[arg-type]
 
 
 def test_secure_mode_is_available_here() -> None:
@@ -235,6 +235,25 @@ def test_secure_mode_without_csprng_is_refused_before_any_data(monkeypatch: pyte
 def test_secure_mode_takes_no_seed() -> None:
     with pytest.raises(ValueError, match="seed is for tests only"):
         train_dp(spec(), Untouchable(), privacy_unit="pid", secure_mode=True, seed=1)  # type: ignore[arg-type]
+
+
+def test_a_seed_reproduces_a_test_run_and_secure_runs_differ() -> None:
+    # The DP size count is OpenDP's (its own CSPRNG, never seeded); it sets the steps per epoch, so the
+    # training set (~1,600 rows) sits far from a rounding boundary of steps = round(noisy_n / 512) = 3.
+    x, y, _ = logistic_data(2_000, seed=6)
+    df = frame(x, y)
+    s = spec(epochs=1, batch_size=512, target_epsilon=4)
+    seeded = [train_dp(s, df, privacy_unit="pid", secure_mode=False, seed=5).weights for _ in range(2)]
+    assert seeded[0] == seeded[1]  # the test-only path: torch's generator, reproducible
+    secure = [train_dp(s, df, privacy_unit="pid").weights for _ in range(2)]
+    assert secure[0] != secure[1]  # CSPRNG keyed from the OS: fresh noise, masks and units every run
+
+
+def test_secure_mode_refuses_a_device_that_is_not_there_before_any_data() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no GPU"):
+        train_dp(spec(), Untouchable(), privacy_unit="pid", device="cuda")  # type: ignore[arg-type]
 
 
 def test_one_row_per_unit_keeps_exactly_one_row_each() -> None:
@@ -280,7 +299,7 @@ def test_regression_mlp_reports_a_noisy_mse() -> None:
         mse_clip=25,
         target_epsilon=2,
     )
-    result = train_dp(s, frame(x, y), privacy_unit="pid", secure_mode=False, seed=2, feature_bounds=BOUNDS)
+    result = train_dp(s, frame(x, y), privacy_unit="pid", feature_bounds=BOUNDS)
     assert set(result.dp_metrics) == {"mse", "holdout_rows"}
     assert 0.0 <= result.dp_metrics["mse"] <= 25.0
     assert result.epsilon_spent_micro <= planned_cost(s)[0]
