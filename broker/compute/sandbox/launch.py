@@ -87,25 +87,41 @@ def _chown_tree(root: str, uid: int, gid: int) -> None:
 
 
 def disk_usage(roots: tuple[str, ...]) -> int:
-    """Bytes used under ``roots``: each inode once, ``max(size, blocks)`` (sparse files count in full)."""
+    """Bytes used under ``roots``: each inode once, ``max(size, blocks)`` (sparse files count in full),
+    at least 512 per entry (so a flood of empty files counts). Entries vanishing mid-scan are skipped one
+    by one (never a whole directory); a directory the job made unreadable is opened up and scanned."""
     seen: set[tuple[int, int]] = set()
     total = 0
     stack = list(roots)
     while stack:
-        path = stack.pop()
-        try:
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    info = entry.stat(follow_symlinks=False)
-                    if (info.st_dev, info.st_ino) in seen:
-                        continue
-                    seen.add((info.st_dev, info.st_ino))
-                    total += max(info.st_size, info.st_blocks * 512, 512)
-                    if stat.S_ISDIR(info.st_mode):
-                        stack.append(entry.path)
-        except FileNotFoundError:
-            continue
+        for entry in _entries(stack.pop()):
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            total += max(info.st_size, info.st_blocks * 512, 512)
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(entry.path)
     return total
+
+
+def _entries(path: str) -> list[os.DirEntry[str]]:
+    """The entries of directory ``path`` ([] if it vanished); a mode that hides it from its owner is undone."""
+    for attempt in range(2):
+        try:
+            with os.scandir(path) as it:
+                return list(it)
+        except FileNotFoundError:
+            return []
+        except PermissionError:
+            if attempt:
+                raise
+            mode = os.lstat(path).st_mode
+            os.chmod(path, stat.S_IMODE(mode) | stat.S_IRWXU)
+    return []
 
 
 # --- the run's shared state ---------------------------------------------------------------------------
@@ -186,7 +202,11 @@ def _watchdog(watch: _Watch, run: _Run) -> None:
     until the run ends or a limit breaks."""
     while not run.done.is_set():
         started = time.monotonic()
-        found, used = _check(watch)
+        try:
+            found, used = _check(watch)
+        except Exception as exc:  # fail closed: a sandbox whose limits cannot be checked does not run on
+            run.breach(SANDBOX_ERROR, f"the limit watchdog failed ({type(exc).__name__}: {exc})")
+            return
         if found is not None:
             run.breach(*found)
             return
