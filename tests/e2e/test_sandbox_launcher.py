@@ -233,6 +233,12 @@ try:
 except OSError as exc:
     out["secret"] = type(exc).__name__
 out["public"] = open("/data/public.txt").read()
+try:
+    open("/data/new.txt", "w")
+    out["ro"] = "written"
+except OSError as exc:
+    out["ro"] = exc.errno
+out["fds"] = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))  # listdir's own fd is the last
 out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 out["interfaces"] = [name for _, name in socket.if_nameindex()]
 try:
@@ -271,6 +277,8 @@ def test_identity_namespaces_and_network(tmp_path: Path, listener: int) -> None:
     owned = (job_dir / "output" / "owned").stat()
     assert (owned.st_uid, owned.st_gid) == (host_uid, host_uid)  # unprivileged on the host: the job's uid
     assert out["secret"] == "PermissionError" and out["public"] == "public"
+    assert out["ro"] == 30  # EROFS: read-only binds are read-only
+    assert out["fds"] == [0, 1, 2, 3]  # no descriptor of the launcher or of bwrap leaks in
     assert SBX_CANARY not in launched.log
     assert out["pids"] == [1, 2] or len(out["pids"]) <= 3  # bwrap's init, sh/python: nothing of the host's
     assert out["interfaces"] == ["lo"]
