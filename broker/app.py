@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.deps import PrincipalDep
-from broker.api.guards import InputGuard
+from broker.api.guards import AuthFirst, BodyLimit, InputGuard, SecurityHeaders
 from broker.api.models import ErrorBody
 from broker.api.policy import policy
 from broker.api.routes_core import router as core_router
@@ -48,8 +48,12 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     _install_error_handlers(app)
+    # Outermost last: security headers on every answer; the request line checked; a body's sender
+    # authenticated before it is read; its size counted while it streams.
     app.add_middleware(BodyLimit, max_bytes=services.container.settings.max_body_bytes)
+    app.add_middleware(AuthFirst, authenticate=services.orgs.authenticate)
     app.add_middleware(InputGuard)
+    app.add_middleware(SecurityHeaders)
     app.include_router(core_router)
     for router in _feature_routers():
         app.include_router(router)
@@ -120,8 +124,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -129,60 +137,5 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("internal_error", "the broker failed to handle this request; nothing was changed"),
             status_code=500,
+            headers={"Connection": "close"},  # uvicorn drops the connection after an error: say so
         )
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` with 413, by Content-Length or while streaming
-    (chunked uploads have no Content-Length), before a route ever sees them."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Pass the request on, counting its body."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._refuse(send)
-            return
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_bytes:
-                await self._refuse(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Any) -> None:
-        response = JSONResponse(
-            error_body("payload_too_large", f"request bodies are limited to {self.max_bytes} bytes"),
-            status_code=413,
-        )
-        await response({"type": "http"}, _no_receive, send)
-
-
-async def _no_receive() -> dict[str, Any]:
-    return {"type": "http.disconnect"}

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     rate_burst: int = Field(default=40, description="Requests a tenant may burst above its rate.")
     max_open_holds: int = Field(default=1000, description="Open (HELD) holds per SME.")
     max_token_bytes: int = 8192
+    token_default_ttl_s: int | None = Field(
+        default=None,
+        gt=0,
+        le=10 * 365 * 24 * 3600,
+        description="Lifetime of a token created without a ttl (unset: none); never beyond its creator's.",
+    )
     max_body_bytes: int = 64 * 1024 * 1024
 
     def production_problems(self) -> list[str]:

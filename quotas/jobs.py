@@ -2,7 +2,7 @@
 
 ::
 
-    QUEUED ──► ADMITTED ──► RUNNING ──► SUCCEEDED | FAILED | STOPPED | TIMED_OUT
+    QUEUED ──► ADMITTED ──► RUNNING ──► SUCCEEDED | FAILED | STOPPED | TIMED_OUT | LOST
       │  ▲        │
       │  └────────┤ (hold rolled back after a failed backend submit: back to the queue)
       │           ├──► STOPPED   (cancelled before it started)
@@ -10,7 +10,10 @@
       ├──► REJECTED  (can never fit, refused by admission)
       └──► STOPPED   (cancelled while queued)
 
-Terminal states (SUCCEEDED, FAILED, STOPPED, TIMED_OUT, REJECTED) are never left. A move to the same state is
+LOST: the backend no longer knows a running job (a cluster restart, a deleted RayJob); it is billed up to the
+last time the broker saw it running, never for the outage, and its SME resubmits.
+
+Terminal states (SUCCEEDED, FAILED, STOPPED, TIMED_OUT, LOST, REJECTED) are never left. A move to the same state is
 also refused: callers that need idempotency compare before they transition.
 """
 
@@ -31,6 +34,7 @@ class JobState(StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"
     TIMED_OUT = "timed_out"
+    LOST = "lost"
     REJECTED = "rejected"
 
     def is_terminal(self) -> bool:
@@ -39,13 +43,22 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES: frozenset[JobState] = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.TIMED_OUT, JobState.REJECTED}
+    {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.STOPPED,
+        JobState.TIMED_OUT,
+        JobState.LOST,
+        JobState.REJECTED,
+    }
 )
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.ADMITTED, JobState.REJECTED, JobState.STOPPED}),
     JobState.ADMITTED: frozenset({JobState.RUNNING, JobState.QUEUED, JobState.STOPPED, JobState.FAILED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.TIMED_OUT}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.TIMED_OUT, JobState.LOST}
+    ),
     **{state: frozenset() for state in TERMINAL_STATES},
 }
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request, params
 
+from broker.api.guards import PRINCIPAL_KEY
 from broker.api.policy import POLICY_KEY
 from broker.db.orgs import Principal
 from broker.errors import Forbidden, RateLimited, Unauthorized
@@ -28,9 +29,11 @@ def get_principal(
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``; 401 when missing, unknown, expired or revoked,
     403 when the route's declared policy does not admit the caller's role (before any object is looked up)."""
-    if not authorization or not authorization.startswith("Bearer "):
-        raise Unauthorized("send `Authorization: Bearer <token>`; `sbx token create` makes one")
-    principal = services.orgs.authenticate(authorization.removeprefix("Bearer ").strip())
+    principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)  # AuthFirst found it
+    if principal is None:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized("send `Authorization: Bearer <token>`; `sbx token create` makes one")
+        principal = services.orgs.authenticate(authorization.removeprefix("Bearer ").strip())
     if principal is None:
         raise Unauthorized("the token is unknown, expired or revoked")
     enforce_policy(request, principal)

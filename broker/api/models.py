@@ -77,6 +77,16 @@ class OrgCreate(Strict):
     year_budget: int | None = Field(default=None, ge=0, le=2**62)
     sme_cap: int | None = Field(default=None, ge=0, le=2**62)
     copay_limit: int = Field(default=0, ge=0, le=2**62)
+    uscc: Text | None = Field(
+        default=None, max_length=40, description="GB 32100-2015 unified social credit code"
+    )
+    name_zh: Text | None = Field(default=None, max_length=200, description="registered Chinese name")
+    name_en: Text | None = Field(default=None, max_length=200)
+    locale: Literal["zh_CN", "en"] | None = None
+    currency: Text | None = Field(default="CNY", max_length=3, description="issuer: ISO 4217; null: credits")
+    time_zone: Text | None = Field(
+        default=None, max_length=64, description="issuer: IANA zone (CNY: Asia/Shanghai)"
+    )
 
 
 class TokenCreate(Strict):

@@ -48,6 +48,24 @@ def create_token(
     return services.orgs.create_token(principal, org_id=org_id, label=body.label, ttl_s=body.ttl_s)
 
 
+@router.get("/orgs/{org_id}/tokens", openapi_extra=policy("operator", "own"))
+def list_tokens(org_id: str, principal: PrincipalDep, services: ServicesDep) -> list[dict[str, Any]]:
+    """An organisation's tokens, without secrets (operators: any; others: their own)."""
+    return services.tokens.list(principal, org_id=org_id)
+
+
+@router.get("/tokens", openapi_extra=policy("any"))
+def list_visible_tokens(principal: PrincipalDep, services: ServicesDep) -> list[dict[str, Any]]:
+    """Tokens the caller may see: its organisation's (operators: every organisation's)."""
+    return services.tokens.list(principal)
+
+
+@router.post("/tokens/{token_id}/revoke", openapi_extra=policy("any"))
+def revoke_token(token_id: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    """Revoke a token (operators: any; others: their organisation's); refused on the next request."""
+    return services.tokens.revoke(principal, token_id=token_id)
+
+
 @router.put("/orgs/{org_id}/programme", openapi_extra=policy("operator"))
 def set_programme(
     org_id: str, body: m.ProgrammeSet, principal: PrincipalDep, services: ServicesDep

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from broker.api import models as m
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
@@ -95,10 +95,33 @@ def job_logs(job_id: str, principal: PrincipalDep, services: ServicesDep) -> dic
     return {"job_id": job_id, "logs": services.jobs.logs(principal, job_id=job_id)}
 
 
-@router.post("/jobs/{job_id}/stop", openapi_extra=policy("sme", "operator"))
-def stop_job(job_id: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
-    """Stop a job (settled for what it used)."""
-    return services.jobs.stop(principal, job_id=job_id)
+@router.get(
+    "/jobs/{job_id}/output",
+    openapi_extra=policy("sme", "operator"),
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}, "description": "the job's $SBX_OUTPUT as a zip"}},
+)
+def job_output(job_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+    """What a finished job wrote to ``$SBX_OUTPUT``, as a zip with one top-level directory (the job id)."""
+    data = services.jobs.output(principal, job_id=job_id)
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-output.zip"'}
+    return Response(content=data, media_type="application/zip", headers=headers)
+
+
+@router.post(
+    "/jobs/{job_id}/stop",
+    openapi_extra=policy("sme", "operator"),
+    responses={202: {"description": "the stop is recorded; the backend is unreachable and applies it later"}},
+)
+def stop_job(
+    job_id: str, principal: PrincipalDep, services: ServicesDep, response: Response
+) -> dict[str, Any]:
+    """Stop a job (settled for what it used). 202 when the backend cannot be reached: the stop is recorded
+    durably and applied as soon as the backend answers again."""
+    outcome = services.jobs.request_stop(principal, job_id=job_id)
+    if outcome.pending:
+        response.status_code = 202
+    return outcome.job
 
 
 @router.get("/meter/check", openapi_extra=policy("operator"))

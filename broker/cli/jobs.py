@@ -18,7 +18,7 @@ ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-seco
 quota_app = typer.Typer(help="Per-SME quotas.", no_args_is_help=True)
 meter_app = typer.Typer(help="Metering checks.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-TERMINAL = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
+TERMINAL = {"succeeded", "failed", "stopped", "timed_out", "lost", "rejected"}
 
 
 def zip_dir(path: Path) -> str:

@@ -190,6 +190,26 @@ def token_create(
     emit(data, as_json=js, human=data["token"])
 
 
+@token_app.command("list")
+def token_list(
+    ctx: typer.Context,
+    org: Annotated[str | None, typer.Option(help="Operators: one organisation's tokens.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List tokens (ids, labels, expiry, state; never secrets): your organisation's, or all for operators."""
+    path = f"/api/v1/orgs/{org}/tokens" if org else "/api/v1/tokens"
+    data, js = call(ctx, as_json, "GET", path)
+    lines = [f"{t['id']}  {t['org_id']}  {t['state']:<8} {t['label']}" for t in data]
+    emit(data, as_json=js, human="\n".join(lines) or "no tokens")
+
+
+@token_app.command("revoke")
+def token_revoke(ctx: typer.Context, token_id: str, as_json: JsonOpt = False) -> None:
+    """Revoke a token (by its id, ``tok_...``); the broker refuses it from the next request on."""
+    data, js = call(ctx, as_json, "POST", f"/api/v1/tokens/{token_id}/revoke")
+    emit(data, as_json=js, human=f"revoked {data['id']}")
+
+
 # -- issuers --------------------------------------------------------------------------------------
 @issuer_app.command("programme")
 def issuer_programme(

@@ -66,6 +66,7 @@ class FakeBackend:
         self._submit_failures: list[BackendError] = []
         self._start_calls: dict[str, int] = {}
         self._closed = False
+        self._down = False
         self._lock = threading.Lock()
 
     # --- scripting (tests) -------------------------------------------------------------------------
@@ -81,6 +82,16 @@ class FakeBackend:
         """Make the next ``count`` calls to :meth:`start` raise :class:`BackendError`."""
         with self._lock:
             self._submit_failures.extend(BackendError(detail) for _ in range(count))
+
+    def set_down(self, down: bool = True) -> None:
+        """While down, every call raises :class:`BackendError`, as an unreachable cluster does."""
+        with self._lock:
+            self._down = down
+
+    def lose(self, name: str) -> None:
+        """Forget launch ``name``, as a restarted cluster does: it is ``NOT_FOUND`` from now on."""
+        with self._lock:
+            self._runs.pop(name, None)
 
     def set_capacity(self, capacity: Resources) -> None:
         """Change what :meth:`capacity` reports."""
@@ -163,6 +174,8 @@ class FakeBackend:
     def _check_open(self) -> None:
         if self._closed:
             raise BackendError("the fake backend is closed")
+        if self._down:
+            raise BackendError("the fake backend is down (scripted)")
 
     def _is_done(self, run: _Run) -> bool:
         return self._status(run, self._clock.now_ms()).state.is_terminal

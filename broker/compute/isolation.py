@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from common.errors import DomainError, InvalidInput
 
-from .base import ComputeBackend, SandboxUnavailable
+from .base import BackendError, ComputeBackend, SandboxUnavailable
 from .ray_jobs import REMOTE_RAY_REFUSAL, RayJobsBackend
 from .ray_local import LocalRayBackend
 
@@ -80,3 +80,19 @@ def sandbox_summary() -> str:
     from .sandbox import probe
 
     return probe().summary
+
+
+def check_backend(backend: ComputeBackend) -> bool:
+    """Whether ``backend`` answers now; a dead local Ray head is restarted (the answer is then False for this
+    round, so ``/readyz`` and ``sbx_backend_up`` show the outage). Cheap enough for every loop round: the
+    local check looks at the head's process, a remote one asks the cluster for its capacity."""
+    if isinstance(backend, LocalRayBackend):
+        if backend.head_alive():
+            return True
+        backend.restart()
+        return False
+    try:
+        backend.capacity()
+    except BackendError:
+        return False
+    return True

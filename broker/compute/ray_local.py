@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -174,14 +175,19 @@ class LocalRayBackend:
         self._object_store_mib = object_store_mib
         self._head: HeadInfo | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._restart_lock = threading.Lock()
         self._head = self._adopt() or self._start_head(start_timeout_s)
-        self._jobs = RayJobsBackend(
-            self._head.address,
-            self._head.token_path.read_text().strip(),
+        self._jobs = self._client()
+        self._wait_ready(start_timeout_s)
+
+    def _client(self) -> RayJobsBackend:
+        """The Job Submission client of the current head (its address and token change with a restart)."""
+        return RayJobsBackend(
+            self.head.address,
+            self.head.token_path.read_text().strip(),
             interpreter_dir=Path(sys.executable).parent,
             sandboxed_entrypoints=True,
         )
-        self._wait_ready(start_timeout_s)
 
     @property
     def head(self) -> HeadInfo:
@@ -204,6 +210,37 @@ class LocalRayBackend:
     def closed(self) -> bool:
         """True once :meth:`close` ran (the head is stopped)."""
         return self._head is None
+
+    def head_alive(self) -> bool:
+        """True while the head process this backend started (or adopted) is running: a cheap local check."""
+        head = self._head
+        if head is None:
+            return False
+        if self._proc is not None:
+            return self._proc.poll() is None
+        try:
+            os.kill(head.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def restart(self, timeout_s: float = 90.0) -> bool:
+        """Start a fresh head if the current one died; True when it restarted one.
+
+        The dead head's jobs died with it (their sandboxes die with their launchers); whatever of it is
+        left is swept first. The broker then finds those jobs ``NOT_FOUND`` and settles them as lost, billed
+        up to when it last saw them running.
+        """
+        with self._restart_lock:
+            old = self._head
+            if old is None or self.head_alive():
+                return False
+            self._stop_head(old, signal_head=False)
+            self._jobs.close()
+            self._head = self._start_head(timeout_s)
+            self._jobs = self._client()
+            self._wait_ready(timeout_s)
+            return True
 
     # --- the sandbox --------------------------------------------------------------------------------
     def sandbox_refusal(self) -> str | None:

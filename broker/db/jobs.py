@@ -62,6 +62,7 @@ class Job:
     reason: str | None = None
     code_bytes: int = 0
     files_expired_ms: int | None = None
+    last_seen_ms: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The view an SME sees of its job."""
@@ -125,6 +126,7 @@ def _job(row: Any) -> Job:
         reason=r["reason"],
         code_bytes=int(r["code_bytes"] or 0),
         files_expired_ms=r["files_expired_ms"],
+        last_seen_ms=r["last_seen_ms"],
     )
 
 
@@ -259,6 +261,12 @@ def files_to_expire(conn: Connection, *, ended_before_ms: int, limit: int = 500)
         .limit(limit)
     )
     return [r.id for r in rows]
+
+
+def mark_seen(conn: Connection, job_ids: list[str], now_ms: int) -> None:
+    """Record that the backend reported these jobs running now (one statement for the whole pass)."""
+    if job_ids:
+        conn.execute(update(t.jobs).where(t.jobs.c.id.in_(job_ids)).values(last_seen_ms=now_ms))
 
 
 def count_queued(conn: Connection, org_id: str) -> int:

@@ -91,6 +91,41 @@ def create_token(
     return f"sbx_{token_id}_{secret}"
 
 
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What may be shown of a token: never its secret or hash."""
+
+    id: str
+    org_id: str
+    label: str
+    created_ms: int
+    expires_ms: int | None
+    revoked: bool
+
+
+def list_tokens(conn: Connection, *, org_id: str | None, limit: int = 1000) -> list[TokenInfo]:
+    """Tokens of ``org_id`` (every organisation's when ``None``), newest first."""
+    c = t.tokens.c
+    query = select(c.id, c.org_id, c.label, c.created_ms, c.expires_ms, c.revoked).order_by(
+        c.created_ms.desc(), c.id
+    )
+    if org_id is not None:
+        query = query.where(c.org_id == org_id)
+    rows = conn.execute(query.limit(limit))
+    return [TokenInfo(r.id, r.org_id, r.label, r.created_ms, r.expires_ms, bool(r.revoked)) for r in rows]
+
+
+def get_token(conn: Connection, token_id: str) -> TokenInfo:
+    """One token's public record, or :class:`NotFound`."""
+    c = t.tokens.c
+    row = conn.execute(
+        select(c.id, c.org_id, c.label, c.created_ms, c.expires_ms, c.revoked).where(c.id == token_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no token {token_id}")
+    return TokenInfo(row.id, row.org_id, row.label, row.created_ms, row.expires_ms, bool(row.revoked))
+
+
 def revoke_token(conn: Connection, *, token_id: str, org_id: str | None) -> None:
     """Revoke a token (scoped to ``org_id`` unless ``None``, which an operator may do)."""
     query = update(t.tokens).where(t.tokens.c.id == token_id).values(revoked=True)

@@ -24,7 +24,13 @@ from sqlalchemy import Connection
 
 from broker.compute import BackendError, BackendState, BackendStatus, JobLaunch, launch_name
 from broker.compute.base import tail_bytes
-from broker.compute.isolation import IsolationStatus, code_job_refusal, isolation_status, stages_locally
+from broker.compute.isolation import (
+    IsolationStatus,
+    check_backend,
+    code_job_refusal,
+    isolation_status,
+    stages_locally,
+)
 from broker.compute.jobfiles import CheckedArchive, check_archive
 from broker.container import Container
 from broker.db import jobs as jobs_db
@@ -51,6 +57,15 @@ NEVER_STARTED_GRACE_MS = 30_000
 TIMEOUT_MESSAGE = "stopped at its maximum runtime"
 #: The one job kind that runs SME code; every other kind runs the broker's own trusted harness.
 CODE_KIND = "job"
+
+
+@dataclass(frozen=True, slots=True)
+class StopOutcome:
+    """A stop request's answer: the job, and whether the stop still waits for the backend (then the API
+    answers 202: the stop is recorded and applied when the backend answers again)."""
+
+    job: dict[str, Any]
+    pending: bool
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class JobService:
         self._capacity: tuple[float, Resources] | None = None
         self.wakeup: Callable[[], None] | None = None  # set by the background loops: admit without waiting
         self._kinds: dict[str, JobKind] = {}
+        self._backend_up = True
 
     def register_kind(self, name: str, kind: JobKind) -> None:
         """Run jobs of kind ``name`` (the broker's own harness) through ``kind``'s launch and settle hooks."""
@@ -267,6 +283,22 @@ class JobService:
             return None
         return check_archive(request.working_dir_zip_b64, self.c.job_files.limits)
 
+    def watch_backend(self) -> bool:
+        """One round of the backend watch (every loop round): ``sbx_backend_up``, and a dead local head is
+        restarted, after which the reconcile pass settles its lost jobs."""
+        try:
+            up = check_backend(self.c.compute)
+        except BackendError:
+            up = False  # the restart itself failed: the next round tries again
+        self._backend_up = up
+        self.c.metrics.backend_up.set(1 if up else 0)
+        return up
+
+    @property
+    def backend_up(self) -> bool:
+        """What the last watch round saw (True before the first round)."""
+        return self._backend_up
+
     def isolation(self) -> IsolationStatus:
         """Whether this replica's backend runs SME code isolated (and how); sets ``sbx_sandbox_available``."""
         status = isolation_status(self.c.compute)
@@ -438,9 +470,14 @@ class JobService:
 
     def stop(self, principal: Principal, *, job_id: str) -> dict[str, Any]:
         """Stop a job: a queued one at once; an admitted or running one is stopped and then settled."""
+        return self.request_stop(principal, job_id=job_id).job
+
+    def request_stop(self, principal: Principal, *, job_id: str) -> StopOutcome:
+        """Record the stop durably, then ask the backend; when the backend cannot be reached the stop stays
+        recorded (``pending``) and the reconcile pass applies it as soon as the backend answers again."""
         job = self._visible(principal, job_id)
         if job.state.is_terminal():
-            return job.public()
+            return StopOutcome(job.public(), pending=False)
         now = self.c.clock.now_ms()
 
         def tx(conn: Connection) -> JobState:
@@ -471,9 +508,14 @@ class JobService:
             return current.state
 
         seen = self.c.db.write(tx)
+        pending = False
         if seen in (JobState.ADMITTED, JobState.RUNNING):
-            self.c.compute.stop(job.name)
-        return self.get(principal, job_id=job_id)
+            try:
+                self.c.compute.stop(job.name)
+            except BackendError:
+                pending = True  # recorded: the reconcile pass stops it when the backend is back
+        view = self._visible(principal, job_id).public() if pending else self.get(principal, job_id=job_id)
+        return StopOutcome(view, pending=pending)
 
     def meter_check(self, principal: Principal, *, start_ms: int, end_ms: int) -> dict[str, Any]:
         """The conservation check: metered resource-time in a window never exceeds capacity × window."""
@@ -662,17 +704,20 @@ class JobService:
         """Bring every admitted or running job in line with the backend; returns how many were settled."""
         with self._pass_lock:
             active = self.c.db.read(lambda conn: jobs_db.jobs_in(conn, jobs_db.ACTIVE_STATES))
-            settled = 0
+            settled, running = 0, []
             for job in active:
                 try:
-                    settled += self._reconcile(job)
+                    settled += self._reconcile(job, running)
                 except BackendError:
                     continue  # the backend is unreachable: try again next round, bill nothing meanwhile
                 except Conflict:
                     continue  # another replica or request moved this job meanwhile: next round sees it
+            if running:  # what a lost job is billed up to: one statement for the whole pass
+                now = self.c.clock.now_ms()
+                self.c.db.write(lambda conn: jobs_db.mark_seen(conn, running, now))
             return settled
 
-    def _reconcile(self, job: Job) -> int:
+    def _reconcile(self, job: Job, running: list[str]) -> int:
         now = self.c.clock.now_ms()
         status = self.c.compute.status(job.name)
         if status.state is BackendState.NOT_FOUND:
@@ -682,6 +727,7 @@ class JobService:
             self._after_settle(job)
             return 1
         if status.state is BackendState.RUNNING:
+            running.append(job.id)
             if job.state is JobState.ADMITTED:
                 self._mark_running(job, status)
             start = status.start_ms or job.started_ms or now
@@ -692,6 +738,9 @@ class JobService:
                     )
                 )
                 self.c.compute.stop(job.name)
+                return 0
+        if job.stop_requested:  # a durable stop intent (its first try may have met a backend that was down)
+            self.c.compute.stop(job.name)
         return 0
 
     def _not_found(self, job: Job, now: int) -> int:
@@ -707,9 +756,22 @@ class JobService:
                     pass
             self._requeue(job)
             return 0
-        self._settle(job, BackendStatus(BackendState.FAILED, job.started_ms, now, "the cluster lost the job"))
+        self._settle(job, self._lost_status(job, now), lost=True)
         self._after_settle(job)
         return 1
+
+    @staticmethod
+    def _lost_status(job: Job, now: int) -> BackendStatus:
+        """A job the backend lost is billed up to the last time a reconcile saw it running, never for the
+        outage that followed (a job never seen running is billed nothing)."""
+        seen = job.last_seen_ms if job.last_seen_ms is not None else job.started_ms
+        end = min(seen, now) if seen is not None else None
+        message = (
+            "the cluster lost the job; it was billed up to when the broker last saw it running"
+            + ("" if seen is None else f" ({seen} ms since the epoch)")
+            + "; resubmit it"
+        )
+        return BackendStatus(BackendState.FAILED, job.started_ms, end, message)
 
     def _after_settle(self, job: Job) -> None:
         """Keep the finished job's log beside its output (the backend's copy goes with a head restart), then
@@ -737,7 +799,7 @@ class JobService:
 
         self.c.db.write(tx)
 
-    def _settle(self, job: Job, status: BackendStatus) -> None:
+    def _settle(self, job: Job, status: BackendStatus, *, lost: bool = False) -> None:
         """Meter, settle the hold and finish the job in one transaction (exactly once)."""
         now = self.c.clock.now_ms()
 
@@ -759,7 +821,7 @@ class JobService:
             jobs_db.record_usage(conn, org_id=current.org_id, records=records)
             if hold.state is HoldState.HELD:
                 self.c.ledger.close(conn, hold=hold, target=HoldState.SETTLED, cost=cost, now_ms=now)
-            final = _final_state(current, status)
+            final = JobState.LOST if lost else _final_state(current, status)
             if current.state is JobState.ADMITTED and final is not JobState.STOPPED:
                 current = jobs_db.move(conn, current, JobState.RUNNING, started_ms=start)
             jobs_db.move(

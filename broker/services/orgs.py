@@ -11,7 +11,51 @@ from broker.container import Container
 from broker.db import orgs, vouchers
 from broker.db.orgs import Principal
 from broker.services.access import own_or_operator, require_role
-from common.errors import InvalidInput
+from broker.services.tokens import authenticate, token_expiry
+from common.errors import InvalidInput, NotFound
+from common.uscc import validate as validate_uscc
+
+
+def check_identity(identity: orgs.Identity | None) -> orgs.Identity | None:
+    """``identity`` with its unified social credit code validated and normalised (``InvalidUscc`` names the
+    wrong position) and blank names dropped."""
+    if identity is None:
+        return None
+    return orgs.Identity(
+        uscc=validate_uscc(identity.uscc) if identity.uscc else None,
+        name_zh=(identity.name_zh or "").strip() or None,
+        name_en=(identity.name_en or "").strip() or None,
+        locale=identity.locale,
+    )
+
+
+def settings_for(
+    currency: str | None, time_zone: str | None, locale: str | None
+) -> vouchers.ProgrammeSettings:
+    """A programme's settings from what was asked: a CNY programme defaults to Asia/Shanghai and zh_CN, any
+    other (or a currency-less one) to UTC and no default language."""
+    chinese = currency == "CNY"
+    zone = time_zone or ("Asia/Shanghai" if chinese else "UTC")
+    return vouchers.ProgrammeSettings(currency, zone, locale or ("zh_CN" if chinese else None))
+
+
+def check_settings(settings: vouchers.ProgrammeSettings | None) -> vouchers.ProgrammeSettings | None:
+    """A programme's settings, refusing an unknown currency or time zone. ``None`` (internal callers that name
+    none) stays ``None``: a currency-less programme in UTC, as before programmes had currencies; the API and
+    the CLI ask for CNY in Asia/Shanghai by default (:func:`settings_for`)."""
+    if settings is None:
+        return None
+    if settings.currency is not None and settings.currency not in get_global("all_currencies"):
+        raise InvalidInput(
+            f"unknown currency {settings.currency!r} (ISO 4217, e.g. CNY)", code="unknown_currency"
+        )
+    try:
+        ZoneInfo(settings.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"unknown time zone {settings.time_zone!r} (IANA, e.g. Asia/Shanghai)", code="unknown_time_zone"
+        ) from None
+    return settings
 
 
 class OrgService:
@@ -87,7 +131,7 @@ class OrgService:
         target = org_id if principal is None else own_or_operator(principal, org_id)
         if ttl_s is not None and ttl_s <= 0:
             raise InvalidInput("a token's lifetime must be positive")
-        expires = now + ttl_s * 1000 if ttl_s else None
+        expires = token_expiry(self.c, principal, now_ms=now, ttl_s=ttl_s)  # never beyond the creator's
 
         def tx(conn: Connection) -> dict[str, Any]:
             org = orgs.get_org(conn, target)
@@ -137,5 +181,4 @@ class OrgService:
 
     def authenticate(self, bearer: str) -> Principal | None:
         """The principal of a bearer token, or ``None``."""
-        now = self.c.clock.now_ms()
-        return self.c.db.read(lambda conn: orgs.authenticate(conn, bearer, now_ms=now))
+        return authenticate(self.c, bearer)  # 503 database_unavailable when the database cannot answer

@@ -11,6 +11,7 @@ from broker.services.jobs import JobService
 from broker.services.ledger import LedgerService
 from broker.services.orgs import OrgService
 from broker.services.reports import ReportService
+from broker.services.tokens import TokenService
 from broker.services.training import KIND as TRAINING_KIND
 from broker.services.training import TrainingService
 from broker.services.vouchers import VoucherService
@@ -29,6 +30,7 @@ class Services:
     jobs: JobService
     reports: ReportService
     training: TrainingService
+    tokens: TokenService
 
 
 def build_services(container: Container) -> Services:
@@ -47,4 +49,5 @@ def build_services(container: Container) -> Services:
         jobs=jobs,
         training=training,
         reports=ReportService(container),
+        tokens=TokenService(container),
     )

@@ -49,8 +49,11 @@ def _style() -> str:
     return (STATIC / "style.css").read_text()
 
 
-def subsidy_html(document: Mapping[str, Any]) -> str:
-    """The printable subsidy report: table, totals, cost by SME and use over time as inline SVG."""
+def subsidy_html(document: Mapping[str, Any], *, linked_style: bool = False) -> str:
+    """The printable subsidy report: table, totals, cost by SME and use over time as inline SVG.
+
+    A standalone file carries its stylesheet inline; the dashboard (``linked_style``) links ``/ui/static``
+    instead, so its strict Content-Security-Policy needs no inline style."""
     report = document["report"]
     single_month = report["period"]["end_ms"] - report["period"]["start_ms"] <= 31 * 86_400_000
     fmt = "%d" if single_month else "%Y-%m"
@@ -77,7 +80,7 @@ def subsidy_html(document: Mapping[str, Any]) -> str:
         signature=signature_header(document),
         by_sme=by_sme,
         over_time=over_time,
-        style=_style(),
+        style="" if linked_style else _style(),
     )
 
 

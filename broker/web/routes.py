@@ -23,7 +23,7 @@ from broker.services.registry import Services
 from broker.web.render import STATIC, render, subsidy_html
 from broker.web.views import current_period, dashboard
 from common.errors import DomainError, InvalidInput
-from common.numbers import parse_exact
+from common.numbers import check_text, parse_exact
 from privacy.queries import MAX_EPSILON_MICRO
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -52,7 +52,7 @@ async def _form(request: Request) -> dict[str, str]:
     if len(body) > _MAX_FORM_BYTES:
         raise Forbidden("form too large")
     parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True, max_num_fields=20)
-    return {k: v[0] for k, v in parsed.items()}
+    return {check_text(k, "form"): check_text(v[0], k) for k, v in parsed.items()}
 
 
 @router.get("", openapi_extra=policy("any"))
@@ -118,7 +118,7 @@ def report_page(request: Request, services: ServicesDep) -> Response:
     period = request.query_params.get("period") or current_period(services.container.clock.now_ms())
     issuer = request.query_params.get("issuer_org") or None
     document = services.reports.subsidy(principal, period=period[:20], issuer_org=issuer)
-    return HTMLResponse(subsidy_html(document))
+    return HTMLResponse(subsidy_html(document, linked_style=True))
 
 
 @router.post("/requests/{request_id}/{decision}", openapi_extra=policy("custodian"))
@@ -132,6 +132,23 @@ async def decide(request_id: str, decision: str, request: Request, services: Ser
         notice = _apply_decision(services, principal, request_id, decision, form)
     except DomainError as exc:
         notice = f"Not done: {exc.detail}"
+    return RedirectResponse(f"/ui?{urlencode({'notice': notice})}", status_code=303)
+
+
+@router.post("/tokens/{token_id}/revoke", openapi_extra=policy("any"))
+async def revoke_token(token_id: str, request: Request, services: ServicesDep) -> Response:
+    """Revoke a token from the dashboard (operators: any; others: their organisation's)."""
+    principal = _principal(request, services)
+    if principal is None:
+        return _to_login()
+    await _form(request)  # the same-origin check of every form post
+    try:
+        services.tokens.revoke(principal, token_id=token_id)
+        notice = f"Token {token_id} revoked."
+    except DomainError as exc:
+        notice = f"Not done: {exc.detail}"
+    if token_id == principal.token_id:
+        return _to_login()
     return RedirectResponse(f"/ui?{urlencode({'notice': notice})}", status_code=303)
 
 

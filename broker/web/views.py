@@ -15,6 +15,7 @@ from broker.services.registry import Services
 
 ACTIVE = ("admitted", "running")
 AUDIT_ROWS = 15
+TOKEN_ROWS = 50
 
 
 def current_period(now_ms: int) -> str:
@@ -80,6 +81,7 @@ def _operator(services: Services, op: Principal) -> dict[str, Any]:
         "audit": audit,
         "audit_count": audit[0]["seq"] if audit else 0,
         "orgs": orgs,
+        "tokens": services.tokens.list(op)[:TOKEN_ROWS],
     }
 
 

@@ -49,6 +49,7 @@ HIDDEN_ROUTES = {
     ("GET", "/ui/data.json"),
     ("GET", "/ui/report"),
     ("POST", "/ui/requests/{request_id}/{decision}"),
+    ("POST", "/ui/tokens/{token_id}/revoke"),
     ("GET", "/ui/static/{name}"),
 }
 ANONYMOUS = "anonymous"

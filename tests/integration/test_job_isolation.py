@@ -19,10 +19,12 @@ import pytest
 from broker.compute import BackendState, FakeBackend, SandboxUnavailable, launch_name
 from broker.compute.fake import FakeScript
 from broker.compute.ray_jobs import RayJobsBackend
+from broker.db.jobs import DEFAULT_RATE_CARD
 from broker.services.jobs import JobRequest
 from broker.services.registry import Services
 from common.errors import Conflict, DomainError
 from common.resources import Resources
+from quotas.pricing import price
 from quotas.quota import QuotaExceeded
 from tests.conftest import BACKENDS, World
 
@@ -176,3 +178,53 @@ def test_output_is_downloadable_once_the_job_ended(world: World, fake: FakeBacke
     with pytest.raises(DomainError) as missing:
         world.services.jobs.output(world.sme_b, job_id=job["id"])  # another SME: the same 404 as missing
     assert missing.value.code == "not_found"
+
+
+def _tick(world: World, ms: int = 0) -> None:
+    world.clock.advance(ms)
+    world.services.jobs.reconcile_pass()
+    world.services.jobs.admission_pass()
+
+
+def test_a_lost_job_is_billed_up_to_when_it_was_last_seen_running(world: World, fake: FakeBackend) -> None:
+    world.credit(10_000_000)
+    job = _submit(world)
+    name = launch_name(job["id"])
+    fake.script(name, FakeScript(run_ms=None))  # runs until stopped
+    _tick(world)
+    _tick(world, 1_000)
+    running = world.services.jobs.get(world.sme, job_id=job["id"])
+    assert running["state"] == "running"
+    _tick(world, 10_000)  # the last reconcile that sees it running
+    last_seen = world.clock.now_ms()
+    fake.lose(name)
+    fake.set_down()
+    for _ in range(5):
+        _tick(world, 60_000)  # a 5-minute outage: nothing is billed or settled meanwhile
+    assert world.services.jobs.get(world.sme, job_id=job["id"])["state"] == "running"
+    fake.set_down(False)
+    _tick(world, 1_000)
+    lost = world.services.jobs.get(world.sme, job_id=job["id"])
+    assert lost["state"] == "lost" and "last saw it running" in lost["message"]
+    assert lost["ended_ms"] == last_seen  # billed to the last sighting, not through the outage
+    assert lost["cost"] == price(ONE_CPU, last_seen - lost["started_ms"], DEFAULT_RATE_CARD)
+    assert world.services.ledger.invariants() == []
+
+
+def test_a_stop_while_the_backend_is_down_is_recorded_and_applied_later(
+    world: World, fake: FakeBackend
+) -> None:
+    world.credit(10_000_000)
+    job = _submit(world)
+    fake.script(launch_name(job["id"]), FakeScript(run_ms=None))
+    _tick(world)
+    _tick(world, 1_000)
+    fake.set_down()
+    outcome = world.services.jobs.request_stop(world.sme, job_id=job["id"])
+    assert outcome.pending and outcome.job["stop_requested"] is True
+    _tick(world, 5_000)
+    assert world.services.jobs.get(world.sme, job_id=job["id"])["state"] == "running"  # still down
+    fake.set_down(False)
+    _tick(world, 1_000)  # the reconcile pass applies the recorded stop
+    _tick(world, 1_000)
+    assert world.services.jobs.get(world.sme, job_id=job["id"])["state"] == "stopped"

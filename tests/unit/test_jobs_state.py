@@ -39,6 +39,7 @@ def test_terminal_states() -> None:
         JobState.FAILED,
         JobState.STOPPED,
         JobState.TIMED_OUT,
+        JobState.LOST,
         JobState.REJECTED,
     }
     assert all(is_terminal(s) == s.is_terminal() for s in JobState)
@@ -92,5 +93,6 @@ def test_state_values_are_stable_strings() -> None:
         "failed",
         "stopped",
         "timed_out",
+        "lost",
         "rejected",
     ]
