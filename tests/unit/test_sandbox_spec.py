@@ -4,6 +4,7 @@ arithmetic, and the cgroup file handling on a directory laid out like a cgroup v
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from broker.compute.sandbox.limits import (
     cpu_set,
     create_cgroup,
     rlimits,
+    sweep_stale,
 )
 
 LIMITS = SandboxLimits(memory_mib=512, milli_cpu=1500, max_pids=64, disk_mib=100, log_bytes=4096, tmp_mib=32)
@@ -345,6 +347,16 @@ def test_cgroup_v1_files_on_a_fake_hierarchy(tmp_path: Path) -> None:
     (memory / "memory.failcnt").write_text("5\n")
     assert group.oom_kills() == 5
     assert len(Cgroup(1, group.dirs).procs_files()) == 3
+
+
+def test_stale_groups_of_dead_launchers_are_swept(tmp_path: Path) -> None:
+    (tmp_path / "sbx-job-999999999").mkdir()  # no such pid: a launcher killed with SIGKILL
+    (tmp_path / f"sbx-job-{os.getpid()}").mkdir()  # a live launcher's group
+    busy = tmp_path / "sbx-busy-999999998"
+    busy.mkdir()
+    (busy / "cgroup.procs").write_text("123\n")
+    assert sweep_stale(tmp_path) == [tmp_path / "sbx-job-999999999"]
+    assert (tmp_path / f"sbx-job-{os.getpid()}").exists() and busy.exists()
 
 
 def test_disk_usage_counts_each_inode_once_and_sparse_files_in_full(tmp_path: Path) -> None:

@@ -157,6 +157,23 @@ class Cgroup:
                     time.sleep(0.02)
 
 
+def sweep_stale(parent: Path) -> list[Path]:
+    """Remove the empty groups that launchers killed with SIGKILL left in ``parent`` (their pid is gone).
+
+    A group is ``sbx-<job>-<launcher pid>``; one whose launcher is alive is never touched, and one that
+    still has processes is not empty (``rmdir`` would refuse it anyway). Returns what was removed.
+    """
+    removed = []
+    for group in parent.glob("sbx-*-*"):
+        pid = group.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or _read(group / "cgroup.procs").strip():
+            continue
+        with contextlib.suppress(OSError):
+            group.rmdir()
+            removed.append(group)
+    return removed
+
+
 def _write_v1_limits(dirs: Mapping[str, Path], limits: SandboxLimits) -> None:
     """memory (+swap off), CPU quota and pids of a v1 group."""
     mem = dirs["memory"]
@@ -186,6 +203,7 @@ def _create_v1(root: Path, name: str, limits: SandboxLimits, own: Mapping[str, s
     try:
         for c in V1_CONTROLLERS:
             parent = root / c / own.get(c, "/").lstrip("/")
+            sweep_stale(parent)
             dirs[c] = parent / name
             dirs[c].mkdir()
         _write_v1_limits(dirs, limits)
@@ -220,7 +238,9 @@ def _create_v2(root: Path, name: str, limits: SandboxLimits, own: Mapping[str, s
     """A v2 group with memory, cpu and pids enabled, under the nearest ancestor that allows it."""
     group: Path | None = None
     try:
-        group = _v2_parent(root, own.get("", "/")) / name
+        parent = _v2_parent(root, own.get("", "/"))
+        sweep_stale(parent)
+        group = parent / name
         group.mkdir()
         _write_v2_limits(group, limits)
     except OSError as exc:
