@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query
 from broker.api import models as m
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
+from broker.db.orgs import Identity
+from broker.services.orgs import settings_for
 from common.numbers import INT64_MAX
 from quotas.ledger import HoldState
 
@@ -31,6 +33,8 @@ def create_org(body: m.OrgCreate, principal: PrincipalDep, services: ServicesDep
         year_budget=body.year_budget,
         sme_cap=body.sme_cap,
         copay_limit=body.copay_limit,
+        identity=Identity(body.uscc, body.name_zh, body.name_en, body.locale),
+        settings=settings_for(body.currency, body.time_zone, body.locale),
     )
 
 
@@ -38,6 +42,12 @@ def create_org(body: m.OrgCreate, principal: PrincipalDep, services: ServicesDep
 def list_orgs(principal: PrincipalDep, services: ServicesDep) -> list[dict[str, Any]]:
     """Organisations visible to the caller."""
     return services.orgs.list(principal)
+
+
+@router.get("/orgs/by-uscc/{uscc}", openapi_extra=policy("operator", "own"))
+def org_by_uscc(uscc: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
+    """The organisation with a unified social credit code (operators: any; others: their own)."""
+    return services.orgs.by_uscc(principal, uscc)
 
 
 @router.post("/orgs/{org_id}/tokens", status_code=201, openapi_extra=policy("operator", "own"))

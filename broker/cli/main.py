@@ -14,7 +14,9 @@ import typer
 
 from broker.cli.client import CliError, call, emit, fail
 from broker.cli.data import access_app, dataset_app, query_app
+from broker.cli.doctor import doctor
 from broker.cli.jobs import job_app, meter_app, quota_app, ratecard_app
+from broker.cli.orgs import org_line, yuan_option
 from broker.cli.reports import report_app
 from broker.cli.training import train_app
 
@@ -155,18 +157,42 @@ def org_create(
     year_budget: Annotated[int | None, typer.Option(help="Issuer: credits per year.")] = None,
     sme_cap: Annotated[int | None, typer.Option(help="Issuer: credits per SME.")] = None,
     copay_limit: Annotated[int, typer.Option(help="SME: co-payment limit in credits.")] = 0,
+    uscc: Annotated[str | None, typer.Option(help="Unified social credit code (18 characters).")] = None,
+    name_zh: Annotated[str | None, typer.Option(help="Registered Chinese name.")] = None,
+    name_en: Annotated[str | None, typer.Option(help="English name.")] = None,
+    currency: Annotated[str, typer.Option(help="Issuer: ISO 4217 currency, or 'credits'.")] = "CNY",
+    time_zone: Annotated[str | None, typer.Option(help="Issuer: IANA zone (CNY: Asia/Shanghai).")] = None,
+    budget_yuan: Annotated[str | None, typer.Option(help="Issuer: yearly budget in yuan (12.34).")] = None,
+    cap_yuan: Annotated[str | None, typer.Option(help="Issuer: per-SME cap in yuan.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an organisation."""
+    """Create an organisation (budgets in the currency's smallest unit, or in yuan with --budget-yuan)."""
+    money = None if currency == "credits" else currency
     body = {
         "name": name,
         "role": role,
-        "year_budget": year_budget,
-        "sme_cap": sme_cap,
+        "year_budget": yuan_option(budget_yuan, "--budget-yuan", money, year_budget),
+        "sme_cap": yuan_option(cap_yuan, "--cap-yuan", money, sme_cap),
         "copay_limit": copay_limit,
+        "uscc": uscc,
+        "name_zh": name_zh,
+        "name_en": name_en,
+        "currency": money,
+        "time_zone": time_zone,
     }
     data, js = call(ctx, as_json, "POST", "/api/v1/orgs", body=body)
     emit(data, as_json=js, human=f"created {data['role']} {data['name']}: {data['id']}")
+
+
+@org_app.command("show")
+def org_show(
+    ctx: typer.Context,
+    uscc: Annotated[str, typer.Option(help="Find the organisation by its unified social credit code.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an organisation found by its unified social credit code."""
+    data, js = call(ctx, as_json, "GET", f"/api/v1/orgs/by-uscc/{uscc.strip()}")
+    emit(data, as_json=js, human=org_line(data))
 
 
 @org_app.command("list")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
@@ -37,22 +38,66 @@ class Organisation:
     name: str
     role: str
     created_ms: int
+    uscc: str | None = None  # GB 32100-2015 code, validated by common.uscc before it gets here
+    name_zh: str | None = None  # registered Chinese name
+    name_en: str | None = None
+    locale: str | None = None  # the organisation's language choice (zh-CN, en)
+
+
+def _org(row: Any) -> Organisation:
+    return Organisation(
+        row.id, row.name, row.role, row.created_ms, row.uscc, row.name_zh, row.name_en, row.locale
+    )
 
 
 def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_org(conn: Connection, *, name: str, role: str, now_ms: int) -> Organisation:
-    """Insert an organisation; its name must be unique."""
+def create_org(
+    conn: Connection, *, name: str, role: str, now_ms: int, identity: Identity | None = None
+) -> Organisation:
+    """Insert an organisation; its name and its unified social credit code (when given) must be unique."""
     if role not in ROLES:
         raise Conflict(f"unknown role {role!r}; choose one of {', '.join(ROLES)}", code="invalid_role")
     existing = conn.execute(select(t.organisations.c.id).where(t.organisations.c.name == name)).first()
     if existing is not None:
         raise Conflict(f"an organisation named {name!r} already exists", code="name_taken")
-    org = Organisation(new_id("org"), name, role, now_ms)
-    conn.execute(insert(t.organisations).values(id=org.id, name=name, role=role, created_ms=now_ms))
+    ident = identity or Identity()
+    if ident.uscc is not None:
+        taken = conn.execute(select(t.organisations.c.id).where(t.organisations.c.uscc == ident.uscc)).first()
+        if taken is not None:
+            raise Conflict(f"an organisation with uscc {ident.uscc} already exists", code="uscc_taken")
+    org = Organisation(new_id("org"), name, role, now_ms, *astuple(ident))
+    conn.execute(
+        insert(t.organisations).values(id=org.id, name=name, role=role, created_ms=now_ms, **asdict(ident))
+    )
     return org
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An organisation's legal identity and language (all optional): what ``create_org`` stores beside the name."""
+
+    uscc: str | None = None
+    name_zh: str | None = None
+    name_en: str | None = None
+    locale: str | None = None
+
+
+def find_by_uscc(conn: Connection, uscc: str) -> Organisation:
+    """The organisation with this (normalised) unified social credit code, or :class:`NotFound`."""
+    row = conn.execute(select(t.organisations).where(t.organisations.c.uscc == uscc)).first()
+    if row is None:
+        raise NotFound(f"no organisation with uscc {uscc}")
+    return _org(row)
+
+
+def set_locale(conn: Connection, org_id: str, locale: str | None) -> None:
+    """Record an organisation's language choice (``None``: follow the browser, then the programme)."""
+    query = update(t.organisations).where(t.organisations.c.id == org_id).values(locale=locale)
+    if conn.execute(query).rowcount == 0:
+        raise NotFound(f"no organisation {org_id}")
 
 
 def get_org(conn: Connection, org_id: str) -> Organisation:
@@ -60,7 +105,7 @@ def get_org(conn: Connection, org_id: str) -> Organisation:
     row = conn.execute(select(t.organisations).where(t.organisations.c.id == org_id)).first()
     if row is None:
         raise NotFound(f"no organisation {org_id}")
-    return Organisation(row.id, row.name, row.role, row.created_ms)
+    return _org(row)
 
 
 def list_orgs(conn: Connection, *, role: str | None = None) -> list[Organisation]:
@@ -68,7 +113,7 @@ def list_orgs(conn: Connection, *, role: str | None = None) -> list[Organisation
     query = select(t.organisations).order_by(t.organisations.c.created_ms, t.organisations.c.id)
     if role is not None:
         query = query.where(t.organisations.c.role == role)
-    return [Organisation(r.id, r.name, r.role, r.created_ms) for r in conn.execute(query)]
+    return [_org(r) for r in conn.execute(query)]
 
 
 def create_token(

@@ -1,4 +1,9 @@
-"""The subsidy roll-up: per programme, SME and UTC day, what the subsidy report sums.
+"""The subsidy roll-up: per programme, SME and UTC quarter-hour, what the subsidy report sums.
+
+Buckets are quarter-hours (migration 0010; they were UTC days) because every time zone's offset is a whole
+number of quarter-hours: a programme in ``Asia/Shanghai`` closes its months at 16:00 UTC, which is a bucket
+edge, so a report in any zone sums whole buckets (a UTC day would put 00:00-08:00 Beijing time in the day
+before).
 
 A settlement adds its numbers to the roll-up in its own transaction (:func:`add_settlement`), so the roll-up
 always equals what the ledger and the usage records say — the same sums the report used to compute from
@@ -22,7 +27,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.db import tables as t
 
-DAY_MS = 86_400_000
+BUCKET_MS = 900_000
+"""The roll-up's bucket: a quarter-hour, the finest grain of any time zone's offset."""
 _JOB_USAGE = select(t.usage_records.c.resource, t.usage_records.c.quantity).where(
     t.usage_records.c.job_id == bindparam("job_id")
 )
@@ -55,7 +61,7 @@ def add_settlement(
         row = {
             "issuer_org": issuer,
             "org_id": org_id,
-            "day_ms": now_ms - now_ms % DAY_MS,
+            "day_ms": now_ms - now_ms % BUCKET_MS,
             "jobs": 1,
             "voucher": amount,
             "copay": copay,
@@ -95,14 +101,14 @@ REBUILD = text(
                SUM(CASE WHEN resource = 'memory' THEN quantity ELSE 0 END) AS memory
         FROM usage_records GROUP BY job_id
     )
-    SELECT m.issuer_org, m.org_id, m.ts - m.ts % 86400000, COUNT(*), SUM(m.amount), SUM(h.settled - p.paid),
+    SELECT m.issuer_org, m.org_id, m.ts - m.ts % 900000, COUNT(*), SUM(m.amount), SUM(h.settled - p.paid),
            COALESCE(SUM(u.cpu), 0), COALESCE(SUM(u.gpu), 0), COALESCE(SUM(u.memory), 0)
     FROM mine m
     JOIN per_hold p ON p.hold_id = m.hold_id
     JOIN holds h ON h.id = m.hold_id
     LEFT JOIN job_usage u ON u.job_id = h.job_id
     WHERE m.amount > 0
-    GROUP BY m.issuer_org, m.org_id, m.ts - m.ts % 86400000
+    GROUP BY m.issuer_org, m.org_id, m.ts - m.ts % 900000
     """
 )
 

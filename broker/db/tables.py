@@ -40,6 +40,12 @@ organisations = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("role", String(16), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
+    # Legal identity (0010): the GB 32100-2015 unified social credit code (common.uscc), the registered
+    # Chinese name and an optional English one; the organisation's language for what it is shown (zh-CN, en).
+    Column("uscc", String(18), nullable=True, unique=True),
+    Column("name_zh", String(200), nullable=True),
+    Column("name_en", String(200), nullable=True),
+    Column("locale", String(10), nullable=True),
     CheckConstraint("role IN ('operator','issuer','custodian','sme')", name="role"),
 )
 
@@ -61,6 +67,11 @@ programmes = Table(
     Column("org_id", String(40), ForeignKey("organisations.id"), primary_key=True),
     Column("year_budget", BigInteger, nullable=False),
     Column("sme_cap", BigInteger, nullable=False),
+    # 0010: amounts are the currency's smallest unit (fen for CNY); NULL is a currency-less "credits"
+    # programme. Report periods, year budgets and expiry dates are in ``time_zone`` (IANA), stored as UTC.
+    Column("currency", String(3), nullable=True),
+    Column("time_zone", String(64), nullable=False, server_default="UTC"),
+    Column("default_locale", String(10), nullable=True),
     CheckConstraint("year_budget >= 0 AND sme_cap >= 0", name="non_negative"),
 )
 
@@ -349,7 +360,9 @@ subsidy_daily = Table(
     metadata,
     Column("issuer_org", String(40), ForeignKey("organisations.id"), primary_key=True),
     Column("org_id", String(40), ForeignKey("organisations.id"), primary_key=True),
-    Column("day_ms", BigInteger, primary_key=True),  # UTC midnight of the settlement day
+    # The start of the settlement's UTC quarter-hour (0010; was its UTC day): every time zone's midnight falls on
+    # one, so a report in any programme zone sums whole buckets.
+    Column("day_ms", BigInteger, primary_key=True),
     Column("jobs", BigInteger, nullable=False),  # settled holds this programme paid a part of
     Column("voucher", BigInteger, nullable=False),  # this programme's share of their cost
     Column("copay", BigInteger, nullable=False),  # the SME's co-payment of those holds

@@ -15,11 +15,15 @@ from vouchers import IssuerKey, KeyStatus, VoucherClaims, claims_record
 
 @dataclass(frozen=True, slots=True)
 class Programme:
-    """An issuer's yearly voucher budget and its cap per SME (credits)."""
+    """An issuer's yearly voucher budget and its cap per SME (in the currency's smallest unit: fen for CNY),
+    its currency (``None``: currency-less "credits"), the time zone its periods are kept in, and its language."""
 
     org_id: str
     year_budget: int
     sme_cap: int
+    currency: str | None = None
+    time_zone: str = "UTC"
+    default_locale: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +47,35 @@ class VoucherRecord:
     origin: str
 
 
-def set_programme(conn: Connection, *, org_id: str, year_budget: int, sme_cap: int) -> Programme:
-    """Create or replace an issuer's programme limits."""
-    updated = conn.execute(
-        update(t.programmes)
-        .where(t.programmes.c.org_id == org_id)
-        .values(year_budget=year_budget, sme_cap=sme_cap)
-    )
+def set_programme(
+    conn: Connection,
+    *,
+    org_id: str,
+    year_budget: int,
+    sme_cap: int,
+    settings: ProgrammeSettings | None = None,
+) -> Programme:
+    """Create or replace an issuer's programme limits (and, when given, its currency, zone and language)."""
+    values: dict[str, Any] = {"year_budget": year_budget, "sme_cap": sme_cap}
+    if settings is not None:
+        values |= {
+            "currency": settings.currency,
+            "time_zone": settings.time_zone,
+            "default_locale": settings.default_locale,
+        }
+    updated = conn.execute(update(t.programmes).where(t.programmes.c.org_id == org_id).values(**values))
     if updated.rowcount == 0:
-        conn.execute(insert(t.programmes).values(org_id=org_id, year_budget=year_budget, sme_cap=sme_cap))
-    return Programme(org_id, year_budget, sme_cap)
+        conn.execute(insert(t.programmes).values(org_id=org_id, **values))
+    return get_programme(conn, org_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgrammeSettings:
+    """How a programme counts and keeps time: ISO 4217 currency (``None``: credits), IANA zone, language."""
+
+    currency: str | None = "CNY"
+    time_zone: str = "Asia/Shanghai"
+    default_locale: str | None = "zh_CN"
 
 
 def get_programme(conn: Connection, org_id: str, *, lock: bool = False) -> Programme:
@@ -65,7 +88,9 @@ def get_programme(conn: Connection, org_id: str, *, lock: bool = False) -> Progr
     row = conn.execute(query.with_for_update() if lock else query).first()
     if row is None:
         raise NotFound(f"issuer {org_id} has no programme yet; an operator sets its budget and SME cap first")
-    return Programme(row.org_id, int(row.year_budget), int(row.sme_cap))
+    return Programme(
+        row.org_id, int(row.year_budget), int(row.sme_cap), row.currency, row.time_zone, row.default_locale
+    )
 
 
 def add_key(

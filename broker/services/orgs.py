@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel.core import get_global
 from sqlalchemy import Connection
 
 from broker.container import Container
@@ -73,11 +75,17 @@ class OrgService:
         year_budget: int | None = None,
         sme_cap: int | None = None,
         copay_limit: int = 0,
+        identity: orgs.Identity | None = None,
+        settings: vouchers.ProgrammeSettings | None = None,
     ) -> dict[str, Any]:
         """Create an organisation with its ledger accounts (and programme for an issuer); operators only.
 
-        ``principal`` is ``None`` only for ``sbx init`` (bootstrapping the first operator).
+        ``principal`` is ``None`` only for ``sbx init`` (bootstrapping the first operator). ``identity`` (its
+        unified social credit code, validated here, and registered names) and an issuer's ``settings``
+        (currency, time zone, language; default CNY in Asia/Shanghai) are optional.
         """
+        identity = check_identity(identity)
+        settings = check_settings(settings)
         if principal is not None:
             require_role(principal, "operator")
         if not name.strip():
@@ -89,7 +97,7 @@ class OrgService:
         now = self.c.clock.now_ms()
 
         def tx(conn: Connection) -> dict[str, Any]:
-            org = orgs.create_org(conn, name=name.strip(), role=role, now_ms=now)
+            org = orgs.create_org(conn, name=name.strip(), role=role, now_ms=now, identity=identity)
             self.c.ledger.open_org_accounts(conn, org_id=org.id, role=role, copay_limit=copay_limit)
             out = asdict(org)
             if role == "issuer":
@@ -97,7 +105,9 @@ class OrgService:
                 if year_budget < 0 or sme_cap < 0:
                     raise InvalidInput("budgets cannot be negative")
                 out["programme"] = asdict(
-                    vouchers.set_programme(conn, org_id=org.id, year_budget=year_budget, sme_cap=sme_cap)
+                    vouchers.set_programme(
+                        conn, org_id=org.id, year_budget=year_budget, sme_cap=sme_cap, settings=settings
+                    )
                 )
             self.c.audit.append(
                 conn,
@@ -107,7 +117,7 @@ class OrgService:
                 object_type="org",
                 object_id=org.id,
                 org_id=org.id,
-                details={"name": org.name, "role": role},
+                details={"name": org.name, "role": role, "uscc": org.uscc},
             )
             return out
 
@@ -122,6 +132,15 @@ class OrgService:
             return [asdict(orgs.get_org(conn, principal.org_id))]
 
         return self.c.db.read(tx)
+
+    def by_uscc(self, principal: Principal, uscc: str) -> dict[str, Any]:
+        """The organisation with this unified social credit code: operators any, others only their own (a
+        foreign one is the same 404 as a missing one)."""
+        code = validate_uscc(uscc)
+        org = self.c.db.read(lambda conn: orgs.find_by_uscc(conn, code))
+        if principal.role != "operator" and org.id != principal.org_id:
+            raise NotFound(f"no organisation with uscc {code}")
+        return asdict(org)
 
     def create_token(
         self, principal: Principal | None, *, org_id: str, label: str = "", ttl_s: int | None = None
