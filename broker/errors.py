@@ -74,6 +74,8 @@ _STATUS_BY_CODE: dict[str, int] = {
     "invalid_query": 422,
     "invalid_training_spec": 422,
     "query_failed": 500,
+    "query_in_progress": 409,
+    "query_interrupted": 409,
     "training_failed": 500,
     "secure_rng_unavailable": 503,
     "rate_limited": 429,

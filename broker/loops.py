@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from broker.services.idem import purge_expired
 from broker.services.registry import Services
 
 log = logging.getLogger("sbx.loops")
@@ -60,6 +61,8 @@ class BackgroundLoops:
             ("reaper", services.ledger.reap, 10),
             (
                 "audit-checkpoint",
+            ("privacy-reconcile", services.datasets.reconcile_interrupted, self._rounds(30)),
+            ("idempotency-retention", self._purge_keys, self._rounds(3600)),
                 lambda: services.audit.checkpoint(None),
                 self._rounds(settings.audit_checkpoint_interval_s),
             ),
@@ -72,6 +75,11 @@ class BackgroundLoops:
         self._round = 0
         self._wake = threading.Event()
         services.jobs.wakeup = self.wake
+
+    def _purge_keys(self) -> int:
+        """Forget idempotency keys past their retention (``SBX_IDEMPOTENCY_RETENTION_S``)."""
+        c = self.services.container
+        return purge_expired(c.db, now_ms=c.clock.now_ms(), retention_s=c.settings.idempotency_retention_s)
 
     def _rounds(self, every_s: int) -> int:
         """How many rounds make ``every_s`` seconds (at least one)."""

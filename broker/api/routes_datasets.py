@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import Field
 
-from broker.api.deps import PrincipalDep, ServicesDep, rate_limited
+from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.models import JsonObject, Strict, Text
 from broker.api.policy import policy
 from broker.services.datasets import MAX_QUERIES_PER_BATCH, decode_content
@@ -154,11 +154,20 @@ def request_access(
     "/datasets/{dataset_id}/queries", openapi_extra=policy("sme"), dependencies=[rate_limited("query")]
 )
 def run_queries(
-    dataset_id: str, body: QueryBatch, principal: PrincipalDep, services: ServicesDep
+    dataset_id: str,
+    body: QueryBatch,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    """Run DP queries within the caller's grant: the cost is reserved before any data is read."""
+    """Run DP queries within the caller's grant: the cost is reserved before any data is read. A retry
+    with the same ``Idempotency-Key`` and body gets the first answer (same values, charged once)."""
     return services.datasets.query(
-        principal, dataset_id=dataset_id, queries=body.queries, version=body.version
+        principal,
+        dataset_id=dataset_id,
+        queries=body.queries,
+        version=body.version,
+        idempotency_key=idempotency_key,
     )
 
 

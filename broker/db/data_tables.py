@@ -139,11 +139,12 @@ privacy_charges = Table(
     Column("rate_card_version", Integer, nullable=False),
     Column("credits", BigInteger, nullable=True),
     Column("elapsed_ms", BigInteger, nullable=True),
-    Column("status", String(10), nullable=False),
+    Column("status", String(16), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("finished_ms", BigInteger, nullable=True),
     CheckConstraint("kind IN ('query','training')", name="kind"),
-    CheckConstraint("status IN ('reserved','answered','failed')", name="status"),
+    # interrupted (0009): a run cut off by a crash, closed by reconciliation; its cost stays spent
+    CheckConstraint("status IN ('reserved','answered','failed','interrupted')", name="status"),
     CheckConstraint("epsilon_micro >= 0 AND delta_e12 >= 0", name="non_negative"),
 )
 

@@ -466,7 +466,7 @@ def insert_charge(
 
 
 def finish_charge(
-    conn: Connection, *, charge_id: str, status: str, credits: int, elapsed_ms: int, now_ms: int
+    conn: Connection, *, charge_id: str, status: str, credits: int, elapsed_ms: int | None, now_ms: int
 ) -> None:
     """Record how a reserved run ended (the privacy cost itself is never refunded)."""
     moved = conn.execute(
@@ -476,6 +476,42 @@ def finish_charge(
     )
     if moved.rowcount != 1:
         raise Conflict(f"charge {charge_id} was already finished")
+
+
+@dataclass(frozen=True, slots=True)
+class StaleCharge:
+    """A reservation still open after its run's deadline (what reconciliation needs to close it)."""
+
+    id: str
+    dataset_id: str
+    sme_org: str
+    hold_id: str | None
+    cost: PrivacyCost
+    created_ms: int
+
+
+def stale_charges(
+    conn: Connection, *, kind: str, created_before_ms: int, limit: int = 100
+) -> list[StaleCharge]:
+    """Charges of ``kind`` still ``reserved`` that were reserved before ``created_before_ms``, oldest first."""
+    c = dt.privacy_charges.c
+    rows = conn.execute(
+        select(c.id, c.dataset_id, c.sme_org, c.hold_id, c.epsilon_micro, c.delta_e12, c.created_ms)
+        .where(c.status == "reserved", c.kind == kind, c.created_ms < created_before_ms)
+        .order_by(c.created_ms, c.id)
+        .limit(limit)
+    )
+    return [
+        StaleCharge(
+            r.id,
+            r.dataset_id,
+            r.sme_org,
+            r.hold_id,
+            PrivacyCost(int(r.epsilon_micro), int(r.delta_e12)),
+            int(r.created_ms),
+        )
+        for r in rows
+    ]
 
 
 def get_charge(conn: Connection, charge_id: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.db import tables as t
@@ -41,14 +41,20 @@ _STORE = (
 )
 
 
-def claim(conn: Connection, *, org_id: str, key: str, req_hash: str, now_ms: int) -> Any | None:
+def claim(
+    conn: Connection, *, org_id: str, key: str, req_hash: str, now_ms: int, pending: Any = None
+) -> Any | None:
     """Claim ``key`` for this request. Returns the stored response of an earlier identical request, or
-    ``None`` when this request is the first (and must call :func:`store`)."""
+    ``None`` when this request is the first (and must call :func:`store`).
+
+    ``pending`` is what a retry reads until :func:`store` runs, for a request whose effect spans several
+    transactions (a DP query reserves, runs, then settles): a marker naming the work in progress.
+    """
     row_values = {
         "org_id": org_id,
         "key": key,
         "request_hash": req_hash,
-        "response": _PENDING,
+        "response": _PENDING if pending is None else _dumps(pending),
         "created_ms": now_ms,
     }
     inserted = conn.execute(_CLAIM[conn.dialect.name], row_values).first()
@@ -77,6 +83,13 @@ def _same_request(row: Any, key: str, req_hash: str) -> Any:
 
 def store(conn: Connection, *, org_id: str, key: str, response: Any) -> None:
     """Record the response of the request that claimed ``key`` (same transaction as its effect)."""
-    conn.execute(
-        _STORE, {"p_org": org_id, "p_key": key, "p_response": json.dumps(response, separators=(",", ":"))}
-    )
+    conn.execute(_STORE, {"p_org": org_id, "p_key": key, "p_response": _dumps(response)})
+
+
+def purge(conn: Connection, *, before_ms: int) -> int:
+    """Forget keys created before ``before_ms`` (their retention is over); returns how many went."""
+    return int(conn.execute(delete(t.idempotency).where(t.idempotency.c.created_ms < before_ms)).rowcount)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

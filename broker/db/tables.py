@@ -194,7 +194,7 @@ idempotency = Table(
     Column("key", String(200), primary_key=True),
     Column("request_hash", String(64), nullable=False),
     Column("response", Text, nullable=False),
-    Column("created_ms", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False, index=True),  # retention cleanup (0009)
 )
 
 audit_head = Table(
@@ -369,6 +369,20 @@ subsidy_daily = Table(
     Column("cpu", BigInteger, nullable=False),  # usage of their jobs: milli-CPU·ms
     Column("gpu", BigInteger, nullable=False),  # GPU·ms
     Column("memory", BigInteger, nullable=False),  # MiB·ms
+)
+
+# Settled holds no programme paid any part of (0009): the SME's co-payment alone, per SME and UTC day, so a
+# subsidy report counts every settled cost of its grantees (broker/db/subsidy.py).
+subsidy_copay = Table(
+    "subsidy_copay",
+    metadata,
+    Column("org_id", String(40), ForeignKey("organisations.id"), primary_key=True),
+    Column("day_ms", BigInteger, primary_key=True),  # UTC midnight of the settlement day
+    Column("jobs", BigInteger, nullable=False),
+    Column("copay", BigInteger, nullable=False),
+    Column("cpu", BigInteger, nullable=False),
+    Column("gpu", BigInteger, nullable=False),
+    Column("memory", BigInteger, nullable=False),
 )
 
 # KubeRay code archives (0006): a job's working dir served at a capability URL. Only the token's SHA-256 is

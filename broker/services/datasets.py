@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import threading
@@ -39,10 +40,12 @@ from sqlalchemy import Connection
 
 from broker.container import Container
 from broker.db import datasets as repo
+from broker.db import idempotency
 from broker.db.jobs import current_rate_card
 from broker.db.ledger import Hold
 from broker.db.orgs import Principal
 from broker.services.access import require_role
+from broker.services.idem import replayed
 from common.errors import Conflict, DomainError, InvalidInput, NotFound
 from common.ids import new_id
 from common.resources import Resources
@@ -83,6 +86,52 @@ MAX_QUERIES_PER_BATCH = 16
 QUERY_WORKERS = 2
 CACHE_BYTES = 2 * 1024**3
 INCOMING_PREFIX = "incoming"
+
+
+QUERY_OPERATION = "dataset.query"
+_PENDING = "sbx_pending_query"
+_FAILED = "sbx_failed_query"
+
+
+class QueryInterrupted(DomainError):
+    """The first request with this key was interrupted (a crash) after its privacy cost was reserved."""
+
+    code = "query_interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class _QueryKey:
+    """A DP query batch's idempotency key and the body it is bound to (what, not how, it asks)."""
+
+    org_id: str
+    key: str | None
+    dataset_id: str
+    version: int | None
+    queries: Sequence[dict[str, Any]]
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request the key is bound to."""
+        return {"dataset_id": self.dataset_id, "version": self.version, "queries": list(self.queries)}
+
+    def claim(self, conn: Connection, charge_id: str, *, now_ms: int) -> Any | None:
+        """Claim the key with a marker naming the charge (None: this request is first, or has no key)."""
+        if self.key is None:
+            return None
+        req_hash = idempotency.request_hash(QUERY_OPERATION, self.body)
+        return idempotency.claim(
+            conn,
+            org_id=self.org_id,
+            key=self.key,
+            req_hash=req_hash,
+            now_ms=now_ms,
+            pending={_PENDING: charge_id},
+        )
+
+    def store(self, conn: Connection, response: dict[str, Any]) -> None:
+        """Record the answer for the key (same transaction as the settlement)."""
+        if self.key is not None:
+            idempotency.store(conn, org_id=self.org_id, key=self.key, response=response)
 
 
 class QueryFailed(DomainError):
@@ -614,19 +663,49 @@ class DatasetService:
         dataset_id: str,
         queries: Sequence[dict[str, Any]],
         version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Answer a batch of DP queries within the SME's grant (steps in the module docstring)."""
+        """Answer a batch of DP queries within the SME's grant (steps in the module docstring).
+
+        With ``idempotency_key`` a retry of the same batch gets the first answer (its ``query_id`` and
+        released values, never a fresh draw, charged once); the key is claimed in the reservation's
+        transaction and the answer stored in the settlement's, before it is returned.
+        """
         require_role(principal, "sme")
         if not 1 <= len(queries) <= MAX_QUERIES_PER_BATCH:
             raise InvalidInput(f"send 1..{MAX_QUERIES_PER_BATCH} queries in one batch")
+        idem = _QueryKey(principal.org_id, idempotency_key, dataset_id, version, queries)
+        earlier = replayed(
+            self.c.db, org_id=idem.org_id, key=idem.key, operation=QUERY_OPERATION, body=idem.body
+        )
+        if earlier is not None:
+            return self._replay(earlier)
         # The grant first: a caller without access learns nothing, and spends nothing, on parsing its specs.
         grant_row, ver = self.c.db.read(lambda conn: self.grant_for(conn, principal, dataset_id, version))
         specs = [QuerySpec.from_dict(q) for q in queries]
         cost = compose(estimate_cost(s, ver.policy) for s in specs)
         charge_id = new_id("qry")
-        hold, remaining = self.c.db.write(
-            lambda conn: self._reserve(conn, principal, grant_row, ver, specs, cost, charge_id)
+        reserved = self.c.db.write(
+            lambda conn: self._claim_and_reserve(
+                conn, principal, grant_row, ver, specs, cost, charge_id, idem
+            )
         )
+        if isinstance(reserved, dict):  # a twin request with this key reserved first
+            return self._replay(reserved)
+        return self._answer(principal, ver, specs, cost, charge_id, reserved, idem)
+
+    def _answer(
+        self,
+        principal: Principal,
+        ver: repo.VersionRow,
+        specs: Sequence[QuerySpec],
+        cost: PrivacyCost,
+        charge_id: str,
+        reserved: tuple[Hold, PrivacyCost],
+        idem: _QueryKey,
+    ) -> dict[str, Any]:
+        """Run the reserved batch off the request thread, then settle and store its answer (or failure)."""
+        hold, remaining = reserved
         started = time.monotonic_ns()
         future = self._pool.submit(self._run, ver, specs)
         try:
@@ -634,28 +713,55 @@ class DatasetService:
         except Exception as exc:
             elapsed = (time.monotonic_ns() - started) // 1_000_000
             # The message may quote data: log and answer with the exception's type only.
-            log.error("DP query %s on %s failed (%s)", charge_id, dataset_id, type(exc).__name__)
-            self.c.db.write(
-                lambda conn: self._settle(conn, principal, hold, ver, charge_id, elapsed, ok=False)
-            )
-            raise QueryFailed(
+            log.error("DP query %s on %s failed (%s)", charge_id, ver.dataset_id, type(exc).__name__)
+            detail = (
                 f"query {charge_id} failed while running; its privacy cost {cost.to_display()} stays charged "
                 "because it was reserved before the data was read"
-            ) from None
+            )
+
+            def failed(conn: Connection) -> None:
+                self._settle(conn, principal, hold, ver, charge_id, elapsed, ok=False)
+                idem.store(conn, {_FAILED: detail})
+
+            self.c.db.write(failed)
+            raise QueryFailed(detail) from None
         elapsed = (time.monotonic_ns() - started) // 1_000_000
-        credits = self.c.db.write(
-            lambda conn: self._settle(conn, principal, hold, ver, charge_id, elapsed, ok=True)
+
+        def answered(conn: Connection) -> dict[str, Any]:
+            credits = self._settle(conn, principal, hold, ver, charge_id, elapsed, ok=True)
+            answer = {
+                "query_id": charge_id,
+                "dataset_id": ver.dataset_id,
+                "dataset_version": ver.version,
+                "results": [r.to_dict() for r in results],
+                "charged": _cost_dict(cost),
+                "grant_remaining": _cost_dict(remaining),
+                "credits": credits,
+                "elapsed_ms": elapsed,
+            }
+            idem.store(conn, answer)
+            return answer
+
+        return self.c.db.write(answered)
+
+    def _replay(self, earlier: dict[str, Any]) -> dict[str, Any]:
+        """What a retry with a used key gets: the stored answer, the stored failure, or the state of the
+        first request's charge (still running: 409 ``query_in_progress``; interrupted: 409)."""
+        if _FAILED in earlier:
+            raise QueryFailed(str(earlier[_FAILED]))
+        if _PENDING not in earlier:
+            return earlier
+        charge_id = str(earlier[_PENDING])
+        charge = self.c.db.read(lambda conn: repo.get_charge(conn, charge_id))
+        if charge["status"] == "reserved":
+            raise Conflict(
+                f"query {charge_id} sent with this key is still running; retry shortly",
+                code="query_in_progress",
+            )
+        raise QueryInterrupted(
+            f"query {charge_id} sent with this key was interrupted by a broker failure before it answered; "
+            "its privacy cost stays charged (the data may have been read); send a new key to ask again"
         )
-        return {
-            "query_id": charge_id,
-            "dataset_id": dataset_id,
-            "dataset_version": ver.version,
-            "results": [r.to_dict() for r in results],
-            "charged": _cost_dict(cost),
-            "grant_remaining": _cost_dict(remaining),
-            "credits": credits,
-            "elapsed_ms": elapsed,
-        }
 
     def grant_for(
         self,
@@ -685,6 +791,24 @@ class DatasetService:
             clock=self.c.clock,
         )
         return row, ver
+
+    def _claim_and_reserve(
+        self,
+        conn: Connection,
+        principal: Principal,
+        row: repo.RequestRow,
+        ver: repo.VersionRow,
+        specs: Sequence[QuerySpec],
+        cost: PrivacyCost,
+        charge_id: str,
+        idem: _QueryKey,
+    ) -> tuple[Hold, PrivacyCost] | dict[str, Any]:
+        """Claim the idempotency key (a twin that claimed it first wins: its marker or answer is returned
+        and nothing is reserved), then reserve, in one transaction."""
+        earlier = idem.claim(conn, charge_id, now_ms=self.c.clock.now_ms())
+        if earlier is not None:
+            return dict(earlier)
+        return self._reserve(conn, principal, row, ver, specs, cost, charge_id)
 
     def _reserve(
         self,
@@ -813,6 +937,59 @@ class DatasetService:
             },
         )
         return credits
+
+    # -- reconciliation of interrupted work ---------------------------------------------------------------
+    def reconcile_interrupted(self, *, limit: int = 100) -> int:
+        """Close DP query charges still ``reserved`` past their deadline (their process died between the
+        reservation and the settlement): on start and in the background loop. Returns how many were closed.
+
+        The ε stays spent (the data may have been read); the credit hold is released (what ran is unknown,
+        so nothing is billed); the charge becomes ``interrupted`` with an audit entry the SME and the
+        custodian can read, and a retry with the query's key answers ``query_interrupted``.
+        """
+        now = self.c.clock.now_ms()
+        cutoff = now - self.c.settings.query_deadline_s * 1000
+        stale = self.c.db.read(
+            lambda conn: repo.stale_charges(conn, kind="query", created_before_ms=cutoff, limit=limit)
+        )
+        closed = 0
+        for charge in stale:
+            closed += self.c.db.write(functools.partial(self._interrupt, charge=charge, now=now))
+        return closed
+
+    def _interrupt(self, conn: Connection, *, charge: repo.StaleCharge, now: int) -> int:
+        """One transaction: mark the charge interrupted (once: a concurrent closer wins), release its hold."""
+        try:
+            repo.finish_charge(
+                conn, charge_id=charge.id, status="interrupted", credits=0, elapsed_ms=None, now_ms=now
+            )
+        except Conflict:
+            return 0  # settled or closed meanwhile (another replica, or the run itself)
+        released = 0
+        if charge.hold_id is not None:
+            hold = self.c.ledger.get_hold(conn, hold_id=charge.hold_id, org_id=charge.sme_org, lock=True)
+            if hold.state is HoldState.HELD:
+                self.c.ledger.close(conn, hold=hold, target=HoldState.RELEASED, cost=0, now_ms=now)
+                released = hold.amount
+        custodian = repo.get_dataset(conn, charge.dataset_id).custodian_org
+        self._audit(
+            conn,
+            None,
+            "query.interrupted",
+            "query",
+            charge.id,
+            charge.dataset_id,
+            charge.sme_org,
+            {
+                "charged": charge.cost.to_dict(),
+                "reserved_ms": charge.created_ms,
+                "hold_id": charge.hold_id,
+                "released": released,
+                "custodian_org": custodian,
+            },
+        )
+        log.warning("DP query %s was interrupted before it answered; closed (ε stays spent)", charge.id)
+        return 1
 
     # -- DP training (for the jobs workflow) ---------------------------------------------------------
     # -- budgets and audit --------------------------------------------------------------------------

@@ -59,3 +59,9 @@ def replayed(
     req_hash = idempotency.request_hash(operation, body)
     earlier = db.read(lambda conn: idempotency.lookup(conn, org_id=org_id, key=key, req_hash=req_hash))
     return None if earlier is None else dict(earlier)
+
+
+def purge_expired(db: Database, *, now_ms: int, retention_s: int) -> int:
+    """Forget idempotency keys older than ``retention_s`` (the background loop, hourly): a retry after that
+    is a new request. Returns how many keys went."""
+    return db.write(lambda conn: idempotency.purge(conn, before_ms=now_ms - retention_s * 1000))
