@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return []
         problems = []
-        if self.kek_file is None or not self.kek_file.is_file():
+        if self.kek_file is None:  # the mounted file itself is checked when the keys are loaded
             problems.append("SBX_KEK_FILE must name the key-encryption key, mounted from a Secret")
         if not (self.database_url or "").startswith("postgresql"):
             problems.append("SBX_DATABASE_URL must point at PostgreSQL (several replicas share it)")

@@ -271,11 +271,36 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade_with_the_same_datab
 
 
 def test_existing_secrets_are_referenced_not_created(chart: Any) -> None:
-    objects = render(chart, {"signingKey": {"existingSecret": "my-key", "existingSecretKey": "pem"}})
+    objects = render(
+        chart,
+        {
+            "signingKey": {"existingSecret": "my-key", "existingSecretKey": "pem"},
+            "kek": {"existingSecret": "my-kek", "existingSecretKey": "k"},
+        },
+    )
     assert [s["metadata"]["name"] for s in find(objects, "Secret")] == []
     volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
     key = next(v for v in volumes if v["name"] == "signing-key")["secret"]
     assert key["secretName"] == "my-key" and key["items"] == [{"key": "pem", "path": "broker.pem"}]
+    kek = next(v for v in volumes if v["name"] == "kek")["secret"]
+    assert kek["secretName"] == "my-kek" and kek["items"] == [{"key": "k", "path": "kek"}]
+
+
+def test_the_generated_kek_is_one_the_broker_reads_and_mounted_for_broker_and_migrations(
+    chart: Any, tmp_path: Path
+) -> None:
+    from broker.keys import read_kek_file
+
+    objects = render(chart, {})
+    secret = one(objects, "Secret", f"{FULLNAME}-kek")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (tmp_path / "kek").write_bytes(base64.b64decode(secret["data"]["kek"]))
+    assert len(read_kek_file(tmp_path / "kek")[0]) == 32
+    config = one(objects, "ConfigMap", FULLNAME)["data"]
+    for pod in (one(objects, "Deployment"), one(objects, "Job")):
+        spec = pod["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert config["SBX_KEK_FILE"] == f"{mounts['kek']}/kek"
 
 
 def test_the_generated_signing_key_is_an_ed25519_key_the_broker_loads_and_is_kept(chart: Any) -> None:

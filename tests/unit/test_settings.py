@@ -31,6 +31,7 @@ def test_production_accepts_a_complete_configuration() -> None:
         compute="kuberay",
         training_secure_mode=True,
         host="0.0.0.0",
+        kek_file="/var/run/sbx-kek/kek",
     )
     assert settings.production_problems() == []
 

@@ -99,6 +99,13 @@ app.kubernetes.io/component: broker
 {{- if .Values.signingKey.existingSecret }}{{ .Values.signingKey.existingSecretKey }}{{ else }}broker.pem{{ end }}
 {{- end }}
 
+{{- define "sbx.kekSecret" -}}
+{{- if .Values.kek.existingSecret }}{{ .Values.kek.existingSecret }}{{ else }}{{ include "sbx.fullname" . }}-kek{{ end }}
+{{- end }}
+{{- define "sbx.kekSecretKey" -}}
+{{- if .Values.kek.existingSecret }}{{ .Values.kek.existingSecretKey }}{{ else }}kek{{ end }}
+{{- end }}
+
 {{/* Annotations making a chart-created Secret exist before the migrations hook and survive upgrades. */}}
 {{- define "sbx.hookSecretAnnotations" -}}
 helm.sh/hook: pre-install,pre-upgrade
