@@ -456,7 +456,11 @@ def fit_private(
     noise_generator: torch.Generator | None = None,
     device: str = "auto",
 ) -> FitOutcome:
-    """Train ``model`` in place with DP-SGD for ``epochs`` epochs; see :func:`make_private_trainer`."""
+    """Train ``model`` in place with DP-SGD for ``epochs`` epochs; see :func:`make_private_trainer`.
+
+    The model is left on the CPU afterwards (the harness evaluates and exports it there), whatever
+    device it trained on.
+    """
     trainer = make_private_trainer(
         model,
         x,
@@ -475,6 +479,7 @@ def fit_private(
         device=device,
     )
     steps = sum(trainer.run_epoch() for _ in range(epochs))
+    model.to("cpu")
     return FitOutcome(epsilon=trainer.epsilon(), steps=steps, noise_multiplier=trainer.noise_multiplier)
 
 
