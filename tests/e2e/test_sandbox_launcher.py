@@ -8,6 +8,7 @@ the canaries and the network, so these tests can fail.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from broker.compute.sandbox import SandboxLimits, SandboxResult, SandboxSpec, jo
 from broker.compute.sandbox.bwrap import ETC_ENTRIES, GENERATED_ETC, SYSTEM_DIRS
 from broker.compute.sandbox.launch import LAUNCHER_MODULE, disk_usage
 from broker.compute.sandbox.limits import CGROUP_ROOT, processes_of_uid
+from broker.compute.sandbox.seccomp import DENIED, denylist_program
 
 RAY_CANARY = "canary-ray-5f0b2d"
 SBX_CANARY = "canary-sbx-91c7e4"
@@ -485,6 +487,33 @@ def test_mode_off_is_refused_without_the_test_variable(tmp_path: Path) -> None:
     assert launched.rc == 1
     assert launched.result.reason == "sandbox_error"
     assert not (job_dir / "output" / "ran").exists()
+
+
+SECCOMP_PROBE = """
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+for name, nr in zip(("keyctl", "io_uring_setup", "bpf"), map(int, sys.argv[1:])):
+    ctypes.set_errno(0)
+    libc.syscall(nr, 0, 0, 0, 0, 0)
+    out[name] = ctypes.get_errno()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(denylist_program(os.uname().machine) is None, reason="no seccomp table for this machine")
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_seccomp_refuses_the_denied_calls(tmp_path: Path, mode: str) -> None:
+    column = 0 if os.uname().machine == "x86_64" else 1
+    numbers = " ".join(str(DENIED[n][column]) for n in ("keyctl", "io_uring_setup", "bpf"))
+    job_dir = make_job(tmp_path, SECCOMP_PROBE, mode=mode, command=f"exec python probe.py {numbers}")
+    launched = run(job_dir, {"SBX_TEST_UNSAFE_NO_SANDBOX": "1"} if mode == "off" else None)
+    out = last_json(launched.log)
+    if mode == "auto":
+        assert out == {"keyctl": errno.EPERM, "io_uring_setup": errno.EPERM, "bpf": errno.EPERM}
+        assert "seccomp" in launched.result.enforced
+    else:  # the negative control: without the sandbox the kernel answers these calls itself
+        assert all(e != errno.EPERM for e in out.values()), out
 
 
 def test_a_sandbox_that_cannot_start_is_a_sandbox_error(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@ arithmetic, and the cgroup file handling on a directory laid out like a cgroup v
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import resource
+import struct
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ from broker.compute.sandbox.limits import (
     rlimits,
     sweep_stale,
 )
+from broker.compute.sandbox.seccomp import AUDIT_ARCH, DENIED, denylist_program
 
 LIMITS = SandboxLimits(memory_mib=512, milli_cpu=1500, max_pids=64, disk_mib=100, log_bytes=4096, tmp_mib=32)
 FDS = SandboxFds(work=3, output=4, passwd=5, group=6, hosts=7)
@@ -207,6 +211,13 @@ def test_argv_namespaces_and_process_options() -> None:
     assert argv.index("--clearenv") < argv.index("--setenv")
 
 
+def test_seccomp_filter_is_passed_when_given() -> None:
+    assert "--seccomp" not in build_argv(spec(), bwrap="/x/bwrap", fds=FDS, host=HOST)
+    fds = SandboxFds(work=3, output=4, passwd=5, group=6, hosts=7, seccomp=8)
+    argv = build_argv(spec(), bwrap="/x/bwrap", fds=fds, host=HOST)
+    assert argv[argv.index("--seccomp") + 1] == "8" and 8 in fds.all()
+
+
 def test_scratch_mounts_are_size_capped() -> None:
     argv = build_argv(spec(), bwrap="/x/bwrap", fds=FDS, host=HOST)
     tmpfs = {argv[i + 1]: argv[i - 1] for i, a in enumerate(argv) if a == "--tmpfs"}
@@ -372,3 +383,57 @@ def test_disk_usage_counts_each_inode_once_and_sparse_files_in_full(tmp_path: Pa
 
 def _layout_fields() -> dict[str, object]:
     return {f: getattr(HOST, f) for f in HOST.__dataclass_fields__}
+
+
+# --- the seccomp denylist -----------------------------------------------------------------------------
+
+
+def run_bpf(program: bytes, nr: int, arch: int) -> int:
+    """Interpret the classic-BPF ``program`` (the four opcodes it uses) on one system call."""
+    ops = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+    data = {0: nr, 4: arch}
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = ops[pc]
+        if code == 0x20:
+            acc, pc = data[k], pc + 1
+        elif code in (0x15, 0x35):
+            taken = acc == k if code == 0x15 else acc >= k
+            pc += 1 + (jt if taken else jf)
+        else:
+            assert code == 0x06
+            return k
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_seccomp_denies_the_listed_calls_and_foreign_abis(machine: str) -> None:
+    program = denylist_program(machine)
+    assert program is not None and len(program) % 8 == 0
+    arch, column = AUDIT_ARCH[machine], 0 if machine == "x86_64" else 1
+    eperm = 0x00050000 | errno.EPERM
+    for name, numbers in DENIED.items():
+        if numbers[column] is not None:
+            assert run_bpf(program, numbers[column], arch) == eperm, name  # type: ignore[arg-type]
+    getpid = 39 if machine == "x86_64" else 172
+    assert run_bpf(program, getpid, arch) == 0x7FFF0000
+    assert run_bpf(program, getpid, 0x40000003) == eperm  # i386 (int 0x80): a foreign ABI
+    if machine == "x86_64":
+        assert run_bpf(program, 0x40000000 | getpid, arch) == eperm  # x32
+
+
+def test_seccomp_has_no_table_for_other_machines() -> None:
+    assert denylist_program("riscv64") is None
+
+
+def test_seccomp_numbers_match_the_kernel_headers() -> None:
+    headers = {
+        0: Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
+        1: Path("/usr/include/asm-generic/unistd.h"),
+    }
+    if not all(h.exists() for h in headers.values()):
+        pytest.skip("the kernel's syscall headers (linux-libc-dev) are not installed")
+    for column, header in headers.items():
+        text = header.read_text()
+        for name, numbers in DENIED.items():
+            match = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)", text)
+            assert (int(match.group(1)) if match else None) == numbers[column], (name, header)

@@ -11,7 +11,8 @@ and ``output/`` at ``/output``, bound from file descriptors the launcher opened.
 are remounted read-only, so nothing else is writable.
 
 Every namespace bwrap offers is new (user, PID, IPC, UTS, network, cgroup where possible); nested user
-namespaces are disabled; the environment is cleared and set explicitly.
+namespaces are disabled; a seccomp denylist is loaded when the launcher passes one; the environment is
+cleared and set explicitly.
 
 The host facts (which system dirs exist, the prefixes, where the launcher staged a source) come in as a
 :class:`HostLayout` read once by the launcher (:func:`broker.compute.sandbox.launch.read_host_layout`).
@@ -80,7 +81,8 @@ class SandboxFds:
     """File descriptors the launcher opened and passes to bwrap (all inherited, all closed by bwrap).
 
     ``work``/``output`` are ``O_PATH`` descriptors of the job's writable directories; ``passwd``,
-    ``group`` and ``hosts`` hold the generated ``/etc`` files (memfds positioned at 0).
+    ``group`` and ``hosts`` hold the generated ``/etc`` files (memfds positioned at 0); ``seccomp``, when
+    given, holds the seccomp filter (:mod:`.seccomp`).
     """
 
     work: int
@@ -88,10 +90,12 @@ class SandboxFds:
     passwd: int
     group: int
     hosts: int
+    seccomp: int | None = None
 
     def all(self) -> tuple[int, ...]:
         """Every descriptor, for ``subprocess``'s ``pass_fds``."""
-        return (self.work, self.output, self.passwd, self.group, self.hosts)
+        fds = (self.work, self.output, self.passwd, self.group, self.hosts)
+        return fds if self.seccomp is None else (*fds, self.seccomp)
 
 
 def generated_etc() -> dict[str, str]:
@@ -245,6 +249,7 @@ def build_argv(
     return [
         bwrap,
         *(["--json-status-fd", str(status_fd)] if status_fd is not None else []),
+        *(["--seccomp", str(fds.seccomp)] if fds.seccomp is not None else []),
         *_namespace_args(),
         *_env_args(spec, host),
         *_system_args(host),

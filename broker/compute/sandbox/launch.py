@@ -40,6 +40,7 @@ from typing import BinaryIO
 from . import limits as lim
 from .bwrap import SandboxFds, build_argv, generated_etc
 from .host import LAUNCHER_MODULE, LaunchError, find_bwrap, job_host_ids, read_host_layout
+from .seccomp import denylist_program
 from .spec import (
     DISK_QUOTA,
     LIMIT_REASONS,
@@ -246,10 +247,10 @@ def _child_setup(plan: _ChildPlan) -> Callable[[], None]:
     return setup
 
 
-def _memfd(name: str, content: str) -> int:
-    """A sealed-by-convention memfd holding ``content``, positioned at 0 (bwrap copies it)."""
+def _memfd(name: str, content: str | bytes) -> int:
+    """A memfd holding ``content``, positioned at 0 (bwrap reads it once, at setup)."""
     fd = os.memfd_create(name)
-    os.write(fd, content.encode())
+    os.write(fd, content.encode() if isinstance(content, str) else content)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
@@ -359,6 +360,7 @@ def _setup(
     """Open the descriptors, build the command line and the child's plan."""
     work, output = spec.work_dir, spec.output_dir
     sources = stage.sources if stage is not None else {}
+    program = denylist_program(os.uname().machine)
     host = read_host_layout(sources)
     etc = generated_etc()
     fds = SandboxFds(
@@ -367,6 +369,7 @@ def _setup(
         passwd=_memfd("passwd", etc["/etc/passwd"]),
         group=_memfd("group", etc["/etc/group"]),
         hosts=_memfd("hosts", etc["/etc/hosts"]),
+        seccomp=_memfd("seccomp", program) if program is not None else None,
     )
     status_read, status_write = os.pipe()
     argv = build_argv(spec, bwrap=host.source(bwrap), fds=fds, host=host, status_fd=status_write)
@@ -383,7 +386,7 @@ def _setup(
         fds=[*fds.all(), status_write],
         plan=plan,
         watch=watch,
-        enforced=_enforced(spec, cgroup, plan),
+        enforced=_enforced(spec, cgroup, plan) + (("seccomp",) if program is not None else ()),
         stage=stage,
         status_read=status_read,
     )
