@@ -470,12 +470,21 @@ def balance(
 @app.command()
 def ledger(
     ctx: typer.Context,
+    what: Annotated[
+        str | None,
+        typer.Argument(help="`verify`: check balances against entries and the audit log (operators)."),
+    ] = None,
     org: Annotated[str | None, typer.Option(help="Organisation id (operators).")] = None,
     after: Annotated[int, typer.Option(help="Only entries after this id.")] = 0,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
     as_json: JsonOpt = False,
 ) -> None:
-    """List ledger entries."""
+    """List ledger entries; `sbx ledger verify` checks the ledger proves itself."""
+    if what == "verify":
+        _ledger_verify(ctx, as_json)
+        return
+    if what is not None:
+        fail(f"unknown ledger command {what!r} (try `sbx ledger verify`)")
     data, js = call(
         ctx,
         as_json,
@@ -567,6 +576,112 @@ def audit_checkpoint(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Sign the current head of the log into the checkpoint file (operators)."""
     data, js = call(ctx, as_json, "POST", "/api/v1/audit/checkpoint")
     emit(data, as_json=js)
+
+
+def _ledger_verify(ctx: typer.Context, as_json: bool) -> None:
+    """`sbx ledger verify`: balances = sum of entries, sum = 0, holds consistent, transfers as recorded."""
+    data, js = call(ctx, as_json, "POST", "/api/v1/audit/ledger")
+    human = (
+        f"ledger consistent: {data['transfers']} transfers ({data['unfolded']} not yet in the audit log)"
+        if data["ok"]
+        else "ledger INCONSISTENT:\n" + "\n".join(f"  {p}" for p in data["problems"])
+    )
+    emit(data, as_json=js, human=human)
+    if not data["ok"]:
+        raise typer.Exit(3)
+
+
+@audit_app.command("prove")
+def audit_prove(
+    ctx: typer.Context,
+    seq: int,
+    tree_size: Annotated[
+        int | None, typer.Option(help="Prove in this signed tree size (default: newest).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the proof to this file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """An entry's inclusion proof in a signed checkpoint (check it offline with `sbx audit check-proof`)."""
+    from broker.cli.witness import write_json
+
+    data, js = call(
+        ctx, as_json, "GET", f"/api/v1/audit/proofs/inclusion/{seq}", params={"tree_size": tree_size}
+    )
+    if out is not None:
+        write_json(out, data)
+    emit(
+        data,
+        as_json=js,
+        human=f"entry {seq} in the signed tree of {data['tree_size']}: {len(data['proof'])} hashes",
+    )
+
+
+@audit_app.command("consistency")
+def audit_consistency(
+    ctx: typer.Context,
+    old: int,
+    new: int,
+    out: Annotated[Path | None, typer.Option(help="Also write the proof to this file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A consistency proof that the signed tree of NEW entries extends the one of OLD."""
+    from broker.cli.witness import write_json
+
+    data, js = call(ctx, as_json, "GET", "/api/v1/audit/proofs/consistency", params={"old": old, "new": new})
+    if out is not None:
+        write_json(out, data)
+    emit(data, as_json=js, human=f"tree {old} -> {new}: {len(data['proof'])} hashes")
+
+
+@audit_app.command("check-proof")
+def audit_check_proof(
+    proof: Path,
+    broker_key: Annotated[Path, typer.Option(help="The broker's JWK or JWK Set (JSON).")],
+    witness: Annotated[list[str] | None, typer.Option(help="A witness verifier key (repeatable).")] = None,
+    witnesses_required: Annotated[int, typer.Option(help="Cosignatures to demand.")] = 0,
+    old_checkpoint: Annotated[Path | None, typer.Option(help="Your copy of the older checkpoint.")] = None,
+) -> None:
+    """Check a proof file offline (no broker, no database): `python -m broker.audit.verify_proof` does the same."""
+    from broker.audit.verify_proof import main as verify_main
+
+    args = [str(proof), "--broker-key", str(broker_key), "--witnesses-required", str(witnesses_required)]
+    for key in witness or []:
+        args += ["--witness", key]
+    if old_checkpoint is not None:
+        args += ["--old-checkpoint", str(old_checkpoint)]
+    raise typer.Exit(verify_main(args))
+
+
+@audit_app.command("witness")
+def audit_witness(
+    ctx: typer.Context,
+    key: Annotated[Path, typer.Option(help="The witness's Ed25519 private key (PEM); created with --init.")],
+    name: Annotated[
+        str, typer.Option(help="The witness's name (a schema-less URL, e.g. funder.example/w1).")
+    ],
+    state: Annotated[
+        Path, typer.Option(help="The witness's own state file (last co-signed tree head).")
+    ] = Path("witness-state.json"),
+    broker_key: Annotated[Path | None, typer.Option(help="The broker's JWK or JWK Set (JSON).")] = None,
+    origin: Annotated[str, typer.Option(help="The log's origin line.")] = "sandbox-broker.local/audit",
+    init: Annotated[
+        bool, typer.Option(help="Create the key and print the verifier key for the operator.")
+    ] = False,
+    once: Annotated[bool, typer.Option(help="Co-sign the newest checkpoint once and exit.")] = False,
+    interval_s: Annotated[int, typer.Option(help="Seconds between polls.")] = 30,
+) -> None:
+    """Run a witness: check each new checkpoint against the last one it co-signed, co-sign it, send it back."""
+    from broker.cli.witness import init_key, run_witness
+
+    if init:
+        typer.echo(init_key(key, name))
+        return
+    if broker_key is None:
+        fail("--broker-key is required to run a witness")
+    cli: CliState = ctx.obj
+    run_witness(
+        key, name, state, broker_key, origin, url=cli.url, token=cli.token, once=once, interval_s=interval_s
+    )
 
 
 @app.command()

@@ -40,6 +40,7 @@ class TransparencyConfig:
     window_ms: int
     witnesses: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
     required: int = 0
+    log_keys: Mapping[str, Any] = field(default_factory=dict)  # the broker's JWK Set (current and retired)
 
 
 class AuditRepo:
@@ -172,7 +173,7 @@ class AuditRepo:
             if first is not None and now_ms - first > cfg.window_ms:
                 return 0
         fresh = db.read(lambda conn: tree.since(conn, last.ts_ms if last else -1))
-        keys = {"keys": [self._public_jwk()]}
+        keys = cfg.log_keys or {"keys": [self._public_jwk()]}
         for cp in fresh:
             if verify_checkpoint(cp, keys):
                 self._checkpoints.append(cp)
@@ -196,7 +197,7 @@ class AuditRepo:
             checkpoint_seq=checkpoint_seq,
             line=line,
             witnesses=cfg.witnesses,
-            log_keys={"keys": [self._public_jwk()]},
+            log_keys=cfg.log_keys or {"keys": [self._public_jwk()]},
             now_ms=now_ms,
         )
 

@@ -63,6 +63,11 @@ def read_nodes(conn: Connection, wanted: set[merkle.NodeId]) -> dict[merkle.Node
     return out
 
 
+def tree_root_at(conn: Connection, size: int) -> bytes:
+    """The root of the stored tree's first ``size`` leaves (any size up to the stored one)."""
+    return merkle.root(size, read_nodes(conn, merkle.root_plan(size)))
+
+
 def tree_state(conn: Connection) -> TreeState:
     """The stored tree's size and root (computed from O(log n) nodes)."""
     size = int(conn.execute(select(t.audit_tree_head.c.size).where(t.audit_tree_head.c.id == 1)).scalar_one())
@@ -76,6 +81,20 @@ def _link_error(seq: int) -> AuditIntegrityError:
     )
 
 
+def _insert_nodes(conn: Connection, nodes: list[tuple[int, int, bytes]]) -> None:
+    """Store new nodes through the driver's cursor (a million rows per million entries: no ORM overhead)."""
+    sql = _INSERT_NODE_SQLITE if conn.dialect.name == "sqlite" else _INSERT_NODE_PG
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(sql, nodes)
+    finally:
+        cursor.close()
+
+
+_INSERT_NODE_SQLITE = "INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)"
+_INSERT_NODE_PG = "INSERT INTO audit_tree (level, idx, hash) VALUES (%s, %s, %s)"
+
+
 def _extend_batch(conn: Connection, size: int, last_hash: str) -> tuple[int, str, bool]:
     """Add up to one batch of entries to the tree; returns the new size, last entry hash, and whether more wait."""
     rows = conn.exec_driver_sql(
@@ -85,17 +104,16 @@ def _extend_batch(conn: Connection, size: int, last_hash: str) -> tuple[int, str
     if not rows:
         return size, last_hash, False
     frontier = merkle.Frontier.resume(size, read_nodes(conn, merkle.root_plan(size)))
-    nodes: list[dict[str, Any]] = []
+    nodes: list[tuple[int, int, bytes]] = []
     sha256 = hashlib.sha256
     for seq, prev_hash, entry_hash, body in rows:
         if int(seq) != frontier.size + 1 or prev_hash != last_hash:
             raise _link_error(int(seq))
         if sha256(prev_hash.encode("ascii") + bytes(body)).hexdigest() != entry_hash:
             raise _link_error(int(seq))
-        for level, idx, value in frontier.append(leaf_of(entry_hash)):
-            nodes.append({"level": level, "idx": idx, "hash": value})
+        nodes.extend(frontier.append(leaf_of(entry_hash)))
         last_hash = entry_hash
-    conn.execute(insert(t.audit_tree), nodes)
+    _insert_nodes(conn, nodes)
     return frontier.size, last_hash, len(rows) == _EXTEND_BATCH
 
 

@@ -36,6 +36,7 @@ class AuditService:
             window_ms=s.audit_checkpoint_window_s * 1000,
             witnesses=witnesses,
             required=s.audit_witnesses_required,
+            log_keys=self.c.broker_keys.jwks(),
         )
 
     def entries(self, principal: Principal, *, after_seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ class AuditService:
         if principal is not None:
             require_role(principal, "operator")
         now = self.c.clock.now_ms()
-        result = self.c.audit.verify(self.c.db, self.c.broker_public_jwk, self.config, now_ms=now)
+        result = self.c.audit.verify(self.c.db, self.config.log_keys, self.config, now_ms=now)
         ledger = self.verify_ledger(None)
         ok = result.ok and ledger["ok"]
         reason = result.reason if not result.ok else ("ok" if ledger["ok"] else "; ".join(ledger["problems"]))
