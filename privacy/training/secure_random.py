@@ -20,19 +20,22 @@ tell neighbouring inputs ``x`` apart). Opacus sums four float32 draws (Holohan &
 arXiv:2107.10138) to make that search infeasible; four draws per coordinate would cost more here than a
 whole non-private epoch. The broker instead *snaps* (after Mironov's snapping mechanism):
 
-1. one standard normal per coordinate in **float64** (grid of the ziggurat: at most ``3.7·2⁻⁵²``);
+1. one standard normal per coordinate in **float64** (the ziggurat's rectangles put it on a grid of at most
+   ``3.66·2⁻⁵²``; its tail, ``|z| > r = 3.654``, on a grid that coarsens as ``e^{r(|z|-r)}``);
 2. ``v = fl64(x + σ·z)`` in float64 (``x``, the clipped gradient sum, is exact in float64);
 3. ``v`` is rounded to the nearest multiple of ``Λ``, a power of two with ``σ·2⁻¹¹ < Λ ≤ σ·2⁻¹⁰``
    (exact: scaling by a power of two, then ``round``), then cast once to the parameter's dtype.
 
 Argument: every output is a fixed, public, data-independent rounding of ``x + σz``. An output cell
 (``Λ`` wide, or wider where the float32 grid is coarser than ``Λ``) holds at least ``2³⁹`` points of the
-sampler's grid *whatever* ``x`` is, so each cell is reachable from every input (no support-based
-distinguisher: the attack has nothing to find) and its probability equals the exact Gaussian's to a
-relative error of order ``2⁻³⁹`` (the sampler's grid over the cell's width; the float64 sum's rounding,
-``2⁻⁵³·|v|``, is far smaller for any ``|x| ≤ 2³⁰·σ``). With an exact Gaussian the released value would be
-post-processing of the Gaussian mechanism and carry exactly the accountant's ε; summed over every
-coordinate of a run (92,162 parameters × 2,000 steps) the relative error moves the privacy loss by under
+sampler's grid *whatever* ``x`` is wherever the rectangles produce the draw (all but ``3·10⁻⁴`` of the
+mass), ``2³⁶`` out to 5σ and ``2²¹`` out to 8σ; only beyond ~12σ (probability ``< 10⁻³²`` per draw, which
+belongs in δ) can the grid be as coarse as ``Λ``. So each output is reachable from every input (no
+support-based distinguisher: the attack has nothing to find) and each cell's probability equals the exact
+Gaussian's to a relative error of about ``2⁻³⁸`` in the bulk (``≤ 2⁻²⁰`` out to 8σ); the float64 sum's
+rounding, ``2⁻⁵³·|v|``, is far smaller for any ``|x| ≤ 2³⁰·σ``. With an exact Gaussian the released value
+would be post-processing of the Gaussian mechanism and carry exactly the accountant's ε; summed over every
+coordinate of a run (92,162 parameters × 2,000 steps) the bulk error moves the privacy loss by about
 ``10⁻³`` ε in the worst case. Snapping moves a coordinate by at most ``Λ/2 ≤ σ·2⁻¹¹``: no utility cost.
 
 **Not defended / not claimed:** (a) the ziggurat itself is a float64 approximation of the Gaussian at the
