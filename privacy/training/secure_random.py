@@ -20,8 +20,9 @@ tell neighbouring inputs ``x`` apart). Opacus sums four float32 draws (Holohan &
 arXiv:2107.10138) to make that search infeasible; four draws per coordinate would cost more here than a
 whole non-private epoch. The broker instead *snaps* (after Mironov's snapping mechanism):
 
-1. one standard normal per coordinate in **float64** (the ziggurat's rectangles put it on a grid of at most
-   ``3.66·2⁻⁵²``; its tail, ``|z| > r = 3.654``, on a grid that coarsens as ``e^{r(|z|-r)}``);
+1. one standard normal per coordinate in **float64**: NumPy's ziggurat puts a draw from its rectangles on a
+   grid of at most ``3.92·2⁻⁵²`` (the base strip's width over 2⁵²), one from its tail (``|z| > r = 3.654``)
+   on a grid that coarsens as ``e^{r(|z|-r)}``;
 2. ``v = fl64(x + σ·z)`` in float64 (``x``, the clipped gradient sum, is exact in float64);
 3. ``v`` is rounded to the nearest multiple of ``Λ``, a power of two with ``σ·2⁻¹¹ < Λ ≤ σ·2⁻¹⁰``
    (exact: scaling by a power of two, then ``round``), then cast once to the parameter's dtype.
