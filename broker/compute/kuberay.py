@@ -82,7 +82,11 @@ WorkingDirUploader = Callable[[Path], str]
 ArchiveUploader = Callable[[JobLaunch], str]
 #: Writable scratch of every container (the root filesystem is read-only): name → mount path.
 SCRATCH_VOLUMES = {"tmp": "/tmp", "ray-tmp": "/tmp/ray"}  # noqa: S108 - emptyDirs, private to the pod
-_SUBMITTER_RESOURCES = {"cpu": "500m", "memory": "512Mi"}
+#: The submitter pod's resources: KubeRay's own defaults for the pod it would otherwise create.
+_SUBMITTER_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "200Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +216,7 @@ def _submitter_template(image: str, labels: Mapping[str, str], hardening: PodHar
     container = {
         "name": "ray-job-submitter",
         "image": image,
-        "resources": {"requests": dict(_SUBMITTER_RESOURCES), "limits": dict(_SUBMITTER_RESOURCES)},
+        "resources": {kind: dict(amounts) for kind, amounts in _SUBMITTER_RESOURCES.items()},
     }
     spec = hardening.pod_spec([container], restartPolicy="Never")
     return {"metadata": {"labels": dict(labels)}, "spec": spec}

@@ -29,7 +29,7 @@ from broker.db.database import Database
 from broker.settings import Settings
 from common.clock import Clock
 from common.errors import NotFound
-from datasets.storage import ObjectStore
+from datasets.storage import ObjectStore, StorageError
 
 TOKEN_BYTES = 32  # 256 bits: the token is the capability
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
@@ -108,6 +108,8 @@ class CodeArchives:
             self._storage.put_file(key, Path(name))
         except OSError as exc:
             raise BackendError(f"cannot package the job's code: {exc.strerror or exc}") from exc
+        except StorageError as exc:
+            raise BackendError(f"cannot store the job's code archive: {exc.detail}") from exc
         finally:
             Path(name).unlink(missing_ok=True)
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from broker.compute import KubeRayBackend, launch_name
+from broker.compute import JobLaunch, KubeRayBackend, launch_name
 from broker.compute.kube_fake import FakeKubeApiServer, FakeRayOperator, crd_validator
 from broker.compute.kuberay import PodHardening, parse_secret_env
 from broker.db import archives as archives_db
@@ -70,6 +70,7 @@ class Kube:
     server: FakeKubeApiServer
     operator: FakeRayOperator
     backend: KubeRayBackend
+    launches: dict[str, JobLaunch]
 
     def rayjob(self, job_id: str) -> dict[str, Any]:
         """The stored RayJob of a broker job."""
@@ -82,19 +83,25 @@ def kube(services: Services, clock: Any) -> Iterator[Kube]:
     """KubeRay over the in-process API server (CRD-validated), with the broker's archive uploader."""
     validator = crd_validator(RAYJOB_CRD) if RAYJOB_CRD.exists() else None
     server = FakeKubeApiServer(clock=clock, validator=validator)
+    launches: dict[str, JobLaunch] = {}
+
+    def publish(launch: JobLaunch) -> str:
+        launches[launch.job_id] = launch
+        return services.container.archives.publish(launch)
+
     backend = KubeRayBackend(
         server.custom_objects_api(),
         NAMESPACE,
         "rayproject/ray:2.60.0",
         capacity=Resources(milli_cpu=8000, gpus=0, memory_mib=32_768),
         core_api=server.core_v1_api(),
-        archive_uploader=services.container.archives.publish,
+        archive_uploader=publish,
         hardening=PodHardening(runtime_class="gvisor"),
         secret_refs=parse_secret_env("SBX_S3_ACCESS_KEY=sbx-s3:accessKey,SBX_S3_SECRET_KEY=sbx-s3:secretKey"),
     )
     services.container.use_compute(backend)
     try:
-        yield Kube(server, FakeRayOperator(server, NAMESPACE), backend)
+        yield Kube(server, FakeRayOperator(server, NAMESPACE), backend, launches)
     finally:
         backend.close()
         server.close()
@@ -109,6 +116,13 @@ def _code_zip() -> str:
 
 
 def _admitted_job(world: World) -> dict[str, Any]:
+    job = _admitted_job_or_failed(world)
+    assert world.services.jobs.get(world.sme, job_id=job["id"])["state"] in ("admitted", "running")
+    return job
+
+
+def _admitted_job_or_failed(world: World) -> dict[str, Any]:
+    """Submit a job with code and run one admission pass (the backend's create may refuse it)."""
     world.credit(10_000_000)
     request = JobRequest(
         "python train.py",
@@ -117,7 +131,7 @@ def _admitted_job(world: World) -> dict[str, Any]:
         working_dir_zip_b64=_code_zip(),
     )
     job = world.services.jobs.submit(world.sme, request, idempotency_key=None)
-    assert world.services.jobs.admission_pass() == 1
+    world.services.jobs.admission_pass()
     return job
 
 
@@ -299,3 +313,38 @@ def test_zips_have_one_top_level_directory_and_skip_links(tmp_path: Path, databa
     assert first.read_bytes() == second.read_bytes()  # deterministic
     with zipfile.ZipFile(first) as archive:
         assert archive.namelist() == ["sbx-job/", "sbx-job/a/b/c.txt", "sbx-job/top.txt"]
+
+
+def test_publishing_again_revokes_the_earlier_url(live: Live, world: World, kube: Kube) -> None:
+    """A job has one live capability: a RayJob created again (after a lost one) gets a new URL, the old one
+    is refused."""
+    job = _admitted_job(world)
+    first = _archive_url(kube, job["id"])
+    second = world.services.container.archives.publish(kube.launches[job["id"]])
+    assert second != first
+    assert _get(live, first).status_code == 404
+    assert _get(live, second).status_code == 200
+
+
+def test_without_a_public_url_the_job_fails_with_the_reason_and_its_hold_is_released(
+    world: World, services: Services, clock: Any
+) -> None:
+    from broker.services.archives import CodeArchives
+
+    c = services.container
+    unset = CodeArchives(c.db, c.storage, c.clock, c.settings.model_copy(update={"public_url": None}))
+    with FakeKubeApiServer(clock=clock) as server:
+        backend = KubeRayBackend(
+            server.custom_objects_api(),
+            NAMESPACE,
+            "img",
+            capacity=Resources(milli_cpu=8000, gpus=0, memory_mib=32_768),
+            archive_uploader=unset.publish,
+        )
+        c.use_compute(backend)
+        job = _admitted_job_or_failed(world)
+        state = world.services.jobs.get(world.sme, job_id=job["id"])
+        backend.close()
+    assert state["state"] == "failed"
+    assert "SBX_PUBLIC_URL" in state["message"]
+    assert world.services.ledger.balance(world.sme)["held"] == 0
