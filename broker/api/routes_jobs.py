@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 
 from broker.api import models as m
+from broker.api import views as v
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.policy import policy
 from broker.services.jobs import JobRequest
@@ -16,13 +17,13 @@ from common.resources import Resources
 router = APIRouter(prefix="/api/v1")
 
 
-@router.get("/rate-card", openapi_extra=policy("any"))
+@router.get("/rate-card", openapi_extra=policy("any"), response_model=v.RateCardView)
 def get_rate_card(_principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     """The current rate card."""
     return services.jobs.rate_card()
 
 
-@router.put("/rate-card", openapi_extra=policy("operator"))
+@router.put("/rate-card", openapi_extra=policy("operator"), response_model=v.RateCardView)
 def set_rate_card(body: m.RateCardSet, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     """Publish a new rate-card version (operators)."""
     return services.jobs.set_rate_card(
@@ -33,7 +34,7 @@ def set_rate_card(body: m.RateCardSet, principal: PrincipalDep, services: Servic
     )
 
 
-@router.get("/quota", openapi_extra=policy("sme", "operator"))
+@router.get("/quota", openapi_extra=policy("sme", "operator"), response_model=v.QuotaView)
 def get_quota(
     principal: PrincipalDep, services: ServicesDep, org_id: str | None = Query(default=None, max_length=40)
 ) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def get_quota(
     return services.jobs.quota(principal, org_id=org_id)
 
 
-@router.put("/orgs/{org_id}/quota", openapi_extra=policy("operator"))
+@router.put("/orgs/{org_id}/quota", openapi_extra=policy("operator"), response_model=v.QuotaView)
 def set_quota(
     org_id: str, body: m.QuotaSet, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
@@ -49,14 +50,20 @@ def set_quota(
     return services.jobs.set_quota(principal, org_id=org_id, values=body.model_dump())
 
 
-@router.post("/jobs/quote", openapi_extra=policy("sme", "operator"))
+@router.post("/jobs/quote", openapi_extra=policy("sme", "operator"), response_model=v.QuoteView)
 def quote_job(body: m.JobResources, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     """Price a job before submitting it."""
     resources = Resources(body.milli_cpu, body.gpus, body.memory_mib)
     return services.jobs.quote(principal, resources=resources, max_runtime_s=body.max_runtime_s)
 
 
-@router.post("/jobs", status_code=201, openapi_extra=policy("sme"), dependencies=[rate_limited("submit")])
+@router.post(
+    "/jobs",
+    status_code=201,
+    openapi_extra=policy("sme"),
+    dependencies=[rate_limited("submit")],
+    response_model=v.JobView,
+)
 def submit_job(
     body: m.JobSubmit, principal: PrincipalDep, services: ServicesDep, idempotency_key: IdempotencyKey = None
 ) -> dict[str, Any]:
@@ -72,7 +79,7 @@ def submit_job(
     return services.jobs.submit(principal, request, idempotency_key=idempotency_key)
 
 
-@router.get("/jobs", openapi_extra=policy("sme", "operator"))
+@router.get("/jobs", openapi_extra=policy("sme", "operator"), response_model=list[v.JobView])
 def list_jobs(
     principal: PrincipalDep,
     services: ServicesDep,
@@ -83,13 +90,13 @@ def list_jobs(
     return services.jobs.list_jobs(principal, org_id=org_id, limit=limit)
 
 
-@router.get("/jobs/{job_id}", openapi_extra=policy("sme", "operator"))
+@router.get("/jobs/{job_id}", openapi_extra=policy("sme", "operator"), response_model=v.JobView)
 def get_job(job_id: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     """A job with its state and bill."""
     return services.jobs.get(principal, job_id=job_id)
 
 
-@router.get("/jobs/{job_id}/logs", openapi_extra=policy("sme", "operator"))
+@router.get("/jobs/{job_id}/logs", openapi_extra=policy("sme", "operator"), response_model=v.JobLogsView)
 def job_logs(job_id: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     """The tail of a job's output."""
     return {"job_id": job_id, "logs": services.jobs.logs(principal, job_id=job_id)}
@@ -112,6 +119,7 @@ def job_output(job_id: str, principal: PrincipalDep, services: ServicesDep) -> R
     "/jobs/{job_id}/stop",
     openapi_extra=policy("sme", "operator"),
     responses={202: {"description": "the stop is recorded; the backend is unreachable and applies it later"}},
+    response_model=v.JobView,
 )
 def stop_job(
     job_id: str, principal: PrincipalDep, services: ServicesDep, response: Response

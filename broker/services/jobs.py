@@ -46,7 +46,7 @@ from common.ids import new_id
 from common.resources import Resources
 from quotas.admission import QueuedJob, Snapshot, TenantState, check_submittable, decide
 from quotas.jobs import JobState
-from quotas.ledger import HoldState, eligible_grants, plan_hold, split_settlement
+from quotas.ledger import GrantBalance, HoldState, eligible_grants, plan_hold, split_settlement
 from quotas.metering import conservation_violations, meter
 from quotas.pricing import RateCard, max_cost, price
 from quotas.quota import Quota
@@ -572,9 +572,10 @@ class JobService:
         for res, _count in use.values():
             used = used + res
         tenants: dict[str, TenantState] = {}
+        grants_of: dict[str, list[GrantBalance]] = {}
         queued: list[QueuedJob] = []
         for job in waiting:
-            if job.org_id not in tenants:
+            if job.org_id not in tenants:  # one balance, quota and grant read per SME, not per job
                 balance = self.c.ledger.balance(conn, org_id=job.org_id, now_ms=now)
                 in_use, running = use.get(job.org_id, (Resources(), 0))
                 tenants[job.org_id] = TenantState(
@@ -585,7 +586,8 @@ class JobService:
                     balance.copay_limit - balance.copay_used,
                     served.get(job.org_id, 0),
                 )
-            grants, _ = self.c.ledger.grant_balances(conn, org_id=job.org_id)
+                grants_of[job.org_id] = self.c.ledger.grant_balances(conn, org_id=job.org_id)[0]
+            grants = grants_of[job.org_id]
             tenant = tenants[job.org_id]
             try:
                 plan = plan_hold(
