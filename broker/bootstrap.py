@@ -12,6 +12,7 @@ from broker.db import vouchers as vouchers_db
 from broker.db.migrate import upgrade
 from broker.keys import (
     Kek,
+    KekUnavailable,
     create_broker_key,
     create_kek,
     default_kek_path,
@@ -105,7 +106,13 @@ def rotate_keys(settings: Settings | None = None, *, broker_key: bool = False) -
     path = settings.kek_file or default_kek_path()
     old = load_kek(path, production=settings.environment == "production", state_dir=settings.state_dir)
     fresh = new_kek()
-    write_kek_file(path, [fresh, *read_kek_file(path)])
+    try:
+        write_kek_file(path, [fresh, *read_kek_file(path)])
+    except OSError as exc:  # production: a read-only Secret mount
+        raise KekUnavailable(
+            f"cannot rewrite the KEK file {path} ({exc.strerror}); run `sbx keys rotate` where SBX_KEK_FILE "
+            "is a writable copy, then put the new file into the KEK Secret"
+        ) from exc
     both = Kek([fresh, *old.keys], path)
     rewrapped = rewrap_broker_keys(settings.keys_dir, old, both) + _rewrap_issuer_keys(settings, old, both)
     write_kek_file(path, [fresh])

@@ -118,8 +118,12 @@ def keys_rotate(
 ) -> None:
     """Re-wrap every key the broker holds under a new key-encryption key (SBX_KEK_FILE is rewritten)."""
     from broker.bootstrap import rotate_keys
+    from common.errors import DomainError
 
-    result = rotate_keys(broker_key=broker_key)
+    try:
+        result = rotate_keys(broker_key=broker_key)
+    except DomainError as exc:
+        fail(exc.detail)
     human = f"re-wrapped {result['rewrapped']} keys under KEK {result['kek_id']} ({result['kek_file']})"
     if broker_key:
         human += f"\nnew broker signing key {result['broker_kid']}"

@@ -35,6 +35,7 @@ from broker.server import RunningServer
 from tests import training_data as td
 from tests.api.world_full import EXPIRED, FullWorld, b64, served_full_world, sqlite_services
 from tests.integration.test_datasets_service import csv_bytes, energy_frame, energy_policy
+from vouchers import generate_private_pem, public_jwk
 
 # FastAPI's own documentation routes: plain Starlette routes without a policy.
 FRAMEWORK_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -208,6 +209,8 @@ def _json_body(route: Route, ids: dict[str, str], full: FullWorld) -> dict[str, 
             "credit_expires_s": _now_s() + 30 * 86_400,
         },
         ("POST", "/api/v1/vouchers/redeem"): {"token": "not-a-voucher"},
+        ("POST", "/api/v1/issuer/keys/register"): {"public_jwk": public_jwk(generate_private_pem())},
+        ("POST", "/api/v1/vouchers/register"): {"token": "not-a-voucher"},
         ("POST", "/api/v1/holds"): {"amount": 1, "org_id": ids["org"]},
         ("POST", "/api/v1/holds/{hold_id}/settle"): {"cost": 0},
         ("PUT", "/api/v1/rate-card"): {

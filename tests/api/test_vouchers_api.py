@@ -211,3 +211,38 @@ def test_foreign_objects_are_404_like_missing(live: Live) -> None:
         missing = c.get("/api/v1/vouchers/vch_doesnotexist")
     assert foreign.status_code == missing.status_code == 404
     assert foreign.json()["error"] == missing.json()["error"] == "not_found"
+
+
+def test_issuer_held_key_registered_and_offline_voucher_registered_over_http(live: Live) -> None:
+    from vouchers import VoucherClaims, generate_private_pem, public_jwk, sign_voucher
+
+    pem = generate_private_pem()
+    jwk = public_jwk(pem)
+    with live.client("issuer") as c:
+        r = c.post("/api/v1/issuer/keys/register", json={"public_jwk": jwk | {"d": "AAAA"}})
+        _assert_refused(r, 422, "invalid_key")
+        r = c.post("/api/v1/issuer/keys/register", json={"public_jwk": jwk})
+        assert r.status_code == 201 and r.json()["kid"] == jwk["kid"], r.text
+    now = live.world.clock.now_ms() // 1000
+    claims = VoucherClaims(
+        jti="vch_http_offline",
+        iss=live.world.issuer.org_id,
+        sub=live.world.sme.org_id,
+        nbf=now,
+        exp=now + DAY_S,
+        credits=321,
+        coverage_bps=10_000,
+        resources=("cpu",),
+        credit_exp=now + 30 * DAY_S,
+    )
+    token = sign_voucher(claims, pem, jwk["kid"])
+    _assert_refused(_redeem(live, token), 422, "unknown_voucher")
+    with live.client("issuer") as c:
+        r = c.post("/api/v1/vouchers/register", json={"token": token})
+        assert r.status_code == 201, r.text
+    r = _redeem(live, token)
+    assert r.status_code == 201 and r.json()["grant"]["amount"] == 321, r.text
+    with live.client("issuer") as c:
+        jwks = c.get("/.well-known/jwks.json").json()["keys"]
+    roles = {k["kid"]: k.get("sbx_role") for k in jwks}
+    assert roles[jwk["kid"]] is None and "broker" in roles.values()

@@ -18,7 +18,7 @@ from broker.bootstrap import initialise, rotate_keys
 from broker.cli.main import app
 from broker.container import Container, build_container
 from broker.db import vouchers as vouchers_db
-from broker.keys import Kek, KekUnavailable, issuer_key_label, read_kek_file, rotate_broker_key
+from broker.keys import Kek, KekUnavailable, broker_keyset, issuer_key_label, read_kek_file, rotate_broker_key
 from broker.services.registry import build_services
 from broker.services.report_signing import (
     ReportSignatureInvalid,
@@ -199,3 +199,17 @@ def test_token_creation_and_quota_changes_are_audit_entries(world: World) -> Non
     assert all(token.split("_")[3] not in json.dumps(e) for e in entries)  # never the secret
     quota = [e for e in entries if e["action"] == "quota.set" and e["object_id"] == world.sme.org_id]
     assert quota and quota[-1]["details"]["max_running_jobs"] == 2
+
+
+def test_cli_init_and_keys_rotate(tmp_path: Path) -> None:
+    env = {"SBX_STATE_DIR": str(tmp_path / "state"), "SBX_KEK_FILE": str(tmp_path / "cfg" / "kek")}
+    runner = CliRunner(env=env)
+    init = runner.invoke(app, ["init", "--state-dir", str(tmp_path / "state"), "--json"])
+    assert init.exit_code == 0, init.output
+    assert json.loads(init.stdout)["kek_file"] == str((tmp_path / "cfg" / "kek").resolve())
+    before = broker_keyset(tmp_path / "state" / "keys")
+    rotated = runner.invoke(app, ["keys", "rotate", "--broker-key", "--json"])
+    assert rotated.exit_code == 0, rotated.output
+    data = json.loads(rotated.stdout)
+    after = broker_keyset(tmp_path / "state" / "keys")
+    assert data["rewrapped"] == 1 and set(before) < set(after) and data["broker_kid"] in after
