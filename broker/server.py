@@ -15,6 +15,7 @@ import uvicorn
 
 from broker.app import create_app
 from broker.container import build_container
+from broker.http_limits import uvicorn_limits
 from broker.loops import BackgroundLoops
 from broker.services.registry import Services, build_services
 from broker.settings import Settings
@@ -41,6 +42,7 @@ def run(*, host: str | None = None, port: int | None = None, settings: Settings 
             log_level="warning",
             timeout_graceful_shutdown=20,
             access_log=False,
+            **uvicorn_limits(settings),
         )
         BrokerServer(config).run()
     finally:
@@ -110,6 +112,7 @@ class RunningServer:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=10,
+            **uvicorn_limits(services.container.settings),  # the same connection limits as `sbx serve`
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="sbx-uvicorn", daemon=True)

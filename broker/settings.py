@@ -149,6 +149,20 @@ class Settings(BaseSettings):
     rate_burst: int = Field(default=40, description="Requests a tenant may burst above its rate.")
     max_open_holds: int = Field(default=1000, description="Open (HELD) holds per SME.")
     max_token_bytes: int = 8192
+    # --- HTTP connection limits of `sbx serve` (issue 13; broker.http_limits, docs/deploy.md) -----------
+    http_max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1 << 20, description="Largest request head (line + headers); over: 431."
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, ge=0, le=600, description="Deadline to receive a request head (0: none); over: 408."
+    )
+    http_keep_alive_s: int = Field(default=5, ge=1, le=600, description="Idle keep-alive connections close.")
+    http_max_concurrency: int = Field(
+        default=1000, ge=0, description="Open connections and tasks before uvicorn answers 503 (0: unlimited)."
+    )
+    http_max_connections_per_client: int = Field(
+        default=64, ge=0, description="Open connections per client address (0: off, e.g. behind an ingress)."
+    )
     token_default_ttl_s: int | None = Field(
         default=None,
         gt=0,

@@ -3,7 +3,7 @@ point 2), on SQLite.
 
 Every operation of the document gets a few derandomized Hypothesis examples, valid and invalid (positive and
 negative generation modes); each example is sent once with a valid token of each role (operator, issuer,
-custodian, SME A of :mod:`tests.api.world_full`). Checks: no 5xx, a 2xx body matches the response schema the
+custodian, SME A of :mod:`tests.api.world_full`) and once with no token. Checks: no 5xx, a 2xx body matches the response schema the
 operation declares, and every 4xx carries the ``{"error", "detail"}`` body.
 
 Side effects are not skipped: generated ids are random, so writes on existing objects almost never hit one,
@@ -35,6 +35,7 @@ from tests.conftest import make_world
 
 MAX_EXAMPLES = 3
 ROLES = {"operator": "op2", "issuer": "issuer", "custodian": "custodian", "sme": "sme-a"}
+CALLERS: list[str | None] = [*ROLES.values(), None]  # each role's token, then none at all
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +127,9 @@ def test_fuzz_operation_for_every_role(
     )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
-        for name in ROLES.values():
-            response = case.call(headers={"Authorization": f"Bearer {full.tokens[name]}"})
+        for name in CALLERS:
+            headers = {"Authorization": f"Bearer {full.tokens[name]}"} if name else {}
+            response = case.call(headers=headers)
             case.validate_response(response, checks=CHECKS)
         if (method, path) == ("PUT", "/api/v1/rate-card"):
             _restore_rate_card(full, card)
