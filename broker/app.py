@@ -13,6 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.deps import PrincipalDep
 from broker.api.guards import AuthFirst, BodyLimit, InputGuard, SecurityHeaders
+from broker.api.health import (
+    RefuseWritesWhenFull,
+    StorageWatch,
+    backend_check,
+    check_database,
+    readiness,
+    unavailable_response,
+)
 from broker.api.models import ErrorBody
 from broker.api.policy import policy
 from broker.api.routes_core import router as core_router
@@ -38,6 +46,7 @@ def create_app(services: Services) -> FastAPI:
             413: "Body too large",
             422: "Values break a rule",
             429: "Too many requests (see Retry-After)",
+            503: "Database, disk or backend unavailable (see Retry-After)",
         }.items()
     }
     app = FastAPI(
@@ -126,8 +135,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
         headers = {}
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | ServiceUnavailable):
             headers["Retry-After"] = str(exc.retry_after_s)
+        elif status_for(exc) == 503:  # another adapter's 503 (backend_unavailable): retrying is right
+            headers["Retry-After"] = str(ServiceUnavailable.retry_after_s)
         return JSONResponse(error_body(exc.code, exc.detail), status_code=status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)

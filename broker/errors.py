@@ -69,6 +69,9 @@ _STATUS_BY_CODE: dict[str, int] = {
     "budget_exceeded": 409,
     "quota_exceeded": 409,
     "backend_unavailable": 503,
+    "sandbox_unavailable": 409,
+    "disk_quota": 409,
+    "invalid_archive": 422,
     "access_denied": 403,
     "invalid_policy": 422,
     "invalid_query": 422,
@@ -93,6 +96,13 @@ class DatabaseUnavailable(ServiceUnavailable):
     """The database cannot be reached (authentication says so rather than 401)."""
 
     code = "database_unavailable"
+
+
+class StorageFull(ServiceUnavailable):
+    """The state dir's (or the database's) disk is full or below its free-space threshold."""
+
+    code = "storage_full"
+    retry_after_s = 60
 
 
 # The stable codes of bounded input (common.numbers), and the pydantic error types that mean the same thing.
