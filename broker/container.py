@@ -107,6 +107,7 @@ def build_compute(
             runtime_class=settings.kube_runtime_class or None,
             run_as_user=settings.kube_run_as_user,
             run_as_group=settings.kube_run_as_group,
+            scratch_size_limit=settings.kube_scratch_size_limit or None,
         ),
         local_num_cpus=settings.ray_num_cpus,
         clock=clock,

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     )
     kube_run_as_user: int = Field(default=1000, ge=1, description="KubeRay: the job image's non-root uid.")
     kube_run_as_group: int = Field(default=100, ge=0, description="KubeRay: the job image's gid.")
+    kube_scratch_size_limit: str = Field(
+        default="8Gi", description="KubeRay: size cap of each scratch emptyDir of job pods (empty: none)."
+    )
     public_url: str | None = Field(
         default=None,
         description=(

@@ -73,6 +73,7 @@ LABEL_ORG = "sandbox-broker.io/org-id"
 LABEL_JOB = "sandbox-broker.io/job-id"
 LABEL_KIND = "sandbox-broker.io/job-kind"
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _MAX_RETRIES = 5
 _LOG_TAIL_LINES = 5_000  # limitBytes would cut the head of the log; we want its tail
 
@@ -95,19 +96,24 @@ class PodHardening:
 
     ``run_as_user``/``run_as_group`` are the image's non-root user (1000/100 in ``rayproject/ray``);
     ``service_account`` is a dedicated account with no RBAC whose token is never mounted; ``runtime_class``
-    names a sandboxed runtime (``gvisor``, ``kata``) when the cluster has one.
+    names a sandboxed runtime (``gvisor``, ``kata``) when the cluster has one; ``scratch_size_limit`` caps
+    each scratch ``emptyDir`` (a Kubernetes quantity; the kubelet evicts a pod that writes more, so one job
+    cannot fill its node's disk), ``None`` for no cap.
     """
 
     service_account: str = "sbx-job-runner"
     runtime_class: str | None = None
     run_as_user: int = 1000
     run_as_group: int = 100
+    scratch_size_limit: str | None = "8Gi"
 
     def __post_init__(self) -> None:
         if self.run_as_user <= 0 or self.run_as_group < 0:
             raise InvalidInput("job pods run as a non-root user: run_as_user must be a positive uid")
         if not self.service_account:
             raise InvalidInput("job pods need a dedicated service account name")
+        if self.scratch_size_limit is not None and not _QUANTITY.match(self.scratch_size_limit):
+            raise InvalidInput(f"scratch size limit {self.scratch_size_limit!r} is not a quantity like 8Gi")
 
     def pod_security(self) -> dict[str, Any]:
         """The pod-level ``securityContext``."""
@@ -143,12 +149,15 @@ class PodHardening:
             "enableServiceLinks": False,
             "securityContext": self.pod_security(),
             "containers": containers,
-            "volumes": [{"name": n, "emptyDir": {}} for n in SCRATCH_VOLUMES],
+            "volumes": [{"name": n, "emptyDir": self._empty_dir()} for n in SCRATCH_VOLUMES],
             **extra,
         }
         if self.runtime_class:
             spec["runtimeClassName"] = self.runtime_class
         return spec
+
+    def _empty_dir(self) -> dict[str, Any]:
+        return {"sizeLimit": self.scratch_size_limit} if self.scratch_size_limit else {}
 
 
 def label_value(text: str) -> str:

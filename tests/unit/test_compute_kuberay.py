@@ -369,6 +369,7 @@ def test_every_pod_is_hardened_field_by_field(variant: str) -> None:
         for field in ("hostNetwork", "hostPID", "hostIPC"):
             assert not spec.get(field), (where, field)
         assert all(set(v) == {"name", "emptyDir"} for v in spec["volumes"]), where
+        assert all(v["emptyDir"] == {"sizeLimit": "8Gi"} for v in spec["volumes"]), where
         for container in spec["containers"]:
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, where
@@ -486,6 +487,10 @@ def test_hardening_refuses_root_and_an_empty_service_account() -> None:
         PodHardening(run_as_user=0)
     with pytest.raises(InvalidInput, match="service account"):
         PodHardening(service_account="")
+    with pytest.raises(InvalidInput, match="quantity"):
+        PodHardening(scratch_size_limit="lots")
+    unbounded = PodHardening(scratch_size_limit=None).pod_spec([{"name": "c"}])
+    assert [v["emptyDir"] for v in unbounded["volumes"]] == [{}, {}]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -451,6 +451,7 @@ def test_rayjobs_from_the_charts_settings_are_restricted_and_use_the_runtime_cla
         runtime_class=config.get("SBX_KUBE_RUNTIME_CLASS"),
         run_as_user=int(config["SBX_KUBE_RUN_AS_USER"]),
         run_as_group=int(config["SBX_KUBE_RUN_AS_GROUP"]),
+        scratch_size_limit=config["SBX_KUBE_SCRATCH_SIZE_LIMIT"] or None,
     )
     launch = _launch("01JOBRTC", Resources(500, 0, 512), ())
     spec = rayjob_manifest(launch, image="img", namespace="n", hardening=hardening, worker_replicas=1)["spec"]
@@ -460,6 +461,7 @@ def test_rayjobs_from_the_charts_settings_are_restricted_and_use_the_runtime_cla
         assert restricted_violations(template["spec"]) == []
         assert template["spec"].get("runtimeClassName", "") == runtime_class
         assert template["spec"]["serviceAccountName"] == "sbx-job-runner"
+        assert all(v["emptyDir"] == {"sizeLimit": "8Gi"} for v in template["spec"]["volumes"])
 
 
 def test_only_the_brokers_training_harness_pods_may_reach_the_object_store(chart: Any) -> None:
@@ -540,6 +542,7 @@ def test_audit_checkpoints_persist_per_pod_on_a_kept_volume(chart: Any) -> None:
         ({"jobs": {"runAsUser": 0}}, "/jobs/runAsUser"),
         ({"jobs": {"archive": {"maxFetches": 0}}}, "/jobs/archive/maxFetches"),
         ({"jobs": {"runtimeClassName": "Not A Name"}}, "/jobs/runtimeClassName"),
+        ({"jobs": {"scratchSizeLimit": "lots"}}, "/jobs/scratchSizeLimit"),
     ],
 )
 def test_values_that_would_break_production_are_refused(
