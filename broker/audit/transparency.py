@@ -105,7 +105,9 @@ def _presence(file_cps: Sequence[Checkpoint], file_exists: bool, state: RecordSt
         if state.entries == 0 or young:
             return None  # nothing is due yet: an empty log, or one younger than the window
         if not file_exists:
-            return Problem(1, "the checkpoint file is missing and no checkpoint is recorded: both were deleted")
+            return Problem(
+                1, "the checkpoint file is missing and no checkpoint is recorded: both were deleted"
+            )
         return Problem(1, "no checkpoint is recorded although the log is older than the window: removed")
     if not file_exists:
         return Problem(1, "the checkpoint file is missing: it was deleted (restore it from a copy)")

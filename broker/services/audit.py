@@ -9,7 +9,7 @@ from sqlalchemy import Connection
 
 from broker.audit.note import parse_vkey
 from broker.container import Container
-from broker.db import ledger_chain
+from broker.db import audit_tree, ledger_chain
 from broker.db.audit import TransparencyConfig
 from broker.db.orgs import Principal
 from broker.services.access import read_scope, require_role
@@ -70,7 +70,12 @@ class AuditService:
                 details=details,
             )
 
-        return self.c.db.write(lambda conn: ledger_chain.fold_transfers(conn, append))
+        def tx(conn: Connection) -> int:
+            if not audit_tree.holds_signer_lock(conn):  # the signer replica folds; two folds would collide
+                return 0
+            return ledger_chain.fold_transfers(conn, append)
+
+        return self.c.db.write(tx)
 
     def checkpoint(self, principal: Principal | None) -> dict[str, Any] | None:
         """Fold the ledger, extend the tree and sign the next checkpoint (operators, and the background loop)."""
