@@ -41,7 +41,7 @@ ANY_VALUE = st.one_of(
 def _magnitude_ok(value: Fraction) -> bool:
     """A parsed value is small by construction: numerator and denominator below 10^(40 + 64 + 1)."""
     bound = 10 ** (MAX_EXPONENT + 65)
-    return abs(value.numerator) < bound and value.denominator < bound
+    return bool(abs(value.numerator) < bound and value.denominator < bound)
 
 
 @settings(max_examples=500, deadline=None)
