@@ -13,10 +13,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.deps import PrincipalDep
 from broker.api.guards import AuthFirst, BodyLimit, InputGuard, SecurityHeaders
+from broker.api.health import (
+    RefuseWritesWhenFull,
+    StorageWatch,
+    backend_check,
+    check_database,
+    readiness,
+    unavailable_response,
+)
 from broker.api.models import ErrorBody
 from broker.api.policy import policy
 from broker.api.routes_core import router as core_router
-from broker.errors import RateLimited, error_body, status_for, validation_code
+from broker.errors import RateLimited, ServiceUnavailable, error_body, status_for, validation_code
+from broker.i18n import negotiate
+from broker.messages import translate_detail
 from broker.services.access import require_role
 from broker.services.registry import Services
 from common.errors import DomainError
@@ -38,6 +48,7 @@ def create_app(services: Services) -> FastAPI:
             413: "Body too large",
             422: "Values break a rule",
             429: "Too many requests (see Retry-After)",
+            503: "Database, disk or backend unavailable (see Retry-After)",
         }.items()
     }
     app = FastAPI(
@@ -50,6 +61,11 @@ def create_app(services: Services) -> FastAPI:
     _install_error_handlers(app)
     # Outermost last: security headers on every answer; the request line checked; a body's sender
     # authenticated before it is read; its size counted while it streams.
+    settings = services.container.settings
+    storage = StorageWatch(
+        settings.state_dir, min_bytes=settings.min_free_bytes, min_percent=settings.min_free_percent
+    )
+    app.add_middleware(RefuseWritesWhenFull, watch=storage)  # inside AuthFirst: a stranger learns nothing
     app.add_middleware(BodyLimit, max_bytes=services.container.settings.max_body_bytes)
     app.add_middleware(AuthFirst, authenticate=services.orgs.authenticate)
     app.add_middleware(InputGuard)
@@ -68,11 +84,23 @@ def create_app(services: Services) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", openapi_extra=policy("public"))
-    def readyz() -> dict[str, str]:
-        """Readiness: the database answers."""
-        services.container.db.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
-        return {"status": "ready"}
+    @app.get("/readyz", openapi_extra=policy("public"), responses={503: errors[503]})
+    def readyz() -> Response:
+        """Readiness: the database answers a real statement, the state dir has free space, the backend is
+        up (else 503: the first failure's error body, ``checks`` naming each outcome); ``sme_code`` says
+        whether the backend runs SME code isolated (``available``) or refuses it (see ``sbx doctor``)."""
+        checks, failed = readiness(
+            {
+                "database": lambda: check_database(services.container.db),
+                "storage": storage.check,
+                "backend": lambda: backend_check(services.jobs.backend_up),
+            }
+        )
+        if failed is not None:
+            return unavailable_response(failed, 503, {"status": "unready", "checks": checks})
+        isolation = services.jobs.isolation()
+        sme_code = "available" if isolation.sme_code else "refused"
+        return JSONResponse({"status": "ready", "sme_code": sme_code})
 
     @app.get("/metrics", openapi_extra=policy("operator"), include_in_schema=False)
     def metrics(principal: PrincipalDep) -> Response:
@@ -107,11 +135,15 @@ def _feature_routers() -> list[Any]:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
-    async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
         headers = {}
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | ServiceUnavailable):
             headers["Retry-After"] = str(exc.retry_after_s)
-        return JSONResponse(error_body(exc.code, exc.detail), status_code=status_for(exc), headers=headers)
+        elif status_for(exc) == 503:  # another adapter's 503 (backend_unavailable): retrying is right
+            headers["Retry-After"] = str(ServiceUnavailable.retry_after_s)
+        locale = negotiate(accept_language=request.headers.get("accept-language"))
+        detail = translate_detail(exc.detail, locale)
+        return JSONResponse(error_body(exc.code, detail), status_code=status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -69,6 +69,9 @@ _STATUS_BY_CODE: dict[str, int] = {
     "budget_exceeded": 409,
     "quota_exceeded": 409,
     "backend_unavailable": 503,
+    "sandbox_unavailable": 409,
+    "disk_quota": 409,
+    "invalid_archive": 422,
     "access_denied": 403,
     "invalid_policy": 422,
     "invalid_query": 422,
@@ -82,14 +85,30 @@ _STATUS_BY_CODE: dict[str, int] = {
 }
 
 
-class DatabaseUnavailable(DomainError):
+class ServiceUnavailable(DomainError):
+    """An infrastructure failure, not the caller's: 503 with ``Retry-After`` (nothing was changed)."""
+
+    code = "service_unavailable"
+    retry_after_s = 5
+
+
+class DatabaseUnavailable(ServiceUnavailable):
     """The database cannot be reached (authentication says so rather than 401)."""
 
     code = "database_unavailable"
 
 
+class StorageFull(ServiceUnavailable):
+    """The state dir's (or the database's) disk is full or below its free-space threshold."""
+
+    code = "storage_full"
+    retry_after_s = 60
+
+
 # The stable codes of bounded input (common.numbers), and the pydantic error types that mean the same thing.
-_STATUS_BY_CODE |= {code: 422 for code in BOUNDED_INPUT_CODES} | {"database_unavailable": 503}
+_STATUS_BY_CODE |= {code: 422 for code in BOUNDED_INPUT_CODES} | dict.fromkeys(
+    ("database_unavailable", "storage_full", "service_unavailable"), 503
+)
 _CODE_BY_PYDANTIC_TYPE: dict[str, str] = {
     **{code: code for code in BOUNDED_INPUT_CODES},
     **dict.fromkeys(("greater_than", "greater_than_equal", "less_than", "less_than_equal"), "out_of_range"),

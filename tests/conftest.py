@@ -50,7 +50,7 @@ def _pg_admin_url() -> str:
 def _scratch_pg_database(prefix: str, template: str | None = None) -> Iterator[str]:
     """Create a PostgreSQL database (empty, or a copy of ``template``), yield its URL, drop it afterwards."""
     name = f"{prefix}_{secrets.token_hex(6)}"
-    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     try:
@@ -79,7 +79,7 @@ def pg_template() -> Iterator[str | None]:
     from broker.db.migrate import upgrade
 
     name = f"sbx_tmpl_{secrets.token_hex(6)}"
-    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     upgrade(f"{_pg_admin_url().rsplit('/', 1)[0]}/{name}")

@@ -45,9 +45,14 @@ UI_FORM_BYTES = 16 * 1024
 PRINCIPAL_KEY = "sbx_principal"
 
 
-async def refuse(send: Any, status: int, code: str, detail: str, *, close: bool = True) -> None:
-    """Answer ``status`` with the error body; ``close`` adds ``Connection: close`` (body left unread)."""
+async def refuse(
+    send: Any, status: int, code: str, detail: str, *, close: bool = True, retry_after_s: int | None = None
+) -> None:
+    """Answer ``status`` with the error body; ``close`` adds ``Connection: close`` (body left unread);
+    ``retry_after_s`` a ``Retry-After`` (a 503: the database is down, retry shortly)."""
     headers = {"Connection": "close"} if close else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     response = JSONResponse(error_body(code, detail), status_code=status, headers=headers)
     await response({"type": "http"}, _no_receive, send)
 
@@ -143,7 +148,8 @@ class AuthFirst:
                     self.authenticate, bearer.removeprefix("Bearer ").strip()
                 )
             except DomainError as exc:  # database_unavailable: 503, never 401
-                await refuse(send, status_for(exc), exc.code, exc.detail)
+                retry = getattr(exc, "retry_after_s", None)
+                await refuse(send, status_for(exc), exc.code, exc.detail, retry_after_s=retry)
                 return
             if principal is None:
                 await refuse(send, 401, "unauthorized", "the token is unknown, expired or revoked")
