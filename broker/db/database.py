@@ -6,24 +6,71 @@ that is waiting, runs each inside its own SAVEPOINT (so one failure rolls back o
 them together — one ``fsync`` for many transactions at full durability. A caller's ``write`` returns only
 after that commit. On PostgreSQL each write is its own transaction; row locks are taken in a fixed order
 by the repositories, and serialization failures are retried.
+
+Infrastructure failures leave here as domain errors, translated once (:func:`translate`): a database that
+cannot be reached (refused connection, a server shutting down or restarting, a lost connection) is
+``DatabaseUnavailable``; a full disk (SQLite ``SQLITE_FULL``, ``ENOSPC``, PostgreSQL ``53100``) is
+``StorageFull``. Both are 503 with ``Retry-After`` in the error table (``broker/errors.py``). A transaction
+that failed so was rolled back: nothing of it was written.
 """
 
 from __future__ import annotations
 
+import errno
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from broker.db.engine import READ_ONLY, is_sqlite
+from broker.errors import DatabaseUnavailable, ServiceUnavailable, StorageFull
 
 T = TypeVar("T")
 _MAX_BATCH = 256
 _PG_RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+# Connection exceptions (class 08), operator intervention (57P01 admin shutdown, 57P02 crash shutdown,
+# 57P03 cannot connect now), too many connections (53300); 53100 is disk_full.
+_PG_UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
+_PG_DISK_FULL = "53100"
+_SQLITE_FULL_TEXT = "database or disk is full"
+_SQLITE_UNAVAILABLE = {
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_CORRUPT,
+}
+
+
+def translate(exc: BaseException) -> ServiceUnavailable | None:
+    """The domain error an infrastructure failure means (``None``: it is not one; let it propagate)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return StorageFull("the broker's disk is full; nothing was written; retry once space is freed")
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or _SQLITE_FULL_TEXT in str(orig):
+            return StorageFull("the database's disk is full; nothing was written; retry once space is freed")
+        if code is not None and (code & 0xFF) in _SQLITE_UNAVAILABLE:
+            return DatabaseUnavailable(f"the database file cannot be used ({orig}); retry shortly")
+        return None
+    state = str(getattr(orig, "sqlstate", None) or "")
+    if state == _PG_DISK_FULL:
+        return StorageFull(
+            "the database server's disk is full; nothing was written; retry once space is freed"
+        )
+    unreachable = state.startswith(_PG_UNAVAILABLE_PREFIXES) or exc.connection_invalidated
+    if unreachable or (not state and isinstance(exc, OperationalError | InterfaceError)):
+        return DatabaseUnavailable(
+            "the broker's database cannot be reached; retry shortly (with the same Idempotency-Key)"
+        )
+    return None
 
 
 class Database:
@@ -48,7 +95,28 @@ class Database:
         return self.engine.dialect.name
 
     def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one write transaction and return its result once it is durably committed."""
+        """Run ``fn`` in one write transaction and return its result once it is durably committed
+        (infrastructure failures raised as their domain errors, see :func:`translate`)."""
+        try:
+            return self._write(fn)
+        except (DBAPIError, OSError) as exc:
+            domain = translate(exc)
+            if domain is None:
+                raise
+            raise domain from exc
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on a read-only snapshot (a plain connection; SQLite WAL readers never block);
+        infrastructure failures raised as their domain errors."""
+        try:
+            return self._read(fn)
+        except (DBAPIError, OSError) as exc:
+            domain = translate(exc)
+            if domain is None:
+                raise
+            raise domain from exc
+
+    def _write(self, fn: Callable[[Connection], T]) -> T:
         if self._closed:
             raise RuntimeError("the database is closed")
         if self._writer is None:
@@ -64,8 +132,7 @@ class Database:
         self._queue.put((fn, future))
         return future.result()  # type: ignore[return-value]
 
-    def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` on a read-only snapshot (a plain connection; SQLite WAL readers never block)."""
+    def _read(self, fn: Callable[[Connection], T]) -> T:
         with self.engine.connect() as conn:
             if self.sqlite:
                 conn = conn.execution_options(**{READ_ONLY: True})
