@@ -23,12 +23,14 @@ Decisions recorded here:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.errors import InvalidInput
 from common.resources import Resources
@@ -51,6 +53,7 @@ REMOTE_RAY_REFUSAL = (
     "without SBX_RAY_ADDRESS) or KubeRay (SBX_COMPUTE=kuberay: a RayCluster per job)"
 )
 
+T = TypeVar("T")
 _MIB = 1024 * 1024
 _HTTP_STATUS = re.compile(r"status code (\d{3})")
 _RAY_STATES = {
@@ -187,42 +190,32 @@ class RayJobsBackend:
                 metadata={str(k): str(v) for k, v in metadata.items()},
                 **entrypoint_resources(launch.resources),
             )
-        except Exception as exc:
+        except Exception:
             if self._exists(client, launch.name):  # lost a race with a concurrent start: same job
                 return
-            raise BackendError(f"Ray refused job {launch.name} at {self._address}: {exc}") from exc
+            with self._translated(f"Ray refused job {launch.name}"):
+                raise
 
     def status(self, name: str) -> BackendStatus:
         """Return Ray's view of job ``name`` (``NOT_FOUND`` when Ray does not know it)."""
         client = self._connect()
-        try:
-            info = client.get_job_info(name)
-        except Exception as exc:
-            if http_status_of(exc) == 404:
-                return NOT_FOUND_STATUS
-            raise BackendError(f"cannot read Ray job {name} at {self._address}: {exc}") from exc
+        info = self._call(f"cannot read Ray job {name}", lambda: client.get_job_info(name), missing=None)
+        if info is None:
+            return NOT_FOUND_STATUS
         return map_ray_status(str(info.status), info.start_time, info.end_time, info.message or "")
 
     def logs(self, name: str, max_bytes: int = DEFAULT_LOG_BYTES) -> str:
         """Return the tail of the job's driver output (empty for an unknown job)."""
         client = self._connect()
-        try:
-            text = str(client.get_job_logs(name))
-        except Exception as exc:
-            if http_status_of(exc) == 404:
-                return ""
-            raise BackendError(f"cannot read logs of Ray job {name} at {self._address}: {exc}") from exc
-        return tail_bytes(text, max_bytes)
+        text = self._call(
+            f"cannot read logs of Ray job {name}", lambda: client.get_job_logs(name), missing=""
+        )
+        return tail_bytes(str(text), max_bytes)
 
     def stop(self, name: str) -> None:
         """Ask Ray to stop job ``name``; finished or unknown jobs are left alone."""
         client = self._connect()
-        try:
-            client.stop_job(name)
-        except Exception as exc:
-            if http_status_of(exc) == 404:
-                return
-            raise BackendError(f"cannot stop Ray job {name} at {self._address}: {exc}") from exc
+        self._call(f"cannot stop Ray job {name}", lambda: client.stop_job(name), missing=None)
 
     def capacity(self) -> Resources:
         """Return the summed resources of the cluster's ALIVE nodes (or the configured override)."""
@@ -232,13 +225,11 @@ class RayJobsBackend:
         from ray.util.state import StateApiClient
         from ray.util.state.common import ListApiOptions, StateResource
 
-        try:
+        with self._translated("cannot read the nodes of the Ray cluster"):
             client = StateApiClient(address=self._address, headers=dict(self._headers))
             nodes = client.list(
                 StateResource.NODES, options=ListApiOptions(limit=10_000), raise_on_missing_output=False
             )
-        except Exception as exc:
-            raise BackendError(f"cannot read the nodes of the Ray cluster at {self._address}: {exc}") from exc
         total = Resources()
         for node in nodes:
             if str(_field(node, "state")) == "ALIVE":
@@ -252,14 +243,10 @@ class RayJobsBackend:
         (SIGTERM, then SIGKILL). Returns the names still unfinished at the deadline.
         """
         client = self._connect()
-        try:
+        with self._translated("cannot list the jobs of the Ray cluster"):
             active = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal()]
-            for name in active:
-                self.stop(name)
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"cannot list the jobs of the Ray cluster at {self._address}: {exc}") from exc
+        for name in active:
+            self.stop(name)
         deadline = time.monotonic() + timeout_s
         while active and time.monotonic() < deadline:
             active = [n for n in active if not self.status(n).state.is_terminal]
@@ -288,20 +275,34 @@ class RayJobsBackend:
             if self._client is None:
                 from ray.job_submission import JobSubmissionClient
 
-                try:
+                with self._translated("cannot reach the Ray dashboard"):
                     self._client = JobSubmissionClient(self._address, headers=dict(self._headers))
-                except Exception as exc:
-                    raise BackendError(f"cannot reach the Ray dashboard at {self._address}: {exc}") from exc
             return self._client
 
     def _exists(self, client: Any, name: str) -> bool:
+        found = self._call(f"cannot read Ray job {name}", lambda: client.get_job_info(name), missing=None)
+        return found is not None
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """The one place Ray's SDK errors (bare ``RuntimeError``s and transport errors) become
+        :class:`BackendError`, with the third-party error chained."""
         try:
-            client.get_job_info(name)
+            yield
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"{what} at {self._address}: {exc}") from exc
+
+    def _call(self, what: str, fn: Callable[[], T], *, missing: T) -> T:
+        """``fn()``, or ``missing`` when Ray answers 404 (it does not know the job); other errors translated."""
+        try:
+            return fn()
         except Exception as exc:
             if http_status_of(exc) == 404:
-                return False
-            raise BackendError(f"cannot read Ray job {name} at {self._address}: {exc}") from exc
-        return True
+                return missing
+            with self._translated(what):
+                raise
 
 
 def _field(record: Any, name: str) -> Any:
