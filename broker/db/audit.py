@@ -188,6 +188,13 @@ class AuditRepo:
         """A checkpoint with all its cosignatures (the newest, or by ``seq`` or tree ``size``)."""
         return tree.served(conn, seq=seq, size=size)
 
+    def bare_checkpoint(self, conn: Connection) -> tuple[int, Checkpoint]:
+        """The newest checkpoint as the broker signed it (no cosignatures) and its seq."""
+        found = tree.latest(conn)
+        if found is None:
+            raise NotFound("no signed checkpoint yet")
+        return found
+
     def add_cosignature(
         self, conn: Connection, cfg: TransparencyConfig, *, checkpoint_seq: int, line: str, now_ms: int
     ) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from functools import cached_property
 from typing import Any
 
@@ -14,6 +16,9 @@ from broker.db.audit import TransparencyConfig
 from broker.db.orgs import Principal
 from broker.services.access import read_scope, require_role
 from common.errors import NotFound
+from datasets.storage.base import StorageError
+
+log = logging.getLogger("sbx.audit")
 
 
 class AuditService:
@@ -84,6 +89,8 @@ class AuditService:
         now = self.c.clock.now_ms()
         self.fold_ledger()
         cp = self.c.audit.checkpoint(self.c.db, self.config, now_ms=now)
+        if cp is not None:
+            self._publish_checkpoint()
         # An empty log has nothing to vouch for: it is as fresh as a checkpoint made now.
         self.c.metrics.audit_health.record_checkpoint(now if cp is None else cp.ts_ms)
         if cp is None:
@@ -163,4 +170,21 @@ class AuditService:
                 conn, self.config, checkpoint_seq=checkpoint_seq, line=cosignature, now_ms=now
             )
         )
+        witness = cosignature.split(" ")[1] if cosignature.count(" ") >= 2 else "unknown"
+        tag = hashlib.sha256(witness.encode()).hexdigest()[:16]
+        self._publish(f"audit/cosignatures/{checkpoint_seq:012d}/{tag}.sig", cosignature.encode())
         return {"checkpoint_seq": checkpoint_seq, "timestamp": stamp}
+
+    # -- the object-store copy ------------------------------------------------------------------------
+    def _publish_checkpoint(self) -> None:
+        """Put the newest checkpoint's signed note in the object store (immutable: one object per seq)."""
+        seq, cp = self.c.db.read(lambda conn: self.c.audit.bare_checkpoint(conn))
+        self._publish(f"audit/checkpoints/{seq:012d}.note", cp.render().encode())
+
+    def _publish(self, key: str, data: bytes) -> None:
+        """One immutable object; a store that is down or already holds other bytes is logged, not fatal
+        (the database and the checkpoint files remain the record)."""
+        try:
+            self.c.storage.put_bytes(key, data)
+        except StorageError as exc:
+            log.warning("audit object %s not stored: %s", key, exc.detail)

@@ -313,3 +313,25 @@ def _rewrite_and_resign(world: World, *, seq: int) -> None:
     path.unlink()
     for cp in resigned:
         container.audit.checkpoint_file.append(cp)
+
+
+def test_checkpoints_and_cosignatures_are_copied_to_the_object_store(world: World, tmp_path: Path) -> None:
+    from broker.audit.note import vkey
+
+    key = Ed25519PrivateKey.generate()
+    world.services.container.settings.audit_witnesses = [
+        vkey("funder.example/witness", key.public_key(), 0x04)
+    ]
+    world.services.audit.__dict__.pop("config", None)
+    _checkpointed(world)
+    storage = world.services.container.storage
+    stored = storage.get_bytes("audit/checkpoints/000000000001.note").decode()
+    assert Checkpoint.parse(stored).render() == stored
+    _witness(world, tmp_path, key).step(DirectClient(world))
+    latest = world.services.audit.latest_checkpoint(world.operator)
+    tags = [line for line in latest["checkpoint"].splitlines() if "funder.example/witness" in line]
+    import hashlib
+
+    tag = hashlib.sha256(b"funder.example/witness").hexdigest()[:16]
+    line = storage.get_bytes(f"audit/cosignatures/{latest['seq']:012d}/{tag}.sig").decode()
+    assert tags == [line]
