@@ -107,11 +107,8 @@ class Kek:
         if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + _KEK_ID_BYTES + _NONCE_BYTES + 16:
             raise KekUnavailable(f"the stored key {label!r} is not a wrapped key")
         rest = blob[len(_MAGIC) :]
-        kid, nonce, sealed = (
-            rest[:_KEK_ID_BYTES],
-            rest[_KEK_ID_BYTES : _KEK_ID_BYTES + _NONCE_BYTES],
-            rest[20:],
-        )
+        kid, nonce = rest[:_KEK_ID_BYTES], rest[_KEK_ID_BYTES : _KEK_ID_BYTES + _NONCE_BYTES]
+        sealed = rest[_KEK_ID_BYTES + _NONCE_BYTES :]
         key = self._by_id.get(kid) or self._reload().get(kid)
         if key is None:
             raise KekUnavailable(

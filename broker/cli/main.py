@@ -124,6 +124,8 @@ def keys_rotate(
         result = rotate_keys(broker_key=broker_key)
     except DomainError as exc:
         fail(exc.detail)
+    except FileNotFoundError as exc:  # no key set: a broker key mounted from a Secret rotates there
+        fail(str(exc))
     human = f"re-wrapped {result['rewrapped']} keys under KEK {result['kek_id']} ({result['kek_file']})"
     if broker_key:
         human += f"\nnew broker signing key {result['broker_kid']}"
