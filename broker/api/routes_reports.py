@@ -48,6 +48,8 @@ def subsidy_report(
 ) -> Response:
     """The programme's signed subsidy report for a period (issuers: their own; operators: any)."""
     if stream:
+        # Validated before the first byte: a bad period or programme is its 4xx, not a 200 stream.
+        services.reports.check_subsidy_request(principal, period=period, issuer_org=issuer_org)
         return _stream(
             lambda progress: services.reports.subsidy(
                 principal, period=period, issuer_org=issuer_org, progress=progress

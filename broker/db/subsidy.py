@@ -15,6 +15,11 @@ it; tests compare it with the live roll-up). The definitions, for one settled ho
 * ``jobs`` += 1, ``voucher`` += that leg (this programme's share);
 * ``copay`` += the hold's settled cost minus every programme's legs (the SME's own part);
 * ``cpu``/``gpu``/``memory`` += the usage records of the hold's job.
+
+A settled hold with a positive cost that no programme paid any part of (no voucher line, or voucher lines
+that settled nothing) goes to ``subsidy_copay`` instead, per SME and bucket (``jobs``, ``copay`` = its
+cost, usage): the report adds it for the programme's grantees, so a report's co-payment equals the ledger's
+``copaid`` for the period to the unit (:data:`REBUILD_COPAY` recomputes it).
 """
 
 from __future__ import annotations
@@ -49,11 +54,10 @@ def add_settlement(
     """
     paying = {issuer: amount for issuer, amount in paid_by.items() if amount > 0}
     if not paying:
+        if cost > 0:
+            _add_copay_only(conn, org_id=org_id, cost=cost, usage=_job_usage(conn, job_id), now_ms=now_ms)
         return
-    usage = {"cpu": 0, "gpu": 0, "memory": 0}
-    if job_id is not None:
-        for record in conn.execute(_JOB_USAGE, {"job_id": job_id}):
-            usage[record.resource] += int(record.quantity)  # keys are the resource names
+    usage = _job_usage(conn, job_id)
     copay = cost - sum(paid_by.values())
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     table = t.subsidy_daily
@@ -77,6 +81,35 @@ def add_settlement(
                 },
             )
         )
+
+
+def _job_usage(conn: Connection, job_id: str | None) -> dict[str, int]:
+    """The usage records of a hold's job, per resource (zeros for a hold without a job)."""
+    usage = {"cpu": 0, "gpu": 0, "memory": 0}
+    if job_id is not None:
+        for record in conn.execute(_JOB_USAGE, {"job_id": job_id}):
+            usage[record.resource] += int(record.quantity)  # keys are the resource names
+    return usage
+
+
+def _add_copay_only(
+    conn: Connection, *, org_id: str, cost: int, usage: Mapping[str, int], now_ms: int
+) -> None:
+    """Add one settled hold no programme paid for to the SME's co-payment roll-up."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    table = t.subsidy_copay
+    stmt = dialect.insert(table).values(
+        org_id=org_id, day_ms=now_ms - now_ms % BUCKET_MS, jobs=1, copay=cost, **usage
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[table.c.org_id, table.c.day_ms],
+            set_={
+                name: table.c[name] + stmt.excluded[name]
+                for name in ("jobs", "copay", "cpu", "gpu", "memory")
+            },
+        )
+    )
 
 
 # The roll-up recomputed from the ledger: settle legs on programmes' ``spent`` accounts, per hold.
@@ -113,10 +146,43 @@ REBUILD = text(
 )
 
 
+# Settled holds with a positive cost and no positive programme leg, per SME and bucket of their settlement.
+REBUILD_COPAY = text(
+    """
+    INSERT INTO subsidy_copay (org_id, day_ms, jobs, copay, cpu, gpu, memory)
+    WITH paid AS (
+        SELECT DISTINCT e.hold_id AS hold_id
+        FROM entries e JOIN accounts a ON a.id = e.account_id
+        WHERE a.kind = 'spent' AND a.grant_id IS NULL AND e.kind = 'settle' AND e.amount > 0
+    ),
+    settled_at AS (
+        SELECT hold_id, MIN(created_ms) AS ts FROM entries WHERE kind = 'settle' GROUP BY hold_id
+    ),
+    job_usage AS (
+        SELECT job_id,
+               SUM(CASE WHEN resource = 'cpu' THEN quantity ELSE 0 END) AS cpu,
+               SUM(CASE WHEN resource = 'gpu' THEN quantity ELSE 0 END) AS gpu,
+               SUM(CASE WHEN resource = 'memory' THEN quantity ELSE 0 END) AS memory
+        FROM usage_records GROUP BY job_id
+    )
+    SELECT h.org_id, s.ts - s.ts % 900000, COUNT(*), SUM(h.settled),
+           COALESCE(SUM(u.cpu), 0), COALESCE(SUM(u.gpu), 0), COALESCE(SUM(u.memory), 0)
+    FROM holds h
+    JOIN settled_at s ON s.hold_id = h.id
+    LEFT JOIN paid p ON p.hold_id = h.id
+    LEFT JOIN job_usage u ON u.job_id = h.job_id
+    WHERE h.state = 'SETTLED' AND h.settled > 0 AND p.hold_id IS NULL
+    GROUP BY h.org_id, s.ts - s.ts % 900000
+    """
+)
+
+
 def rebuild(conn: Connection) -> None:
-    """Replace the roll-up with one recomputed from the ledger (in the caller's transaction)."""
+    """Replace both roll-ups with ones recomputed from the ledger (in the caller's transaction)."""
     conn.execute(t.subsidy_daily.delete())
     conn.execute(REBUILD)
+    conn.execute(t.subsidy_copay.delete())
+    conn.execute(REBUILD_COPAY)
 
 
 def drift(conn: Connection) -> list[tuple[Any, ...]]:
@@ -125,12 +191,20 @@ def drift(conn: Connection) -> list[tuple[Any, ...]]:
     The rebuild runs in a savepoint that is rolled back, so the kept roll-up is left as it was; run it in a
     write transaction (SQLite takes the write lock for the savepoint's changes).
     """
-    query = select(t.subsidy_daily).order_by(*t.subsidy_daily.primary_key)
-    kept = {tuple(r) for r in conn.execute(query)}
+    kept = _rows(conn)
     savepoint = conn.begin_nested()
     try:
         rebuild(conn)
-        rebuilt = {tuple(r) for r in conn.execute(query)}
+        rebuilt = _rows(conn)
     finally:
         savepoint.rollback()
     return sorted(kept ^ rebuilt)
+
+
+def _rows(conn: Connection) -> set[tuple[Any, ...]]:
+    """Every row of both roll-ups, tagged with its table."""
+    rows: set[tuple[Any, ...]] = set()
+    for table in (t.subsidy_daily, t.subsidy_copay):
+        query = select(table).order_by(*table.primary_key)
+        rows |= {(table.name, *r) for r in conn.execute(query)}
+    return rows

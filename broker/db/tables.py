@@ -371,13 +371,13 @@ subsidy_daily = Table(
     Column("memory", BigInteger, nullable=False),  # MiB·ms
 )
 
-# Settled holds no programme paid any part of (0009): the SME's co-payment alone, per SME and UTC day, so a
-# subsidy report counts every settled cost of its grantees (broker/db/subsidy.py).
+# Settled holds no programme paid any part of (0009): the SME's co-payment alone, per SME and UTC quarter-hour
+# (like subsidy_daily), so a subsidy report counts every settled cost of its grantees (broker/db/subsidy.py).
 subsidy_copay = Table(
     "subsidy_copay",
     metadata,
     Column("org_id", String(40), ForeignKey("organisations.id"), primary_key=True),
-    Column("day_ms", BigInteger, primary_key=True),  # UTC midnight of the settlement day
+    Column("day_ms", BigInteger, primary_key=True),  # start of the settlement's quarter-hour (UTC ms)
     Column("jobs", BigInteger, nullable=False),
     Column("copay", BigInteger, nullable=False),
     Column("cpu", BigInteger, nullable=False),

@@ -7,6 +7,11 @@ What a subsidy report counts, for one programme (issuer) and one period ``[start
 * ``voucher_share`` is that entry's amount; ``copay`` is the hold's settled cost minus every programme's
   voucher legs (what the settlement put on the SME's ``copaid`` account); ``cost`` is their sum (a job paid
   by two programmes shows its co-payment in both reports, each with its own voucher share);
+* a settled hold no programme paid any part of (the SME's co-payment alone: no voucher line, or voucher
+  lines that settled nothing) counts in the report of every programme whose credit the SME was granted by
+  the end of that month: ``jobs`` += 1, ``copay`` += its cost. So, per SME and in total, ``cost`` =
+  ``voucher_share`` + ``copay``, and ``copay`` equals what the ledger put on the SME's ``copaid`` account for
+  the jobs settled in the period, to the unit (an SME of two programmes shows such holds in both reports);
 * CPU-, GPU- and GiB-hours are the usage records of those jobs;
 * ``credit_redeemed`` is what left the programme's source account into the SME's grants in the period,
   ``credit_expired`` what reached the programme's ``expired`` account for the SME in the period,
@@ -125,6 +130,16 @@ _SETTLED = text(
     WHERE issuer_org = :issuer AND day_ms >= :start AND day_ms < :end
     """
 )
+# Settled holds no programme paid for (broker.db.subsidy), for the SMEs granted this programme's credit.
+_COPAY_ONLY = text(
+    """
+    SELECT c.org_id AS org_id, c.day_ms AS day_ms, c.jobs AS jobs, c.copay AS copay, c.cpu AS cpu,
+           c.gpu AS gpu, c.memory AS memory
+    FROM subsidy_copay c
+    WHERE c.day_ms >= :start AND c.day_ms < :end
+      AND c.org_id IN (SELECT g.org_id FROM grants g WHERE g.issuer_org = :issuer AND g.created_ms < :end)
+    """
+)
 _ACCOUNT_FLOW = text(
     """
     SELECT e.org_id AS org_id, SUM(e.amount) AS amount
@@ -191,6 +206,14 @@ def _aggregate_month(
         day = daily.setdefault(int(r.day_ms), [0, 0])
         day[0] += int(r.voucher)
         day[1] += int(r.copay)
+    for r in conn.execute(_COPAY_ONLY, {"issuer": issuer_org, "start": start, "end": end}):
+        s = sums.setdefault(r.org_id, _Sums())
+        s.jobs += int(r.jobs)
+        s.copay += int(r.copay)
+        s.cpu += int(r.cpu)
+        s.gpu += int(r.gpu)
+        s.mem += int(r.memory)
+        daily.setdefault(int(r.day_ms), [0, 0])[1] += int(r.copay)
     for r in conn.execute(_ACCOUNT_FLOW, {"account": acc["programme"], "start": start, "end": end}):
         if r.org_id is not None:
             sums.setdefault(r.org_id, _Sums()).redeemed += -int(r.amount)
@@ -353,6 +376,13 @@ class ReportService:
             return sign_report(report, key_pem=self.c.broker_key_pem, kid=self.c.broker_kid)
 
         return self.c.db.read(tx)
+
+    def check_subsidy_request(self, principal: Principal, *, period: str, issuer_org: str | None) -> None:
+        """Refuse a subsidy report request that cannot succeed (role, period, programme) before anything is
+        streamed, so a bad request is a 4xx status, never a 200 with an error line inside."""
+        require_role(principal, "issuer", "operator")
+        parse_period(period)
+        self.c.db.read(lambda conn: self._programme(conn, principal, issuer_org))
 
     def _programme(self, conn: Connection, principal: Principal, issuer_org: str | None) -> str:
         """The programme a caller may report on (a non-operator naming another gets the 404 of a missing one)."""
