@@ -16,11 +16,13 @@ never pays more than its declared coverage; a fractional credit falls to the co-
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from common.errors import InvalidInput
+from common.numbers import parse_exact
 from common.resources import Resources
 
 BPS_DENOMINATOR = 10_000
@@ -30,6 +32,7 @@ MS_PER_S = 1_000
 MILLI_PER_CPU = 1_000
 MIB_PER_GIB = 1_024
 
+_RATIO_TEXT = re.compile(r"[0-9]{1,30}(?:/[0-9]{1,30})?", re.ASCII)
 _RATE_FIELDS = ("credits_per_cpu_second", "credits_per_gpu_second", "credits_per_gib_second")
 
 
@@ -133,11 +136,9 @@ def _fraction_from_json(name: str, value: object) -> Fraction | int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
-        numerator, _, denominator = value.partition("/")
-        try:
-            return Fraction(int(numerator), int(denominator) if denominator else 1)
-        except (ValueError, ZeroDivisionError) as exc:
-            raise InvalidInput(f"{name} must be 'n' or 'n/d' with integers, got {value!r}") from exc
+        if _RATIO_TEXT.fullmatch(value) is None:
+            raise InvalidInput(f"{name} must be 'n' or 'n/d' with integers, got {value[:40]!r}")
+        return parse_exact(value, name, lo=0)  # the one bounded parser (common.numbers)
     raise InvalidInput(f"{name} must be an integer or an 'n/d' string, got {value!r}")
 
 
