@@ -22,7 +22,7 @@ from broker.compute.sandbox.bwrap import (
     mount_points,
     sandbox_env,
 )
-from broker.compute.sandbox.launch import disk_usage, exit_status
+from broker.compute.sandbox.launch import disk_usage, exit_status, next_interval
 from broker.compute.sandbox.limits import (
     Cgroup,
     _own_cgroups,
@@ -358,6 +358,13 @@ def test_cgroup_v1_files_on_a_fake_hierarchy(tmp_path: Path) -> None:
     (memory / "memory.failcnt").write_text("5\n")
     assert group.oom_kills() == 5
     assert len(Cgroup(1, group.dirs).procs_files()) == 3
+
+
+def test_watchdog_interval_shrinks_as_a_fast_writer_nears_the_cap() -> None:
+    assert next_interval(remaining=1 << 30, rate=0.0, scan_s=0.001) == 0.025
+    assert next_interval(remaining=5 << 20, rate=1e9, scan_s=0.0001) == 0.005  # 1 GB/s, 5 MiB left
+    assert 0.01 < next_interval(remaining=30 << 20, rate=1e9, scan_s=0.0001) < 0.02
+    assert next_interval(remaining=1 << 20, rate=1e9, scan_s=0.5) == 2.0  # a slow scan is not repeated
 
 
 def test_stale_groups_of_dead_launchers_are_swept(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ Ray's environment, none of which reaches the command. In order, it:
 4. runs ``bwrap`` (:func:`.bwrap.build_argv`) with an empty environment; its child joins the cgroup, takes
    the rlimits and drops to the job uid before ``exec``;
 5. forwards at most ``log_bytes`` of the sandbox's stdout+stderr to its own stdout, then one line
-   ``[sbx] log truncated at N bytes``; a watchdog (~100 ms) checks the disk use of ``work/``+``output/``,
+   ``[sbx] log truncated at N bytes``; a watchdog (every 25 ms) checks the disk use of ``work/``+``output/``,
    the cgroup's OOM and pids events (or, without a cgroup, the job uid's process count) and kills the whole
    sandbox on a breach; SIGTERM/SIGINT (Ray's stop) kill it too;
 6. writes ``result.json`` atomically, removes the cgroup and exits with the command's status (1 for a limit
@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
@@ -55,9 +55,11 @@ from .spec import (
 )
 from .stage import Stage, enter_private_mount_namespace
 
-WATCH_INTERVAL_S = 0.1
+WATCH_INTERVAL_S = 0.025
+MIN_WATCH_INTERVAL_S = 0.005
 REAP_TIMEOUT_S = 5.0
 PR_SET_CHILD_SUBREAPER = 36
+LAUNCHER_NICE_BOOST = -10
 _CHUNK = 64 * 1024
 
 # --- checks of the job directory ------------------------------------------------------------------------
@@ -198,9 +200,20 @@ def _check(watch: _Watch) -> tuple[tuple[str, str] | None, int]:
     return None, used
 
 
+def next_interval(remaining: int, rate: float, scan_s: float) -> float:
+    """Seconds to the next check: 25 ms, sooner when the disk use grows fast enough (``rate``, bytes/s) to
+    reach the cap (``remaining`` bytes away) within two intervals; never below 5 ms, and never less than
+    four times a scan's own duration (a huge tree is not rescanned back to back). A small tree scans in
+    well under a millisecond, so this costs the launcher little CPU."""
+    interval = WATCH_INTERVAL_S
+    if rate > 0:
+        interval = min(interval, max(MIN_WATCH_INTERVAL_S, remaining / rate / 2))
+    return max(interval, 4 * scan_s)
+
+
 def _watchdog(watch: _Watch, run: _Run) -> None:
-    """Check ``watch`` every ~100 ms (every ~20 ms past half the disk cap; longer when a scan is slow)
-    until the run ends or a limit breaks."""
+    """Check ``watch`` (see :func:`next_interval` for how often) until the run ends or a limit breaks."""
+    last_used, last_at = 0, time.monotonic()
     while not run.done.is_set():
         started = time.monotonic()
         try:
@@ -211,8 +224,10 @@ def _watchdog(watch: _Watch, run: _Run) -> None:
         if found is not None:
             run.breach(*found)
             return
-        interval = WATCH_INTERVAL_S if used < watch.disk_bytes // 2 else WATCH_INTERVAL_S / 5
-        run.done.wait(max(interval, 4 * (time.monotonic() - started)))
+        now = time.monotonic()
+        rate = max(0.0, (used - last_used) / max(now - last_at, 1e-3))
+        last_used, last_at = used, now
+        run.done.wait(next_interval(watch.disk_bytes - used, rate, now - started))
 
 
 # --- the child: joins the cgroup, takes the rlimits, drops to the job uid ----------------------------
@@ -226,6 +241,7 @@ class _ChildPlan:
     rlimits: tuple[tuple[int, int], ...]
     cpus: frozenset[int] | None
     ids: tuple[int, int] | None
+    nice: int = 0
 
 
 def _child_setup(plan: _ChildPlan) -> Callable[[], None]:
@@ -234,6 +250,7 @@ def _child_setup(plan: _ChildPlan) -> Callable[[], None]:
     def setup() -> None:
         if plan.cgroup is not None:
             plan.cgroup.join(0)
+        os.setpriority(os.PRIO_PROCESS, 0, plan.nice)  # the launcher's own boost is not inherited
         with contextlib.suppress(OSError):  # prefer the sandbox over the broker under host memory pressure
             Path("/proc/self/oom_score_adj").write_text("500")
         lim.apply_rlimits(plan.rlimits)
@@ -431,6 +448,15 @@ def become_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def boost_priority() -> int:
+    """Raise the launcher's CPU priority (root only) so its watchdog runs promptly on a busy machine; the
+    launcher is idle but for the watchdog and the log. Returns the nice value the sandbox gets back."""
+    original = os.getpriority(os.PRIO_PROCESS, 0)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, max(-20, original + LAUNCHER_NICE_BOOST))
+    return original
+
+
 def reap_orphans(timeout_s: float = REAP_TIMEOUT_S) -> None:
     """Reap every remaining child (orphans reparented to the launcher) until none is left or time is up."""
     deadline = time.monotonic() + timeout_s
@@ -531,6 +557,7 @@ def run_sandboxed(spec: SandboxSpec, *, bwrap: str | None = None, run: _Run | No
     """Run ``spec`` in the sandbox and return what happened (the launcher's whole job but the I/O)."""
     run = run or _Run()
     become_subreaper()
+    nice = boost_priority()
     with _signals(run):
         cgroup = _make_cgroup(spec)
         setup: _Setup | None = None
@@ -540,7 +567,7 @@ def run_sandboxed(spec: SandboxSpec, *, bwrap: str | None = None, run: _Run | No
                 setup.argv,
                 run=run,
                 cap=spec.limits.log_bytes,
-                preexec=_child_setup(setup.plan),
+                preexec=_child_setup(replace(setup.plan, nice=nice)),
                 pass_fds=tuple(setup.fds),
                 env={},
                 cwd="/",
