@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench soak clean constraints
+.PHONY: demo test test-fast lint bench soak clean constraints i18n
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sandbox-broker needs Python 3.11 or newer")'
@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# `make demo LANG=zh_CN.UTF-8` runs the Chinese demo (a city science and technology bureau, yuan, Beijing time).
 demo: $(STAMP)
-	$(BIN)/sbx demo
+	SBX_LANG="$(LANG)" $(BIN)/sbx demo
+
+# Re-extract the marked messages into broker/locale/*/LC_MESSAGES/messages.po and compile the .mo beside it
+# (exits 1 while a message lacks its translation; tests/unit/test_i18n.py checks the committed files).
+i18n: $(STAMP)
+	$(BIN)/python scripts/i18n.py
 
 # Two workers, one test file each at a time (module fixtures such as a local Ray head stay per file): the
 # suite waits on subprocesses, Ray and fsync much of the time, so two workers nearly halve it on 2 cores.

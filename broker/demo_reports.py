@@ -6,16 +6,26 @@ The files go into ``<demo state dir>/reports/``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.services.reports import subsidy_csv, verify_report
+from broker.i18n import negotiate
+from broker.services.report_exports import subsidy_csv_bytes, subsidy_xlsx
+from broker.services.reports import verify_report
 from broker.web.render import subsidy_html
 
 ISSUER = "Innovation Programme Nordstadt"
 SME = "Acme Mobility GmbH"
+
+
+def state_locale(state: Any) -> str:
+    """The demo's language (``sbx demo --lang``, ``SBX_LANG``/``LANG``), English when unset."""
+    return str(
+        getattr(state, "locale", None) or negotiate(os.environ.get("SBX_LANG"), os.environ.get("LANG"))
+    )
 
 
 def _reports_dir(state: Any) -> Path:
@@ -34,8 +44,9 @@ def step_subsidy_report(state: Any) -> str:
     out = _reports_dir(state)
     stem = f"subsidy-{period}"
     (out / f"{stem}.json").write_text(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False))
-    (out / f"{stem}.csv").write_text(subsidy_csv(document))
-    (out / f"{stem}.html").write_text(subsidy_html(document))
+    (out / f"{stem}.csv").write_bytes(subsidy_csv_bytes(document))  # UTF-8 with a BOM: Excel reads it
+    (out / f"{stem}.xlsx").write_bytes(subsidy_xlsx(document, state_locale(state)))
+    (out / f"{stem}.html").write_text(subsidy_html(document, state_locale(state)))
     row = next((r for r in document["report"]["rows"] if r["name"] == SME), None)
     summary = "no settled jobs"
     if row is not None:

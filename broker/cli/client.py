@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
 import httpx
 import typer
+
+from broker.i18n import negotiate
+from broker.messages import translate_detail
 
 
 class CliError(Exception):
@@ -24,12 +28,21 @@ def fail(message: str, exit_code: int = 1) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
+def cli_locale(lang: str | None = None) -> str:
+    """The CLI's language: ``--lang``, then ``SBX_LANG``, then ``LANG`` (``zh_CN.UTF-8``), else English."""
+    return negotiate(lang, os.environ.get("SBX_LANG"), os.environ.get("LANG"))
+
+
 class BrokerClient:
     """Calls the broker's REST API with the caller's bearer token."""
 
-    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, url: str, token: str | None, *, timeout_s: float = 60.0, lang: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        self.locale = cli_locale(lang)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers["Accept-Language"] = self.locale.replace("_", "-")  # the broker translates error details
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
     def call(
@@ -48,14 +61,17 @@ class BrokerClient:
             response = self._http.request(method, path, json=body, params=clean, headers=headers)
         except httpx.TransportError as exc:
             raise CliError(
-                f"cannot reach the broker at {self.url} ({type(exc).__name__}); is `sbx serve` running? "
-                "Set --url or SBX_URL.",
+                translate_detail(
+                    f"cannot reach the broker at {self.url} ({type(exc).__name__}); is `sbx serve` running? "
+                    "Set --url or SBX_URL.",
+                    self.locale,
+                ),
                 exit_code=2,
             ) from exc
         if response.status_code >= 400:
             try:
                 payload = response.json()
-                message = f"{payload['error']}: {payload['detail']}"
+                message = f"{payload['error']}: {translate_detail(str(payload['detail']), self.locale)}"
             except (ValueError, KeyError, TypeError):
                 message = f"HTTP {response.status_code}"
             raise CliError(message, exit_code=1)
@@ -120,7 +136,7 @@ def call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: An
     non-zero with the broker's code and reason.
     """
     state = ctx.find_root().obj
-    client = BrokerClient(state.url, state.token)
+    client = BrokerClient(state.url, state.token, lang=getattr(state, "lang", None))
     try:
         return client.call(method, path, **kwargs), bool(as_json or state.as_json)
     except CliError as exc:

@@ -60,6 +60,7 @@ class CliState:
     url: str
     token: str | None
     as_json: bool
+    lang: str | None = None  # zh-CN or en (--lang, SBX_LANG): the language of the broker's error details
 
 
 @app.callback()
@@ -68,9 +69,10 @@ def main_options(
     url: Annotated[str, typer.Option(envvar="SBX_URL", help="Broker URL.")] = "http://127.0.0.1:8750",
     token: Annotated[str | None, typer.Option(envvar="SBX_TOKEN", help="Bearer token.")] = None,
     as_json: JsonOpt = False,
+    lang: Annotated[str | None, typer.Option(envvar="SBX_LANG", help="zh-CN or en.")] = None,
 ) -> None:
     """Global options: where the broker is and who you are."""
-    ctx.obj = CliState(url, token, as_json)
+    ctx.obj = CliState(url, token, as_json, lang)
 
 
 def _state(ctx: typer.Context, as_json: bool) -> CliState:

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 import httpx
 import typer
 
-from broker.cli.client import fail
+from broker.cli.client import cli_locale, fail
+from broker.services.report_exports import subsidy_csv_bytes, subsidy_xlsx
 from broker.services.report_signing import load_jwks, load_report
 from broker.services.reports import ReportSignatureInvalid, subsidy_csv, verify_report
 from broker.web.render import access_html, subsidy_html
@@ -23,7 +24,10 @@ from broker.web.render import access_html, subsidy_html
 report_app = typer.Typer(help="Subsidy and data-access reports.", no_args_is_help=True)
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")]
 PeriodOpt = Annotated[
-    str, typer.Option(help="A month (2026-11), a year (2026) or a range (2026-01..2026-06), UTC.")
+    str,
+    typer.Option(
+        help="A month (2026-11), a year (2026) or a range (2026-01..2026-06), in the programme's zone."
+    ),
 ]
 
 
@@ -95,22 +99,37 @@ def _write(content: str, out: Path | None) -> None:
     typer.echo(f"wrote {out}", err=True)
 
 
+def _write_bytes(content: bytes, out: Path) -> None:
+    out.write_bytes(content)
+    typer.echo(f"wrote {out}", err=True)
+
+
 @report_app.command("subsidy")
 def subsidy(
     ctx: typer.Context,
     period: PeriodOpt,
     format: Annotated[
-        Literal["json", "csv", "html"], typer.Option(help="json (signed), csv or html.")
+        Literal["json", "csv", "xlsx", "html"],
+        typer.Option(
+            help="json (signed), csv (a file gets a UTF-8 BOM for Excel), xlsx (needs --out) or html."
+        ),
     ] = "json",
     issuer: Annotated[str | None, typer.Option(help="Operators: the programme (issuer org id).")] = None,
     out: OutOpt = None,
 ) -> None:
     """A programme's subsidy report for a period: per SME jobs, hours, cost, voucher share, co-payment, credit."""
     document = fetch_subsidy(ctx, period, issuer)
-    if format == "csv":
+    locale = cli_locale(getattr(ctx.find_root().obj, "lang", None))
+    if format == "csv" and out is not None:
+        _write_bytes(subsidy_csv_bytes(document), out)
+    elif format == "csv":
         _write(subsidy_csv(document), out)
+    elif format == "xlsx":
+        if out is None:
+            fail("--format xlsx writes a file: give --out report.xlsx")
+        _write_bytes(subsidy_xlsx(document, locale), out)
     elif format == "html":
-        _write(subsidy_html(document), out)
+        _write(subsidy_html(document, locale), out)
     else:
         _write(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False), out)
 
@@ -136,7 +155,7 @@ def data_access(
         fail(_broker_error(_json_or_none(response), response.status_code))
     document = response.json()
     if format == "html":
-        _write(access_html(document), out)
+        _write(access_html(document, cli_locale(getattr(ctx.find_root().obj, "lang", None))), out)
     else:
         _write(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False), out)
 

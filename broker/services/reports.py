@@ -38,15 +38,17 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, text
 
 from broker.container import Container
 from broker.db import jobs as jobs_db
-from broker.db.orgs import Principal, get_org, list_orgs
+from broker.db.orgs import Organisation, Principal, get_org, list_orgs
+from broker.db.vouchers import Programme, get_programme
 from broker.services.access import require_role
 from broker.services.report_signing import (  # re-exported: callers import them from here
     ReportSignatureInvalid as ReportSignatureInvalid,
@@ -54,6 +56,7 @@ from broker.services.report_signing import (  # re-exported: callers import them
 from broker.services.report_signing import sign_report
 from broker.services.report_signing import verify_report as verify_report
 from common.errors import DomainError, InvalidInput, NotFound
+from common.money import minor_digits
 from common.numbers import OutOfRange, check_text
 from quotas.report import ReportRow, SmeTotals, build_report
 
@@ -70,26 +73,30 @@ _LAST_YEAR = 9998  # the month after December 9999 is not a datetime
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """A half-open UTC interval ``[start_ms, end_ms)`` made of whole calendar months, with its label."""
+    """A half-open interval ``[start_ms, end_ms)`` (UTC milliseconds) made of whole calendar months of the
+    time zone ``zone`` (a programme's; months begin at its local midnight), with its label."""
 
     label: str
     start_ms: int
     end_ms: int
     months: tuple[tuple[int, int], ...]  # (start_ms, end_ms) of each month, in order
+    zone: str = "UTC"
 
 
-def _month_start_ms(year: int, month: int) -> int:
-    return int(datetime(year, month, 1, tzinfo=UTC).timestamp()) * 1000
+def _month_start_ms(year: int, month: int, zone: ZoneInfo | timezone = UTC) -> int:
+    return int(datetime(year, month, 1, tzinfo=zone).timestamp()) * 1000
 
 
 def _next(year: int, month: int) -> tuple[int, int]:
     return (year + 1, 1) if month == 12 else (year, month + 1)
 
 
-def parse_period(label: str) -> Period:
-    """Parse ``2026-11`` (a month), ``2026`` (a year) or ``2026-01..2026-06`` (months, inclusive), UTC.
+def parse_period(label: str, zone: str = "UTC") -> Period:
+    """Parse ``2026-11`` (a month), ``2026`` (a year) or ``2026-01..2026-06`` (months, inclusive) as calendar
+    months of the IANA time zone ``zone`` (a programme's: ``Asia/Shanghai`` months begin at 16:00 UTC).
 
     Bounded like every parsed string (``common.numbers``): printable ASCII digits only, years 1970..9998."""
+    tz = ZoneInfo(zone)
     check_text(label, "period")
     match = _PERIOD_RE.fullmatch(label.strip())
     if match is None:
@@ -114,9 +121,9 @@ def parse_period(label: str) -> Period:
         if len(months) >= _MAX_MONTHS:
             raise InvalidInput(f"period {label!r} spans more than {_MAX_MONTHS} months; ask for less")
         after = _next(*cursor)
-        months.append((_month_start_ms(*cursor), _month_start_ms(*after)))
+        months.append((_month_start_ms(*cursor, tz), _month_start_ms(*after, tz)))
         cursor = after
-    return Period(label.strip(), months[0][0], months[-1][1], tuple(months))
+    return Period(label.strip(), months[0][0], months[-1][1], tuple(months), zone)
 
 
 # -- SQL aggregation ----------------------------------------------------------------------------------
@@ -161,7 +168,6 @@ _ISSUER_ACCOUNTS = text(
     "SELECT kind, id FROM accounts WHERE org_id = :issuer AND grant_id IS NULL "
     "AND kind IN ('programme', 'spent', 'expired')"
 )
-_DAY_MS = 86_400_000
 
 
 @dataclass
@@ -235,7 +241,7 @@ def subsidy_totals(
     for number, (start, end) in enumerate(period.months, start=1):
         _aggregate_month(conn, issuer_org, acc, (start, end), sums, daily)
         if progress is not None:
-            progress(number, len(period.months), _month_label(start))
+            progress(number, len(period.months), _month_label(start, period.zone))
     for r in conn.execute(_GRANTEES, {"issuer": issuer_org, "end": period.end_ms}):
         sums.setdefault(r.org_id, _Sums())
     for r in conn.execute(_LEFT, {"issuer": issuer_org, "end": period.end_ms}):
@@ -262,10 +268,7 @@ def subsidy_totals(
 
 def _over_time(span: Period, daily: Mapping[int, tuple[int, int]]) -> list[dict[str, Any]]:
     """Settled voucher share and co-payment per day (a one-month period) or per month, every bucket present."""
-    if len(span.months) == 1:
-        starts = list(range(span.start_ms, span.end_ms, _DAY_MS))
-    else:
-        starts = [start for start, _ in span.months]
+    starts = _local_days(span) if len(span.months) == 1 else [start for start, _ in span.months]
     series = {start: [0, 0] for start in starts}
     for ts, (voucher, copay) in daily.items():
         key = starts[bisect.bisect_right(starts, ts) - 1]
@@ -274,8 +277,22 @@ def _over_time(span: Period, daily: Mapping[int, tuple[int, int]]) -> list[dict[
     return [{"start_ms": k, "voucher_share": v[0], "copay": v[1]} for k, v in sorted(series.items())]
 
 
-def _month_label(start_ms: int) -> str:
-    return datetime.fromtimestamp(start_ms / 1000, tz=UTC).strftime("%Y-%m")
+def _local_days(span: Period) -> list[int]:
+    """The start (UTC ms) of each local day of a one-month period, in the period's zone (DST-safe)."""
+    tz = ZoneInfo(span.zone)
+    first = datetime.fromtimestamp(span.start_ms / 1000, tz=tz).date()
+    starts = []
+    for offset in range(31):
+        day = first + timedelta(days=offset)
+        start = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()) * 1000
+        if start >= span.end_ms:
+            break
+        starts.append(start)
+    return starts
+
+
+def _month_label(start_ms: int, zone: str = "UTC") -> str:
+    return datetime.fromtimestamp(start_ms / 1000, tz=ZoneInfo(zone)).strftime("%Y-%m")
 
 
 # -- documents ------------------------------------------------------------------------------------------
@@ -318,6 +335,8 @@ CSV_COLUMNS = (
     "credit_redeemed",
     "credit_expired",
     "credit_left",
+    "name_zh",
+    "uscc",
 )
 
 
@@ -328,7 +347,7 @@ def subsidy_csv(document: Mapping[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([c.removesuffix("_display") for c in CSV_COLUMNS])
     for row in [*report["rows"], report["totals"]]:
-        writer.writerow([_csv_safe(row[c]) for c in CSV_COLUMNS])
+        writer.writerow([_csv_safe("" if row.get(c) is None else row[c]) for c in CSV_COLUMNS])
     return out.getvalue()
 
 
@@ -337,6 +356,51 @@ def _csv_safe(value: object) -> object:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
+
+
+def _check_zone(zone: str) -> str:
+    """An IANA time zone name, or ``unknown_time_zone``."""
+    check_text(zone, "time_zone")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"unknown time zone {zone!r} (IANA, e.g. Asia/Shanghai)", code="unknown_time_zone"
+        ) from None
+    return zone
+
+
+def _programme_settings(conn: Connection, issuer: str) -> Programme:
+    """The programme's currency and zone; an issuer whose budget was never set reports in credits and UTC."""
+    try:
+        return get_programme(conn, issuer)
+    except NotFound:
+        return Programme(issuer, 0, 0)
+
+
+def _period_dict(span: Period) -> dict[str, Any]:
+    return {"label": span.label, "start_ms": span.start_ms, "end_ms": span.end_ms, "time_zone": span.zone}
+
+
+def _org_identity(org: Organisation) -> dict[str, Any]:
+    """An organisation as a report names it: id, name, registered names and unified social credit code."""
+    return {
+        "org_id": org.id,
+        "name": org.name,
+        "name_zh": org.name_zh,
+        "name_en": org.name_en,
+        "uscc": org.uscc,
+    }
+
+
+def _name(smes: Mapping[str, Organisation], org_id: str) -> str:
+    org = smes.get(org_id)
+    return org_id if org is None else org.name
+
+
+def _identified(row: dict[str, Any], org: Organisation | None) -> dict[str, Any]:
+    """A report row with the SME's registered Chinese name and unified social credit code (``None`` if unknown)."""
+    return row | {"name_zh": org.name_zh if org else None, "uscc": org.uscc if org else None}
 
 
 class ReportService:
@@ -355,21 +419,28 @@ class ReportService:
     ) -> dict[str, Any]:
         """The signed subsidy report of a programme: issuers their own, operators any (named, or the only one)."""
         require_role(principal, "issuer", "operator")
-        span = parse_period(period)
+        parse_period(period)  # refused before anything is read
         now = self.c.clock.now_ms()
 
         def tx(conn: Connection) -> dict[str, Any]:
             issuer = self._programme(conn, principal, issuer_org)
+            programme = _programme_settings(conn, issuer)
+            span = parse_period(period, programme.time_zone)
             sums = subsidy_totals(conn, issuer_org=issuer, period=span, progress=progress)
             built = build_report(sums.totals)
-            names = {o.id: o.name for o in list_orgs(conn, role="sme")}
+            smes = {o.id: o for o in list_orgs(conn, role="sme")}
             report = {
                 "format": REPORT_FORMAT,
-                "programme": {"org_id": issuer, "name": get_org(conn, issuer).name},
-                "period": {"label": span.label, "start_ms": span.start_ms, "end_ms": span.end_ms},
+                "programme": _org_identity(get_org(conn, issuer)),
+                "period": _period_dict(span),
                 "generated_ms": now,
-                "currency": "credits",
-                "rows": [row_dict(r, names.get(r.org_id, r.org_id)) for r in built.rows],
+                "currency": programme.currency or "credits",
+                "minor_unit_digits": minor_digits(programme.currency),
+                "time_zone": span.zone,
+                "default_locale": programme.default_locale,
+                "rows": [
+                    _identified(row_dict(r, _name(smes, r.org_id)), smes.get(r.org_id)) for r in built.rows
+                ],
                 "totals": row_dict(built.totals, "Total"),
                 "over_time": _over_time(span, sums.daily),
             }
@@ -403,12 +474,12 @@ class ReportService:
         return issuers[0].id
 
     def data_access(
-        self, principal: Principal, *, period: str, custodian_org: str | None = None
+        self, principal: Principal, *, period: str, custodian_org: str | None = None, time_zone: str = "UTC"
     ) -> dict[str, Any]:
         """Signed data-access report: per dataset and SME, releases and ε/δ spent in the period (custodians
         their own datasets, operators one custodian's or all)."""
         require_role(principal, "custodian", "operator")
-        span = parse_period(period)
+        span = parse_period(period, _check_zone(time_zone))
         scope = principal.org_id if principal.role == "custodian" else custodian_org
         now = self.c.clock.now_ms()
 
@@ -434,7 +505,8 @@ class ReportService:
             report = {
                 "format": ACCESS_FORMAT,
                 "custodian_org": scope,
-                "period": {"label": span.label, "start_ms": span.start_ms, "end_ms": span.end_ms},
+                "period": _period_dict(span),
+                "time_zone": span.zone,
                 "generated_ms": now,
                 "rows": lines,
                 "totals": {

@@ -4,78 +4,107 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 
+from broker.i18n import DEFAULT_LOCALE, _, gettext, translator
 from broker.services.report_signing import signature_header
 from broker.web.charts import Bar, column_bars, meter, stacked_bars
+from common.money import format_money
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 
 @functools.cache
-def environment() -> Environment:
-    """The template environment (immutable configuration; built once on first use)."""
+def environment(locale: str = DEFAULT_LOCALE) -> Environment:
+    """The template environment of one language (immutable configuration; built once per locale).
+
+    Templates mark text with ``{% trans %}``/``_()`` (Jinja2's i18n extension over the Babel catalogue of
+    ``locale``). ``credits`` shows an amount as money in the context's ``currency`` (``¥1,234.56``; plain
+    grouped units when the context has none) and ``when`` a time in the context's ``zone`` (UTC by default)."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
-    env.filters["when"] = when
-    env.filters["credits"] = lambda v: f"{int(v):,}" if v is not None else "–"
+    env.install_gettext_translations(translator(locale), newstyle=True)  # type: ignore[attr-defined]
+    env.filters["when"] = pass_context(lambda ctx, ms: when(ms, ctx.get("zone") or "UTC"))
+    env.filters["credits"] = pass_context(lambda ctx, v: _money(v, ctx.get("currency"), locale))
     env.filters["epsilon"] = lambda micro: f"{int(micro) / 1e6:.3f}"
     env.globals["meter"] = meter
+    env.globals["lang"] = locale.replace("_", "-")
     return env
 
 
-def when(ms: int | None) -> str:
-    """A UTC time for humans (``2026-11-25 07:12 UTC``)."""
+def _money(amount: int | None, currency: str | None, locale: str) -> str:
+    return "–" if amount is None else format_money(int(amount), currency, locale)
+
+
+def when(ms: int | None, zone: str = "UTC") -> str:
+    """A time for humans in ``zone`` (``2026-11-25 07:12 UTC``, ``2026-12-01 07:30 CST``)."""
     if ms is None:
         return "–"
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(int(ms) / 1000, tz=ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def render(template: str, **context: Any) -> str:
-    """Render one template with ``context``."""
-    return environment().get_template(template).render(**context)
+def render(template: str, locale: str = DEFAULT_LOCALE, **context: Any) -> str:
+    """Render one template in ``locale`` with ``context``."""
+    return environment(locale).get_template(template).render(**context)
+
+
+def _report_money(report: Mapping[str, Any]) -> str | None:
+    currency = report.get("currency")
+    return None if currency in (None, "credits") else str(currency)
 
 
 def _style() -> str:
     return (STATIC / "style.css").read_text()
 
 
-def subsidy_html(document: Mapping[str, Any], *, linked_style: bool = False) -> str:
-    """The printable subsidy report: table, totals, cost by SME and use over time as inline SVG.
+def subsidy_html(
+    document: Mapping[str, Any], locale: str = DEFAULT_LOCALE, *, linked_style: bool = False
+) -> str:
+    """The printable subsidy report in ``locale``: table, totals, cost by SME and use over time as inline SVG,
+    amounts in the programme's currency, times in its zone, and a signature/seal block for the programme office.
 
     A standalone file carries its stylesheet inline; the dashboard (``linked_style``) links ``/ui/static``
     instead, so its strict Content-Security-Policy needs no inline style."""
     report = document["report"]
+    currency = _report_money(report)
+    unit = currency or gettext(locale, _("credits"))
+    zone = str(report.get("time_zone") or "UTC")
     single_month = report["period"]["end_ms"] - report["period"]["start_ms"] <= 31 * 86_400_000
     fmt = "%d" if single_month else "%Y-%m"
     by_sme = stacked_bars(
         [Bar(r["name"], r["voucher_share"], r["copay"]) for r in report["rows"] if r["cost"]],
-        title="Cost by SME (credits)",
+        title=gettext(locale, _("Cost by SME ({unit})")).format(unit=unit),
     )
     over_time = column_bars(
         [
             Bar(
-                datetime.fromtimestamp(p["start_ms"] / 1000, tz=UTC).strftime(fmt),
+                datetime.fromtimestamp(p["start_ms"] / 1000, tz=ZoneInfo(zone)).strftime(fmt),
                 p["voucher_share"],
                 p["copay"],
             )
             for p in report["over_time"]
         ],
-        title="Settled cost over time (credits, per day)"
-        if single_month
-        else "Settled cost per month (credits)",
+        title=gettext(
+            locale,
+            _("Settled cost per day ({unit})") if single_month else _("Settled cost per month ({unit})"),
+        ).format(unit=unit),
     )
     return render(
         "report_subsidy.html",
+        locale,
+        currency=currency,
+        zone=zone,
         report=report,
         signature=signature_header(document),
         by_sme=by_sme,
@@ -84,8 +113,14 @@ def subsidy_html(document: Mapping[str, Any], *, linked_style: bool = False) -> 
     )
 
 
-def access_html(document: Mapping[str, Any]) -> str:
-    """The printable data-access report (per dataset and SME: releases and ε spent)."""
+def access_html(document: Mapping[str, Any], locale: str = DEFAULT_LOCALE) -> str:
+    """The printable data-access report in ``locale`` (per dataset and SME: releases and ε spent)."""
+    report = document["report"]
     return render(
-        "report_access.html", report=document["report"], signature=signature_header(document), style=_style()
+        "report_access.html",
+        locale,
+        zone=str(report.get("time_zone") or "UTC"),
+        report=report,
+        signature=signature_header(document),
+        style=_style(),
     )

@@ -19,7 +19,9 @@ from broker.api.deps import ServicesDep
 from broker.api.policy import policy
 from broker.db.orgs import Principal
 from broker.errors import Forbidden, Unauthorized
+from broker.i18n import _
 from broker.services.registry import Services
+from broker.web.lang import ROLE_LABELS, live_display, page_locale, page_money, remember
 from broker.web.render import STATIC, render, subsidy_html
 from broker.web.views import current_period, dashboard
 from common.errors import DomainError, InvalidInput
@@ -63,13 +65,18 @@ def index(request: Request, services: ServicesDep) -> Response:
     if principal is None:
         return _to_login()
     notice = request.query_params.get("notice", "")[:200]
-    return HTMLResponse(render("dashboard.html", notice=notice, **dashboard(services, principal)))
+    money = services.container.db.read(page_money)
+    locale = page_locale(request, services, principal, money)
+    context = dashboard(services, principal) | {"currency": money.currency, "zone": money.zone}
+    page = render("dashboard.html", locale, notice=notice, role_label=ROLE_LABELS[principal.role], **context)
+    return remember(request, HTMLResponse(page))
 
 
 @router.get("/login", openapi_extra=policy("public"))
-def login_page() -> HTMLResponse:
+def login_page(request: Request, services: ServicesDep) -> Response:
     """The login form: paste the bearer token ``sbx init`` or an operator gave you."""
-    return HTMLResponse(render("login.html", error=""))
+    locale = page_locale(request, services, None, services.container.db.read(page_money))
+    return remember(request, HTMLResponse(render("login.html", locale, error="")))
 
 
 @router.post("/login", openapi_extra=policy("public"))
@@ -78,7 +85,8 @@ async def login(request: Request, services: ServicesDep) -> Response:
     form = await _form(request)
     token = form.get("token", "").strip()
     if not token or services.orgs.authenticate(token) is None:
-        page = render("login.html", error="That token is unknown, expired or revoked.")
+        locale = page_locale(request, services, None)
+        page = render("login.html", locale, error=_("That token is unknown, expired or revoked."))
         return HTMLResponse(page, status_code=401)
     response = RedirectResponse("/ui", status_code=303)
     response.set_cookie(
@@ -106,7 +114,9 @@ def live_data(request: Request, services: ServicesDep) -> JSONResponse:
     if principal is None:
         raise Unauthorized("log in at /ui/login")
     ctx = dashboard(services, principal)
-    return JSONResponse({"now_ms": ctx["now_ms"], **ctx["live"]})
+    money = services.container.db.read(page_money)
+    locale = page_locale(request, services, principal, money)
+    return JSONResponse({"now_ms": ctx["now_ms"], **ctx["live"], "display": live_display(ctx, money, locale)})
 
 
 @router.get("/report", openapi_extra=policy("issuer", "operator"))
@@ -118,7 +128,8 @@ def report_page(request: Request, services: ServicesDep) -> Response:
     period = request.query_params.get("period") or current_period(services.container.clock.now_ms())
     issuer = request.query_params.get("issuer_org") or None
     document = services.reports.subsidy(principal, period=period[:20], issuer_org=issuer)
-    return HTMLResponse(subsidy_html(document, linked_style=True))
+    locale = page_locale(request, services, principal, services.container.db.read(page_money))
+    return remember(request, HTMLResponse(subsidy_html(document, locale, linked_style=True)))
 
 
 @router.post("/requests/{request_id}/{decision}", openapi_extra=policy("custodian"))

@@ -30,10 +30,10 @@ def test_report_steps_write_the_report_and_name_the_dashboard(
     out = capsys.readouterr().out
     assert f"{live.url}/ui" in out and "report (printable)" in out
     written = sorted(p.name for p in (tmp_path / "reports").iterdir())
-    assert [n.rsplit(".", 1)[1] for n in written] == ["csv", "html", "json"]
+    assert [n.rsplit(".", 1)[1] for n in written] == ["csv", "html", "json", "xlsx"]
     document = json.loads((tmp_path / "reports" / written[2]).read_text())
     assert verify_report(document, live.world.services.vouchers.jwks())["ok"]
-    rows = list(csv.DictReader((tmp_path / "reports" / written[0]).open()))
+    rows = list(csv.DictReader((tmp_path / "reports" / written[0]).open(encoding="utf-8-sig")))
     acme = next(r for r in rows if r["name"] == "Acme Mobility GmbH")
     assert int(acme["credit_redeemed"]) == 200_000 and int(acme["credit_left"]) == 200_000
     assert "<svg" in (tmp_path / "reports" / written[1]).read_text()

@@ -14,12 +14,13 @@
         document.querySelectorAll("[data-live]").forEach(function (el) {
           var key = el.getAttribute("data-live");
           if (key in data) {
-            var changed = el.textContent !== fmt.format(data[key]);
-            el.textContent = fmt.format(data[key]);
+            var text = data.display && key in data.display ? data.display[key] : fmt.format(data[key]);
+            var changed = el.textContent !== text;
+            el.textContent = text;
             if (changed && el.getAttribute("data-reload") === "1") { window.location.reload(); }
           }
         });
-        if (stamp) { stamp.textContent = new Date(data.now_ms).toISOString().slice(11, 19) + " UTC"; }
+        if (stamp) { stamp.textContent = data.display ? data.display.now : new Date(data.now_ms).toISOString(); }
       })
       .catch(function () { if (stamp) { stamp.textContent = "offline"; } });
   }
