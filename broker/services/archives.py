@@ -136,6 +136,9 @@ class CodeArchives:
         if not _TOKEN.match(token):
             raise ArchiveNotFound("no such archive")
         token_hash = archives_db.hash_token(token)
+        # The route is unauthenticated: a guessed token costs a read, never a write transaction.
+        if self._db.read(lambda conn: archives_db.fetches(conn, token_hash)) is None:
+            raise ArchiveNotFound("no such archive")
         now = self._clock.now_ms()
         job_id = self._db.write(lambda conn: archives_db.claim_fetch(conn, token_hash=token_hash, now_ms=now))
         if job_id is None:
