@@ -364,7 +364,7 @@ def test_watchdog_interval_shrinks_as_a_fast_writer_nears_the_cap() -> None:
     assert next_interval(remaining=1 << 30, rate=0.0, scan_s=0.001) == 0.025
     assert next_interval(remaining=5 << 20, rate=1e9, scan_s=0.0001) == 0.005  # 1 GB/s, 5 MiB left
     assert 0.01 < next_interval(remaining=30 << 20, rate=1e9, scan_s=0.0001) < 0.02
-    assert next_interval(remaining=1 << 20, rate=1e9, scan_s=0.5) == 2.0  # a slow scan is not repeated
+    assert next_interval(remaining=1 << 20, rate=1e9, scan_s=0.5) == 5.0  # a slow scan is not repeated
 
 
 def test_stale_groups_of_dead_launchers_are_swept(tmp_path: Path) -> None:

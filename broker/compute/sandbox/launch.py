@@ -57,6 +57,7 @@ from .stage import Stage, enter_private_mount_namespace
 
 WATCH_INTERVAL_S = 0.025
 MIN_WATCH_INTERVAL_S = 0.005
+SCAN_COST_FACTOR = 10
 REAP_TIMEOUT_S = 5.0
 PR_SET_CHILD_SUBREAPER = 36
 LAUNCHER_NICE_BOOST = -10
@@ -203,12 +204,12 @@ def _check(watch: _Watch) -> tuple[tuple[str, str] | None, int]:
 def next_interval(remaining: int, rate: float, scan_s: float) -> float:
     """Seconds to the next check: 25 ms, sooner when the disk use grows fast enough (``rate``, bytes/s) to
     reach the cap (``remaining`` bytes away) within two intervals; never below 5 ms, and never less than
-    four times a scan's own duration (a huge tree is not rescanned back to back). A small tree scans in
-    well under a millisecond, so this costs the launcher little CPU."""
+    ten times a scan's own duration, so scanning takes at most ~10% of a core even for a huge tree (a
+    small tree scans in well under a millisecond)."""
     interval = WATCH_INTERVAL_S
     if rate > 0:
         interval = min(interval, max(MIN_WATCH_INTERVAL_S, remaining / rate / 2))
-    return max(interval, 4 * scan_s)
+    return max(interval, SCAN_COST_FACTOR * scan_s)
 
 
 def _watchdog(watch: _Watch, run: _Run) -> None:
