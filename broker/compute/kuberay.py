@@ -40,6 +40,7 @@ Decisions recorded here:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -478,12 +479,25 @@ class KubeRayBackend:
 
     # --- ComputeBackend ----------------------------------------------------------------------------
     def create(self, launch: JobLaunch) -> None:
-        """Create the suspended RayJob and its NetworkPolicy; existing ones are kept (idempotent)."""
+        """Create the suspended RayJob and its NetworkPolicy; existing ones are kept (idempotent).
+
+        A RayJob whose policy cannot be created is deleted again (it never ran: it is suspended), so a
+        refused job leaves nothing behind and a retry starts from scratch.
+        """
         obj = self._read(launch.name)
         if obj is None:
             obj = self._create_rayjob(launch)
-        if obj is not None and self._net is not None:
+        if obj is None or self._net is None:
+            return
+        try:
             self._ensure_network_policy(launch, str(obj["metadata"].get("uid", "")))
+        except BackendError:
+            self._delete_quietly(launch.name)
+            raise
+
+    def _delete_quietly(self, name: str) -> None:
+        with contextlib.suppress(Exception):  # best effort: the error being raised says what went wrong
+            self._api.delete_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, name)
 
     def _create_rayjob(self, launch: JobLaunch) -> dict[str, Any] | None:
         body = self.manifest(launch)

@@ -520,6 +520,7 @@ class _Api:
         self.objects: dict[str, dict[str, Any]] = {}
         self.policies: list[dict[str, Any]] = []
         self.conflict = conflict
+        self.refuse_policies = False
 
     def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
         name = args[-1]
@@ -534,9 +535,14 @@ class _Api:
         return body
 
     def create_namespaced_network_policy(self, namespace: str, body: dict[str, Any]) -> None:
+        if self.refuse_policies:
+            raise _Status(403)
         if self.conflict or any(p["metadata"]["name"] == body["metadata"]["name"] for p in self.policies):
             raise _Status(409)
         self.policies.append(body)
+
+    def delete_namespaced_custom_object(self, *args: Any) -> None:
+        self.objects.pop(args[-1], None)
 
 
 class _Status(Exception):
@@ -565,3 +571,17 @@ def test_create_makes_the_rayjob_then_its_policy_and_stays_idempotent() -> None:
     assert (
         yaml.safe_load(job["spec"]["runtimeEnvYAML"])["working_dir"] == "http://broker/api/v1/archives/t.zip"
     )
+
+
+def test_a_rayjob_whose_policy_is_refused_is_deleted_and_the_refusal_raised() -> None:
+    from broker.compute import BackendError
+
+    api = _Api()
+    api.refuse_policies = True
+    backend = KubeRayBackend(api, "sbx", "img", capacity=Resources(1000), networking_api=api)
+    with pytest.raises(BackendError, match="NetworkPolicy"):
+        backend.create(_launch())
+    assert api.objects == {}  # nothing left behind: the job never runs without its policy
+    api.refuse_policies = False
+    backend.create(_launch())
+    assert list(api.objects) == ["sbx-01j-abc"] and len(api.policies) == 1
