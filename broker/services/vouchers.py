@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection
@@ -36,8 +38,15 @@ from vouchers import (
     unknown_voucher,
     verify_signed,
     verify_voucher,
-    year_of,
 )
+
+
+def budget_year(conn: Connection, issuer_org: str, ts_s: int) -> int:
+    """The budget year ``ts_s`` (a voucher's ``nbf``, epoch seconds) counts against: the calendar year in the
+    programme's time zone (a voucher valid from 1 January 00:30 Beijing time counts in that year, not the
+    last one as in UTC). Programmes without a zone of their own keep UTC, as :func:`vouchers.year_of`."""
+    zone = vouchers.get_programme(conn, issuer_org).time_zone
+    return datetime.fromtimestamp(ts_s, tz=ZoneInfo(zone)).year
 
 
 class VoucherService:
@@ -166,7 +175,7 @@ class VoucherService:
 
         def tx(conn: Connection) -> dict[str, Any]:
             self._check_issuance(conn, claims)
-            year = year_of(nbf)
+            year = budget_year(conn, principal.org_id, nbf)
             kid, pem = self.signing_key_of(conn, principal.org_id)
             token = sign_voucher(claims, pem, kid)
             vouchers.record_voucher(
@@ -219,7 +228,7 @@ class VoucherService:
                 conn,
                 claims=claims,
                 kid=key.kid,
-                year=year_of(claims.nbf),
+                year=budget_year(conn, claims.iss, claims.nbf),
                 now_ms=now,
                 token_sha256=token_sha256(token),
                 origin="issuer",
@@ -246,7 +255,7 @@ class VoucherService:
             raise InvalidInput(f"{claims.sub} is a {sme.role}; vouchers are issued to SMEs")
         programme = vouchers.get_programme(conn, claims.iss)
         year_total, sme_total = vouchers.issued_totals(
-            conn, issuer_org=claims.iss, sme_org=claims.sub, year=year_of(claims.nbf)
+            conn, issuer_org=claims.iss, sme_org=claims.sub, year=budget_year(conn, claims.iss, claims.nbf)
         )
         check_issuance(
             amount=claims.credits,
@@ -386,7 +395,7 @@ class VoucherService:
         """The programme's year budget and per-SME cap bound the credit granted, whatever the records say."""
         programme = vouchers.get_programme(conn, claims.iss, lock=True)
         year_total, sme_total = vouchers.redeemed_totals(
-            conn, issuer_org=claims.iss, sme_org=claims.sub, year=year_of(claims.nbf)
+            conn, issuer_org=claims.iss, sme_org=claims.sub, year=budget_year(conn, claims.iss, claims.nbf)
         )
         check_redemption(
             amount=claims.credits,

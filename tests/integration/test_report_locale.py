@@ -14,9 +14,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from openpyxl import load_workbook
+from sqlalchemy import select
 
 from broker.compute import launch_name
 from broker.compute.fake import FakeBackend, FakeScript
+from broker.db import tables as t
 from broker.db import vouchers as vouchers_db
 from broker.db.orgs import Identity, Principal
 from broker.services.jobs import JobRequest
@@ -157,3 +159,13 @@ def test_printable_report_in_both_languages(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "subsidy-zh_CN.html").write_text(chinese, encoding="utf-8")
     (ARTIFACTS / "subsidy-en.html").write_text(english, encoding="utf-8")
+
+
+def test_year_budgets_count_in_the_programme_year(services: Services, world: World) -> None:
+    _cny(services, world)
+    new_year_beijing = int(datetime(2027, 1, 1, 0, 30, tzinfo=SHANGHAI).timestamp())  # 2026-12-31 16:30 UTC
+    issued = world.voucher(credits=100, valid_from_s=new_year_beijing, valid_s=60 * 86_400)
+    year = services.container.db.read(
+        lambda conn: conn.execute(select(t.vouchers.c.year).where(t.vouchers.c.jti == issued["jti"])).scalar()
+    )
+    assert year == 2027
