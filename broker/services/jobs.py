@@ -49,7 +49,7 @@ from quotas.jobs import JobState
 from quotas.ledger import GrantBalance, HoldState, eligible_grants, plan_hold, split_settlement
 from quotas.metering import conservation_violations, meter
 from quotas.pricing import RateCard, max_cost, price
-from quotas.quota import Quota
+from quotas.quota import DEFAULT_QUOTA, Quota
 
 MAX_RUNTIME_S = 7 * 24 * 3600
 HOLD_GRACE_S = 3600
@@ -541,16 +541,18 @@ class JobService:
     def admission_pass(self) -> int:
         """Admit every queued job that fits now; returns how many were admitted and started.
 
-        One transaction writes the holds and state changes of the whole pass (one fsync), each admission in
-        its own savepoint so a job whose credit moved meanwhile stays queued without undoing the others; the
-        backend submits follow, and a failed submit releases that job's hold.
+        Three steps, as Kueue's scheduler: one read transaction takes the snapshot (a fixed set of
+        set-based queries, whatever the queue's depth or the number of SMEs), the pure ``decide`` chooses,
+        and one write transaction places the holds and state changes of the whole pass (one fsync), each
+        admission in its own savepoint so a job whose credit moved meanwhile stays queued without undoing
+        the others. The backend starts follow; a failed start releases that job's hold.
         """
         with self._pass_lock:
             started_at = time.perf_counter()
-            queued, snapshot = self.c.db.read(self._snapshot)
+            queued, snapshot, rows = self.c.db.read(self._snapshot)
             if not queued:
                 return 0
-            chosen = [d.job.job_id for d in decide(snapshot, queued) if d.admitted]
+            chosen = [rows[d.job.job_id] for d in decide(snapshot, queued) if d.admitted]
             if not chosen:
                 return 0
             now = self.c.clock.now_ms()
@@ -560,90 +562,80 @@ class JobService:
                 self.c.metrics.admission_latency.observe(elapsed)
             return sum(self._start(job) for job in admitted)
 
-    def _snapshot(self, conn: Connection) -> tuple[list[QueuedJob], Snapshot]:
+    def _snapshot(self, conn: Connection) -> tuple[list[QueuedJob], Snapshot, dict[str, jobs_db.QueuedRow]]:
+        """The queued jobs priced against their SME's grants, and the snapshot ``decide`` needs.
+
+        Six queries whatever the depth: queued jobs, resources in use, last admissions, quotas, grants and
+        co-payment accounts. A job's split between voucher credit and co-payment is planned once per
+        (SME, resource classes, maximum cost): most queued jobs of one SME share their shape.
+        """
         now = self.c.clock.now_ms()
-        waiting = jobs_db.jobs_in(conn, (JobState.QUEUED.value,))
-        if not waiting:
-            return [], Snapshot(Resources(), {}, Resources())
+        rows = jobs_db.queued_for_admission(conn)
+        if not rows:
+            return [], Snapshot(Resources(), {}, Resources()), {}
         use = jobs_db.in_use(conn)
-        served = jobs_db.last_admissions(conn, sorted({job.org_id for job in waiting}))
+        served = jobs_db.last_admissions(conn, sorted({row.org_id for row in rows}))
+        quotas, accounts = jobs_db.all_quotas(conn), jobs_db.admission_accounts(conn)
         total = self._cluster_total()
         used = Resources()
         for res, _count in use.values():
             used = used + res
         tenants: dict[str, TenantState] = {}
-        grants_of: dict[str, list[GrantBalance]] = {}
+        plans: dict[tuple[str, frozenset[str], int], tuple[int, int]] = {}
         queued: list[QueuedJob] = []
-        for job in waiting:
-            if job.org_id not in tenants:  # one balance, quota and grant read per SME, not per job
-                balance = self.c.ledger.balance(conn, org_id=job.org_id, now_ms=now)
-                in_use, running = use.get(job.org_id, (Resources(), 0))
-                tenants[job.org_id] = TenantState(
-                    self._quota(conn, job.org_id),
-                    in_use,
-                    running,
-                    balance.available,
-                    balance.copay_limit - balance.copay_used,
-                    served.get(job.org_id, 0),
-                )
-                grants_of[job.org_id] = self.c.ledger.grant_balances(conn, org_id=job.org_id)[0]
-            grants = grants_of[job.org_id]
-            tenant = tenants[job.org_id]
-            try:
-                plan = plan_hold(
-                    job.max_cost,
-                    eligible_grants(grants, resource_classes=_classes(job.resources), now_ms=now),
-                    copay_account_id=0,
-                    copay_headroom=tenant.copay_headroom,
-                )
-                covered, copay = plan.voucher_total, plan.copay_total
-            except InsufficientFunds:
-                covered, copay = job.max_cost, tenant.copay_headroom + 1  # cannot be paid now: waits
-            queued.append(
-                QueuedJob(job.id, job.org_id, job.resources, job.priority, job.submitted_ms, covered, copay)
-            )
-        return queued, Snapshot(total - used, tenants, total)
+        for row in rows:
+            org = row.org_id
+            tenant = tenants.get(org)
+            if tenant is None:
+                tenant = tenants[org] = _tenant_state(org, now, use, served, quotas, accounts)
+            classes = _classes(row.resources)
+            key = (org, classes, row.max_cost)
+            split = plans.get(key)
+            if split is None:
+                split = plans[key] = _split(row.max_cost, accounts.grants.get(org, []), classes, now, tenant)
+            queued.append(QueuedJob(row.id, org, row.resources, row.priority, row.submitted_ms, *split))
+        return queued, Snapshot(total - used, tenants, total), {row.id: row for row in rows}
 
-    def _admit_all(self, conn: Connection, job_ids: list[str], now: int) -> list[Job]:
-        admitted = []
-        for job_id in job_ids:
+    def _admit_all(self, conn: Connection, chosen: list[jobs_db.QueuedRow], now: int) -> list[Job]:
+        """Hold and admit each chosen job in its own savepoint; returns the admitted jobs' full rows."""
+        admitted: list[str] = []
+        for row in chosen:
             savepoint = conn.begin_nested()
             try:
-                job = self._hold_and_admit(conn, job_id, now)
+                self._hold_and_admit(conn, row, now)
             except (InsufficientFunds, Conflict):
                 savepoint.rollback()  # credit moved or another replica took it: it stays as it is
                 continue
             savepoint.commit()
-            if job is not None:
-                admitted.append(job)
-        return admitted
+            admitted.append(row.id)
+        return jobs_db.jobs_by_id(conn, admitted)
 
-    def _hold_and_admit(self, conn: Connection, job_id: str, now: int) -> Job | None:
-        """Hold the job's maximum cost and move it to ADMITTED (None when it is no longer queued)."""
-        job = jobs_db.get_job(conn, job_id, lock=True)
-        if job.state is not JobState.QUEUED:
-            return None
+    def _hold_and_admit(self, conn: Connection, row: jobs_db.QueuedRow, now: int) -> None:
+        """Hold the job's maximum cost and move it to ADMITTED.
+
+        Raises :class:`Conflict` when the job is no longer queued (the conditional update is the guard:
+        the caller's savepoint rollback then takes the hold back too).
+        """
         hold = self.c.ledger.place_hold(
             conn,
-            org_id=job.org_id,
-            amount=job.max_cost,
-            resource_classes=_classes(job.resources),
-            job_id=job.id,
+            org_id=row.org_id,
+            amount=row.max_cost,
+            resource_classes=_classes(row.resources),
+            job_id=row.id,
             now_ms=now,
-            expires_ms=now + (job.max_runtime_s + HOLD_GRACE_S) * 1000,
+            expires_ms=now + (row.max_runtime_s + HOLD_GRACE_S) * 1000,
         )
-        admitted = jobs_db.move(conn, job, JobState.ADMITTED, hold_id=hold.id, admitted_ms=now)
+        jobs_db.admit(conn, row.id, hold_id=hold.id, now_ms=now)
         self.c.audit.append(
             conn,
             ts_ms=now,
             actor=None,
             action="job.admit",
             object_type="job",
-            object_id=job.id,
-            org_id=job.org_id,
+            object_id=row.id,
+            org_id=row.org_id,
             details={"hold_id": hold.id, "held": hold.amount},
         )
-        return admitted
 
     def _start(self, job: Job) -> int:
         """Hand an admitted job to the backend; a refusal releases its hold. Returns 1 when started."""
@@ -706,7 +698,8 @@ class JobService:
         """Bring every admitted or running job in line with the backend; returns how many were settled."""
         with self._pass_lock:
             active = self.c.db.read(lambda conn: jobs_db.jobs_in(conn, jobs_db.ACTIVE_STATES))
-            settled, running = 0, []
+            settled = 0
+            running: list[str] = []  # ids the backend reports running this pass
             for job in active:
                 try:
                     settled += self._reconcile(job, running)
@@ -911,6 +904,39 @@ def _check_request(request: JobRequest) -> None:
         raise InvalidInput("priority must be between -100 and 100")
     if request.resources.is_zero:
         raise InvalidInput("a job must ask for some CPU or memory")
+
+
+def _tenant_state(
+    org: str,
+    now: int,
+    use: dict[str, tuple[Resources, int]],
+    served: dict[str, int],
+    quotas: dict[str, Quota],
+    accounts: jobs_db.AdmissionAccounts,
+) -> TenantState:
+    """One SME as admission sees it, from the pass's set-based reads (the ledger's ``balance`` figures)."""
+    balance, floor = accounts.copay.get(org, (0, 0))
+    available = sum(g.balance for g in accounts.grants.get(org, ()) if g.expires_ms > now)
+    in_use, running = use.get(org, (Resources(), 0))
+    quota = _with_copay_limit(quotas.get(org, DEFAULT_QUOTA), -floor)
+    return TenantState(quota, in_use, running, available, balance - floor, served.get(org, 0))
+
+
+def _split(
+    cost: int, grants: list[GrantBalance], classes: frozenset[str], now: int, tenant: TenantState
+) -> tuple[int, int]:
+    """How a hold of ``cost`` would be paid now: (voucher share, co-payment share); a hold that cannot be
+    paid asks for more co-payment than the SME has, so it waits with the ``credit`` reason."""
+    try:
+        plan = plan_hold(
+            cost,
+            eligible_grants(grants, resource_classes=classes, now_ms=now),
+            copay_account_id=0,
+            copay_headroom=tenant.copay_headroom,
+        )
+    except InsufficientFunds:
+        return cost, tenant.copay_headroom + 1
+    return plan.voucher_total, plan.copay_total
 
 
 def _with_copay_limit(base: Quota, copay_limit: int) -> Quota:
