@@ -585,3 +585,39 @@ def test_a_rayjob_whose_policy_is_refused_is_deleted_and_the_refusal_raised() ->
     api.refuse_policies = False
     backend.create(_launch())
     assert list(api.objects) == ["sbx-01j-abc"] and len(api.policies) == 1
+
+
+def _as_kuberay_builds_the_worker(template: dict[str, Any]) -> dict[str, Any]:
+    """The worker pod KubeRay makes from our template (ray-operator ``DefaultWorkerPodTemplate``/``BuildPod``):
+    a ``wait-gcs-ready`` init container copying the Ray container's image, securityContext, env and mounts,
+    a memory-backed ``emptyDir`` at ``/dev/shm`` for the object store, probes and a metrics port."""
+    pod: dict[str, Any] = copy.deepcopy(template["spec"])
+    ray = pod["containers"][0]
+    init = {
+        "name": "wait-gcs-ready",
+        "image": ray["image"],
+        "command": ["/bin/bash", "-lc", "--"],
+        "args": ["until ray health-check --address head:6379; do sleep 5; done"],
+        "securityContext": copy.deepcopy(ray["securityContext"]),
+        "volumeMounts": copy.deepcopy(ray["volumeMounts"]),
+        "resources": {
+            "limits": {"cpu": "200m", "memory": "256Mi"},
+            "requests": {"cpu": "200m", "memory": "256Mi"},
+        },
+    }
+    pod.setdefault("initContainers", []).append(init)
+    pod["volumes"].append({"name": "shared-mem", "emptyDir": {"medium": "Memory"}})
+    ray["volumeMounts"].append({"name": "shared-mem", "mountPath": "/dev/shm"})
+    ray["ports"] = [{"name": "metrics", "containerPort": 8080}]
+    ray["readinessProbe"] = {"httpGet": {"path": "/api/healthz", "port": 52365}}
+    return pod
+
+
+def test_the_pods_kuberay_builds_from_the_templates_stay_restricted() -> None:
+    """What the operator adds (init container, /dev/shm, probes, ports) keeps the pod at the restricted level,
+    because the init container inherits the Ray container's securityContext."""
+    worker = _pods(_variant("sme"))[1][1]
+    built = _as_kuberay_builds_the_worker(worker)
+    assert restricted_violations(built) == []
+    built["initContainers"][0]["securityContext"] = {}  # had KubeRay not copied it, the checker would say so
+    assert any("initContainers[0]" in p for p in restricted_violations(built))
