@@ -242,6 +242,7 @@ def _refuse_unknown_keys(where: str, data: Mapping[str, Any], known: frozenset[s
 def _check_budget_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise PolicyError(f"{name} must be a non-negative integer")
+    numbers.check_int(value, name, lo=0, hi=numbers.INT64_MAX)  # budgets are BIGINT columns
 
 
 @dataclass(frozen=True, slots=True)

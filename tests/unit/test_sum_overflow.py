@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from common.numbers import INT64_MAX
+from common.numbers import INT64_MAX, OutOfRange
 from datasets.policy import MAX_ABS_UNITS, ColumnSpec, DatasetPolicy, PolicyError, check_sum_range
 from datasets.prepare import bound_contributions
 from privacy.queries import QuerySpec, _exact_aggregates, run_query
@@ -75,3 +75,14 @@ def test_a_frame_past_the_edge_saturates_instead_of_wrapping() -> None:
     assert exact.scalar["sum:x"] == min(n * M, INT64_MAX)
     released = run_query(QuerySpec.make("sum", 10_000_000, column="x"), policy, frame)
     assert released.values["*"] > 0
+
+
+def test_budgets_beyond_64_bits_are_refused_with_the_policy() -> None:
+    with pytest.raises(OutOfRange, match="total_epsilon_micro"):
+        DatasetPolicy(
+            privacy_unit="pid",
+            max_rows_per_unit=1,
+            columns=(ColumnSpec.unit("pid"),),
+            total_epsilon_micro=10**30,
+            sme_cap_epsilon_micro=1,
+        )
