@@ -1,219 +1,405 @@
-"""Admission benchmark: 10,000 queued jobs from 1,000 SMEs on a simulated cluster.
+"""Admission benchmark through the service path: 10,000 queued jobs from 1,000 SMEs on the fake backend.
 
-A scheduler loop runs every ``--period-ms`` of simulated time: jobs whose (simulated) runtime is over leave
-the cluster and free capacity, then one admission pass runs (build the snapshot, ``quotas.admission.decide``,
-write the holds of the admitted jobs in one transaction) and the admitted jobs start. Only the scheduler's
-work is timed (snapshot + decide + hold write); simulating job completions is not.
+``path=service`` is what the broker runs. Jobs are submitted through :class:`JobService` (``queue_in``: the
+quota check, pricing, the job row and its audit entry, in batches of one transaction each) on SQLite (WAL,
+``synchronous=FULL``) or on PostgreSQL (``--database-url``, or ``SBX_TEST_DATABASE_URL`` with ``--pg``; a
+scratch database is created and dropped). A simulated clock drives the fake backend: every ``--period-ms``
+the reconcile pass settles the jobs whose runtime is over (not timed), then one whole
+``JobService.admission_pass`` is timed: the database snapshot, ``decide``, the ledger holds and state changes
+in their transaction, and the backend create + start of every admitted job.
 
-The hold write is pluggable (any ``HoldWriter``: a callable taking the admitted jobs of one pass). The
-default is a real SQLite write of one hold row per admission, WAL with ``synchronous=FULL``, one
-``BEGIN IMMEDIATE`` transaction per pass; the ledger's ``hold(...)`` can be dropped in later.
+``path=decide`` replays the same workload in memory through the pure ``quotas.admission.decide`` alone
+(snapshot built in memory, no writes): the figure the service path is compared with, side by side.
 
 Two groups of SMEs have equal demand within the group: CPU SMEs (each job 1 CPU, 2 GiB) and GPU SMEs (each
-job 1 GPU, 1 CPU, 8 GiB). The default cluster (4200 CPUs, 840 GPUs) lets DRF give every SME the same
-dominant share in whole jobs (5 CPU jobs = 1 GPU job = 5/4200); with a cluster that does not divide evenly,
-integer jobs alone make max/min up to (k+1)/k for k jobs per SME. Fairness = the largest, over the groups,
-of max/min dominant share among the group's SMEs that still have queued jobs, measured after the pass at
-which half of all jobs have been admitted.
+job 1 GPU, 1 CPU, 8 GiB). The default cluster (4200 CPUs, 840 GPUs) lets DRF give every SME the same dominant
+share in whole jobs. Fairness = the largest, over the groups, of max/min dominant share among the group's
+SMEs that still have queued jobs, measured after the pass at which half of all jobs have been admitted.
 
-Both admission paths run side by side on the same simulation: ``queue`` (``FairQueue.admit``, the
-scheduler's hot path) and ``decide`` (the stateless pass that gives every queued job a verdict). They admit
-the same jobs (a unit-test property); they differ in cost per pass.
+``--one-pass`` instead queues ``--smes × --jobs-per-sme`` jobs and times the first admission pass only (the
+"pass at depth 100k" figure): ``BENCH admission_pass depth=… pass_ms=… admitted=…``.
 
-Last line: ``BENCH admission admissions_per_s=... p99_ms=... fairness=...`` for the ``queue`` path (plus
-``decide_*`` keys for the stateless path), where p99_ms is the 99th percentile of one pass's decision time
-(snapshot + admission pass, without the write).
+Usage: ``.venv/bin/python bench/admission.py [--pg] [--profile FILE]``
+Last line: ``BENCH admission path=service admissions_per_s=… pass_p99_ms=… fairness=… depth=10000
+smes=1000 decide_admissions_per_s=…``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import heapq
+import os
 import random
-import sqlite3
+import secrets
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from statistics import median
+from typing import Any
 
+from sqlalchemy import create_engine, text
+
+from broker.bootstrap import initialise
+from broker.compute import launch_name
+from broker.compute.fake import FakeBackend, FakeScript
+from broker.container import build_container
+from broker.db import jobs as jobs_db
+from broker.db.orgs import Principal
+from broker.services.jobs import JobRequest
+from broker.services.registry import Services, build_services
+from broker.settings import Settings
+from common.clock import FakeClock
 from common.resources import Resources
-from quotas.admission import FairQueue, QueuedJob, Snapshot, TenantState, admitted, decide, dominant_share
+from quotas.admission import QueuedJob, Snapshot, TenantState, admitted, decide, dominant_share
+from quotas.jobs import JobState
 from quotas.quota import Quota
-
-HoldWriter = Callable[[Sequence[QueuedJob]], None]
 
 CPU_JOB = Resources(milli_cpu=1_000, gpus=0, memory_mib=2_048)
 GPU_JOB = Resources(milli_cpu=1_000, gpus=1, memory_mib=8_192)
+QUOTA = {
+    "max_milli_cpu": 64_000,
+    "max_gpus": 8,
+    "max_memory_mib": 262_144,
+    "max_running_jobs": 16,
+    "max_queued_jobs": 1_000,
+}
+SUBMIT_BATCH = 500
+RUNTIME_S = 3_600  # the declared maximum runtime; the fake script ends each job much earlier
+START_MS = 1_800_000_000_000
 
 
-class SQLiteHoldWriter:
-    """One hold row per admitted job, one durable transaction per pass (WAL, synchronous=FULL)."""
+@dataclass(frozen=True)
+class Workload:
+    """What both paths replay: SMEs, jobs per SME, the cluster, the scheduler period and job runtimes."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE holds (id INTEGER PRIMARY KEY, job_id TEXT NOT NULL UNIQUE, org_id TEXT NOT NULL,"
-            " covered INTEGER NOT NULL CHECK (covered >= 0), copay INTEGER NOT NULL CHECK (copay >= 0),"
-            " state TEXT NOT NULL DEFAULT 'held')"
-        )
-        self.rows = 0
+    smes: int
+    jobs_per_sme: int
+    gpu_smes: int
+    cluster: Resources
+    period_ms: int
+    min_runtime_ms: int
+    max_runtime_ms: int
+    seed: int
 
-    def __call__(self, jobs: Sequence[QueuedJob]) -> None:
-        if not jobs:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany(
-                "INSERT INTO holds (job_id, org_id, covered, copay) VALUES (?, ?, ?, ?)",
-                [(j.job_id, j.org_id, j.max_cost_covered, j.max_cost_copay) for j in jobs],
-            )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        self.rows += len(jobs)
+    @property
+    def depth(self) -> int:
+        """How many jobs are queued at the start."""
+        return self.smes * self.jobs_per_sme
 
-    def count(self) -> int:
-        (n,) = self._db.execute("SELECT count(*) FROM holds").fetchone()
-        return int(n)
+    def jobs(self) -> list[tuple[int, int, int, int]]:
+        """(sequence, SME index, priority, runtime ms) of every job, interleaved in submission order."""
+        rng = random.Random(self.seed)
+        out = []
+        for k in range(self.jobs_per_sme):
+            for i in range(self.smes):
+                out.append(
+                    (
+                        k * self.smes + i,
+                        i,
+                        rng.randint(0, 2),
+                        rng.randint(self.min_runtime_ms, self.max_runtime_ms),
+                    )
+                )
+        return out
 
-    def close(self) -> None:
-        self._db.close()
+    def resources(self, sme: int) -> Resources:
+        """The shape of every job of SME number ``sme``."""
+        return GPU_JOB if sme < self.gpu_smes else CPU_JOB
 
 
 @dataclass
 class Result:
-    admissions: int
-    passes: int
-    scheduler_s: float
-    write_s: float
-    pass_ms: list[float]
-    per_admission_ms: list[float]
-    fairness: Fraction | None
-    makespan_s: float
+    """One path's run: admissions, passes and the time spent in admission passes."""
 
-
-def make_queue(rng: random.Random, smes: int, jobs_per_sme: int, gpu_smes: int) -> list[QueuedJob]:
-    """Each SME submits ``jobs_per_sme`` identical-shape jobs with mixed priorities, interleaved in time."""
-    queue = []
-    for k in range(jobs_per_sme):
-        for i in range(smes):
-            res = GPU_JOB if i < gpu_smes else CPU_JOB
-            seq = k * smes + i
-            queue.append(QueuedJob(f"job{seq:06d}", f"org{i:04d}", res, rng.randint(0, 2), seq, 100, 0))
-    return queue
-
-
-def run(
-    *,
-    smes: int,
-    jobs_per_sme: int,
-    gpu_smes: int,
-    cluster: Resources,
-    period_ms: int,
-    min_runtime_ms: int,
-    max_runtime_ms: int,
-    writer: HoldWriter,
-    seed: int,
-    mode: str,
-) -> Result:
-    """Simulate the whole run; ``mode`` is ``queue`` (FairQueue.admit) or ``decide`` (stateless full pass)."""
-    rng = random.Random(seed)
-    submitted = make_queue(rng, smes, jobs_per_sme, gpu_smes)
-    total_jobs = len(submitted)
-    queue = {j.job_id: j for j in submitted}
-    fair_queue = FairQueue(submitted) if mode == "queue" else None
-    quota = Quota(Resources(64_000, 8, 262_144), max_running_jobs=16, max_queued_jobs=100, copay_limit=0)
-    tenants: dict[str, TenantState] = {
-        f"org{i:04d}": TenantState(quota, Resources(), 0, available_credit=10**9, copay_headroom=0)
-        for i in range(smes)
-    }
-    free = cluster
-    running: list[tuple[int, str, QueuedJob]] = []  # (end_ms, job_id, job)
-    now = 0
-    admissions = passes = 0
-    scheduler_s = write_s = 0.0
-    pass_ms: list[float] = []
-    per_admission_ms: list[float] = []
+    admissions: int = 0
+    passes: int = 0
+    pass_s: list[float] = field(default_factory=list)
     fairness: Fraction | None = None
-    while queue or running:
-        # Simulation (not timed): finished jobs leave the cluster and release their holds.
-        while running and running[0][0] <= now:
-            _, _, done = heapq.heappop(running)
-            free = free + done.resources
-            t = tenants[done.org_id]
-            tenants[done.org_id] = replace(
-                t,
-                in_use=t.in_use - done.resources,
-                running_jobs=t.running_jobs - 1,
-                available_credit=t.available_credit + done.max_cost_covered,
-            )
-        if queue:
-            started = time.perf_counter()
-            snapshot = Snapshot(free, tenants, cluster)
-            if fair_queue is not None:
-                chosen = fair_queue.admit(snapshot)
-            else:
-                chosen = admitted(decide(snapshot, list(queue.values())))
-            decided = time.perf_counter()
-            writer(chosen)
-            finished = time.perf_counter()
-            passes += 1
-            scheduler_s += finished - started
-            write_s += finished - decided
-            pass_ms.append((decided - started) * 1000)
-            if chosen:
-                per_admission_ms.append((finished - started) * 1000 / len(chosen))
-            # Simulation (not timed): admitted jobs start.
-            for job in chosen:
-                del queue[job.job_id]
-                free = free - job.resources
-                t = tenants[job.org_id]
-                tenants[job.org_id] = replace(
-                    t,
-                    in_use=t.in_use + job.resources,
-                    running_jobs=t.running_jobs + 1,
-                    available_credit=t.available_credit - job.max_cost_covered,
-                )
-                end = now + rng.randint(min_runtime_ms, max_runtime_ms)
-                heapq.heappush(running, (end, job.job_id, job))
-            admissions += len(chosen)
-            if fairness is None and admissions * 2 >= total_jobs:
-                fairness = measure_fairness(tenants, queue, cluster, gpu_smes)
-        now += period_ms
-    return Result(admissions, passes, scheduler_s, write_s, pass_ms, per_admission_ms, fairness, now / 1000)
+    sim_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Admissions per second of admission-pass time."""
+        total = sum(self.pass_s)
+        return self.admissions / total if total else 0.0
+
+    @property
+    def p99_ms(self) -> float:
+        """The 99th percentile of one pass's time, in milliseconds."""
+        ordered = sorted(self.pass_s)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000 if ordered else 0.0
+
+    @property
+    def fair(self) -> float:
+        """Fairness as a float (NaN when half the jobs were never admitted)."""
+        return float(self.fairness) if self.fairness is not None else float("nan")
 
 
-def measure_fairness(
-    tenants: dict[str, TenantState], queue: dict[str, QueuedJob], cluster: Resources, gpu_smes: int
-) -> Fraction:
-    """max/min dominant share within each equal-demand group (SMEs still waiting), worst group."""
-    waiting = {j.org_id for j in queue.values()}
-    groups: dict[bool, list[Fraction]] = {True: [], False: []}
-    for org in waiting:
-        groups[int(org[3:]) < gpu_smes].append(dominant_share(tenants[org].in_use, cluster))
+def fairness(shares: dict[bool, list[Fraction]]) -> Fraction:
+    """max/min dominant share within each equal-demand group (True: GPU SMEs), the worst group."""
     worst = Fraction(1)
-    for shares in groups.values():
-        if shares:
-            low = min(shares)
+    for group in shares.values():
+        if group:
+            low = min(group)
             if low == 0:
                 return Fraction(10**9)
-            worst = max(worst, max(shares) / low)
+            worst = max(worst, max(group) / low)
     return worst
 
 
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+# -- the service path ------------------------------------------------------------------------------------
+class ServiceWorld:
+    """A broker on a scratch database with the fake backend, an operator, one issuer and the SMEs."""
+
+    def __init__(self, state_dir: Path, database_url: str | None, work: Workload) -> None:
+        settings = Settings(
+            state_dir=state_dir / "broker",
+            compute="fake",
+            background_loops=False,
+            kek_file=state_dir / "kek",
+        )
+        if database_url:
+            settings = settings.model_copy(update={"database_url": database_url})
+        token = initialise(settings.state_dir, settings=settings)["token"]
+        self.clock = FakeClock(start_ms=START_MS)
+        self.container = build_container(settings, clock=self.clock)
+        self.fake = FakeBackend(self.clock, capacity=work.cluster)
+        self.container.use_compute(self.fake)
+        self.services: Services = build_services(self.container)
+        self.work = work
+        self.operator = self._principal(token)
+        self.smes = self._create_smes()
+
+    def _principal(self, token: str) -> Principal:
+        found = self.services.orgs.authenticate(token)
+        assert found is not None
+        return found
+
+    def _create_smes(self) -> list[Principal]:
+        orgs, op = self.services.orgs, self.operator
+        issuer_org = orgs.create(op, name="issuer", role="issuer", year_budget=10**15, sme_cap=10**13)
+        issuer = self._principal(orgs.create_token(op, org_id=issuer_org["id"])["token"])
+        self.services.vouchers.create_key(issuer)
+        now_s = self.clock.now_ms() // 1000
+        smes = []
+        for i in range(self.work.smes):
+            org = orgs.create(op, name=f"sme{i:05d}", role="sme")
+            sme = self._principal(orgs.create_token(op, org_id=org["id"])["token"])
+            self.services.jobs.set_quota(op, org_id=sme.org_id, values=dict(QUOTA))
+            classes = ("cpu", "gpu", "memory")
+            voucher = self.services.vouchers.issue(
+                issuer,
+                sme_org=sme.org_id,
+                credits=10**12,
+                coverage_bps=10_000,
+                resources=classes,
+                valid_from_s=None,
+                valid_until_s=now_s + 30 * 86_400,
+                credit_expires_s=now_s + 365 * 86_400,
+            )
+            self.services.vouchers.redeem(sme, token=voucher["token"], idempotency_key=None)
+            smes.append(sme)
+        return smes
+
+    def submit_all(self) -> dict[str, int]:
+        """Queue every job through ``JobService.queue_in``; returns each job id's SME index."""
+        jobs = self.services.jobs
+        cluster = jobs.cluster_total()
+        sme_of: dict[str, int] = {}
+        batch = self.work.jobs()
+        for start in range(0, len(batch), SUBMIT_BATCH):
+            chunk = batch[start : start + SUBMIT_BATCH]
+
+            def tx(conn: Any, chunk: list[tuple[int, int, int, int]] = chunk) -> None:
+                for seq, i, priority, runtime_ms in chunk:
+                    job_id = f"job_{seq:07d}"
+                    request = JobRequest("python train.py", self.work.resources(i), RUNTIME_S, priority)
+                    jobs.queue_in(
+                        conn, self.smes[i], request, job_id=job_id, workdir=None, cluster_total=cluster
+                    )
+                    self.fake.script(launch_name(job_id), FakeScript(run_ms=runtime_ms))
+                    sme_of[job_id] = i
+
+            self.container.db.write(tx)
+        return sme_of
+
+    def shares(self) -> dict[bool, list[Fraction]]:
+        """Dominant shares of the SMEs that still have queued jobs, grouped GPU / CPU."""
+
+        def tx(conn: Any) -> tuple[dict[str, tuple[Resources, int]], set[str]]:
+            waiting = {j.org_id for j in jobs_db.jobs_in(conn, (JobState.QUEUED.value,), limit=10**7)}
+            return jobs_db.in_use(conn), waiting
+
+        use, waiting = self.container.db.read(tx)
+        index = {sme.org_id: i for i, sme in enumerate(self.smes)}
+        groups: dict[bool, list[Fraction]] = {True: [], False: []}
+        for org in waiting:
+            in_use = use.get(org, (Resources(), 0))[0]
+            groups[index[org] < self.work.gpu_smes].append(dominant_share(in_use, self.work.cluster))
+        return groups
+
+    def close(self) -> None:
+        """Close the container (the database engine and its files)."""
+        self.container.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_service(world: ServiceWorld, profile: cProfile.Profile | None) -> Result:
+    """Replay the workload through the service until every job has run; only admission passes are timed."""
+    result = Result()
+    jobs = world.services.jobs
+    total = world.work.depth
+    while True:
+        world.services.jobs.reconcile_pass()
+        if profile is not None:
+            profile.enable()
+        started = time.perf_counter()
+        count = jobs.admission_pass()
+        elapsed = time.perf_counter() - started
+        if profile is not None:
+            profile.disable()
+        result.passes += 1
+        result.pass_s.append(elapsed)
+        result.admissions += count
+        if result.fairness is None and result.admissions * 2 >= total:
+            result.fairness = fairness(world.shares())
+        if result.admissions >= total and not world.fake.active():
+            break
+        world.clock.advance(world.work.period_ms)
+    result.sim_s = (world.clock.now_ms() - START_MS) / 1000
+    return result
+
+
+def one_pass(world: ServiceWorld) -> tuple[float, int]:
+    """Time the first admission pass over the whole queue: (seconds, admitted)."""
+    started = time.perf_counter()
+    count = world.services.jobs.admission_pass()
+    return time.perf_counter() - started, count
+
+
+# -- the pure decide path --------------------------------------------------------------------------------
+def run_decide(work: Workload) -> Result:
+    """Replay the workload in memory through ``decide`` alone; only the decisions are timed."""
+    quota = Quota(
+        Resources(QUOTA["max_milli_cpu"], QUOTA["max_gpus"], QUOTA["max_memory_mib"]),
+        QUOTA["max_running_jobs"],
+        QUOTA["max_queued_jobs"],
+        0,
+    )
+    orgs = [f"org{i:05d}" for i in range(work.smes)]
+    tenants = {org: TenantState(quota, Resources(), 0, 10**15, 0) for org in orgs}
+    queue: dict[str, QueuedJob] = {}
+    runtime: dict[str, int] = {}
+    for seq, i, priority, runtime_ms in work.jobs():
+        job = QueuedJob(f"job{seq:07d}", orgs[i], work.resources(i), priority, seq, 100, 0)
+        queue[job.job_id] = job
+        runtime[job.job_id] = runtime_ms
+    free, now, result = work.cluster, 0, Result()
+    running: list[tuple[int, str, QueuedJob]] = []
+    while queue or running:
+        while running and running[0][0] <= now:
+            _, _, done = heapq.heappop(running)
+            free = free + done.resources
+            state = tenants[done.org_id]
+            tenants[done.org_id] = replace(
+                state, in_use=state.in_use - done.resources, running_jobs=state.running_jobs - 1
+            )
+        if queue:
+            started = time.perf_counter()
+            chosen = admitted(decide(Snapshot(free, tenants, work.cluster), list(queue.values())))
+            result.pass_s.append(time.perf_counter() - started)
+            result.passes += 1
+            for job in chosen:
+                del queue[job.job_id]
+                free = free - job.resources
+                state = tenants[job.org_id]
+                tenants[job.org_id] = replace(
+                    state, in_use=state.in_use + job.resources, running_jobs=state.running_jobs + 1
+                )
+                heapq.heappush(running, (now + runtime[job.job_id], job.job_id, job))
+            result.admissions += len(chosen)
+            if result.fairness is None and result.admissions * 2 >= work.depth:
+                result.fairness = _memory_fairness(tenants, queue, work)
+        now += work.period_ms
+    result.sim_s = now / 1000
+    return result
+
+
+def _memory_fairness(
+    tenants: dict[str, TenantState], queue: dict[str, QueuedJob], work: Workload
+) -> Fraction:
+    groups: dict[bool, list[Fraction]] = {True: [], False: []}
+    for org in {j.org_id for j in queue.values()}:
+        groups[int(org[3:]) < work.gpu_smes].append(dominant_share(tenants[org].in_use, work.cluster))
+    return fairness(groups)
+
+
+# -- the databases ---------------------------------------------------------------------------------------
+@contextmanager
+def scratch_database(admin_url: str | None) -> Iterator[str | None]:
+    """A fresh PostgreSQL database for one run (dropped afterwards), or None for SQLite in the state dir."""
+    if admin_url is None:
+        yield None
+        return
+    url = admin_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    name = f"sbx_bench_{secrets.token_hex(5)}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def service_world(admin_url: str | None, work: Workload) -> Iterator[ServiceWorld]:
+    """A :class:`ServiceWorld` in a temporary state dir on SQLite or a scratch PostgreSQL database."""
+    with tempfile.TemporaryDirectory(prefix="bench-admission-") as tmp, scratch_database(admin_url) as url:
+        world = ServiceWorld(Path(tmp), url, work)
+        try:
+            yield world
+        finally:
+            world.close()
+
+
+def service_run(
+    admin_url: str | None, work: Workload, profile: cProfile.Profile | None
+) -> tuple[Result, float]:
+    """Set up, submit and replay through the service; returns the result and the setup time."""
+    started = time.perf_counter()
+    with service_world(admin_url, work) as world:
+        world.submit_all()
+        setup_s = time.perf_counter() - started
+        result = run_service(world, profile)
+        if result.admissions != work.depth:
+            raise SystemExit(f"service: {result.admissions} admissions of {work.depth} jobs")
+        invariants = world.services.ledger.invariants()
+        if invariants:
+            raise SystemExit(f"service: ledger invariants broken: {invariants[:3]}")
+    return result, setup_s
+
+
+def report(label: str, result: Result) -> None:
+    """One human line per path."""
+    ms = [s * 1000 for s in result.pass_s]
+    print(
+        f"[{label}] admissions={result.admissions} passes={result.passes} sim_s={result.sim_s:.0f} "
+        f"admissions_per_s={result.rate:.0f} pass_ms p50={median(ms):.2f} p99={result.p99_ms:.2f} "
+        f"max={max(ms):.2f} total_s={sum(result.pass_s):.3f} fairness={result.fair:.3f}",
+        flush=True,
+    )
+
+
+def parse() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--smes", type=int, default=1_000)
     parser.add_argument("--jobs-per-sme", type=int, default=10)
     parser.add_argument("--gpu-smes", type=int, default=200)
@@ -223,65 +409,61 @@ def main() -> None:
     parser.add_argument("--min-runtime-s", type=int, default=5)
     parser.add_argument("--max-runtime-s", type=int, default=60)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per path; the fastest is reported")
-    args = parser.parse_args()
-    cluster = Resources(args.cluster_cpus * 1_000, args.cluster_gpus, args.cluster_cpus * 4_096)
-    results: dict[str, Result] = {}
-    # Interleave the two paths and keep each one's fastest run: the machine is shared and noisy.
-    for _ in range(args.repeat):
-        for mode in ("decide", "queue"):
-            result = run_once(args, cluster, mode)
-            if mode not in results or result.scheduler_s < results[mode].scheduler_s:
-                results[mode] = result
-    for mode, result in results.items():
-        print(
-            f"[{mode}] jobs={result.admissions} passes={result.passes} "
-            f"simulated_makespan_s={result.makespan_s:.0f} admissions_per_s={rate(result):.0f} "
-            f"scheduler_s={result.scheduler_s:.3f} (hold writes {result.write_s:.3f} s) "
-            f"fairness={fairness(result):.3f}"
-        )
-        print(
-            f"[{mode}] decision pass ms: p50={median(result.pass_ms):.2f} p99={p99(result.pass_ms):.2f} "
-            f"max={max(result.pass_ms):.2f}; ms per admission incl. write: "
-            f"p50={median(result.per_admission_ms):.3f} p99={p99(result.per_admission_ms):.3f}"
-        )
-    best, stateless = results["queue"], results["decide"]
-    print(
-        f"BENCH admission admissions_per_s={rate(best):.0f} p99_ms={p99(best.pass_ms):.2f} "
-        f"fairness={fairness(best):.3f} p99_ms_per_admission={p99(best.per_admission_ms):.3f} "
-        f"decide_admissions_per_s={rate(stateless):.0f} decide_p99_ms={p99(stateless.pass_ms):.2f}"
+    parser.add_argument("--pg", action="store_true", help="also on PostgreSQL (SBX_TEST_DATABASE_URL)")
+    parser.add_argument("--database-url", default=None, help="a PostgreSQL admin URL (implies --pg)")
+    parser.add_argument("--one-pass", action="store_true", help="time only the first pass over the queue")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile the service passes into FILE")
+    return parser.parse_args()
+
+
+def workload(args: argparse.Namespace) -> Workload:
+    """The workload the options describe."""
+    return Workload(
+        smes=args.smes,
+        jobs_per_sme=args.jobs_per_sme,
+        gpu_smes=min(args.gpu_smes, args.smes),
+        cluster=Resources(args.cluster_cpus * 1_000, args.cluster_gpus, args.cluster_cpus * 4_096),
+        period_ms=args.period_ms,
+        min_runtime_ms=args.min_runtime_s * 1_000,
+        max_runtime_ms=args.max_runtime_s * 1_000,
+        seed=args.seed,
     )
 
 
-def run_once(args: argparse.Namespace, cluster: Resources, mode: str) -> Result:
-    with tempfile.TemporaryDirectory(prefix="bench-admission-") as tmp:
-        writer = SQLiteHoldWriter(Path(tmp) / "holds.db")
-        try:
-            result = run(
-                smes=args.smes,
-                jobs_per_sme=args.jobs_per_sme,
-                gpu_smes=args.gpu_smes,
-                cluster=cluster,
-                period_ms=args.period_ms,
-                min_runtime_ms=args.min_runtime_s * 1_000,
-                max_runtime_ms=args.max_runtime_s * 1_000,
-                writer=writer,
-                seed=args.seed,
-                mode=mode,
+def main() -> None:
+    """Run the pure path and the service path (SQLite, and PostgreSQL when asked) side by side."""
+    args = parse()
+    work = workload(args)
+    pg_url = args.database_url or (os.environ.get("SBX_TEST_DATABASE_URL") if args.pg else None)
+    if args.one_pass:
+        for label, url in [("sqlite", None), *([("postgresql", pg_url)] if pg_url else [])]:
+            with service_world(url, work) as world:
+                world.submit_all()
+                seconds, count = one_pass(world)
+            print(
+                f"BENCH admission_pass db={label} depth={work.depth} pass_ms={seconds * 1000:.0f} admitted={count}"
             )
-            if not writer.count() == result.admissions == args.smes * args.jobs_per_sme:
-                raise SystemExit(f"{mode}: {writer.count()} holds for {result.admissions} admissions")
-        finally:
-            writer.close()
-    return result
-
-
-def rate(result: Result) -> float:
-    return result.admissions / result.scheduler_s
-
-
-def fairness(result: Result) -> float:
-    return float(result.fairness) if result.fairness is not None else float("nan")
+        return
+    pure = run_decide(work)
+    report("decide", pure)
+    profile = cProfile.Profile() if args.profile else None
+    service, setup_s = service_run(None, work, profile)
+    print(f"[service sqlite] setup_s={setup_s:.1f}")
+    report("service sqlite", service)
+    if profile is not None:
+        profile.dump_stats(str(args.profile))
+    if pg_url:
+        pg, pg_setup_s = service_run(pg_url, work, None)
+        print(f"[service postgresql] setup_s={pg_setup_s:.1f}")
+        report("service postgresql", pg)
+        print(
+            f"BENCH admission path=service db=postgresql admissions_per_s={pg.rate:.0f} pass_p99_ms={pg.p99_ms:.1f}"
+        )
+    print(
+        f"BENCH admission path=service admissions_per_s={service.rate:.0f} pass_p99_ms={service.p99_ms:.1f} "
+        f"fairness={service.fair:.3f} depth={work.depth} smes={args.smes} "
+        f"decide_admissions_per_s={pure.rate:.0f}"
+    )
 
 
 if __name__ == "__main__":

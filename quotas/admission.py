@@ -25,7 +25,6 @@ credit, or its co-payment its co-payment headroom), ``capacity`` (the cluster ha
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import itertools
 import math
@@ -107,6 +106,9 @@ class WaitReason(StrEnum):
     QUOTA = "quota"
     CREDIT = "credit"
     CAPACITY = "capacity"
+    FAIR_SHARE = "fair_share"
+    """Shown only (see :func:`explain`): the cluster had room at the start of the pass, but SMEs ahead of
+    this job in the fair order took it. :func:`decide` itself reports ``capacity``."""
 
 
 class Decision(NamedTuple):
@@ -330,156 +332,136 @@ def admitted(decisions: Sequence[Decision]) -> list[QueuedJob]:
     return [d.job for d in decisions if d.verdict is Verdict.ADMIT]
 
 
-_Corner = tuple[int, int, int]
+class Pending(NamedTuple):
+    """Why one job waits after a pass, in the words an SME or operator can act on (Kueue's pending reason).
 
-
-def _corner(jobs: Iterable[QueuedJob]) -> _Corner:
-    """The element-wise minimum request of ``jobs``: no job fits where this corner does not."""
-    cpu = gpu = mem = -1
-    for job in jobs:
-        res = job.resources
-        if cpu < 0:
-            cpu, gpu, mem = res.milli_cpu, res.gpus, res.memory_mib
-        else:
-            cpu, gpu, mem = min(cpu, res.milli_cpu), min(gpu, res.gpus), min(mem, res.memory_mib)
-    return (cpu, gpu, mem)
-
-
-class FairQueue:
-    """The admission queue kept between passes, for a scheduler loop that must not rescan every job.
-
-    :func:`decide` gives a verdict for every queued job, so a pass costs time in proportion to the queue. A
-    scheduler that runs a pass every time capacity frees only needs the admissions: :meth:`admit` makes the
-    same admissions in the same order as ``admitted(decide(snapshot, queue.jobs()))`` (a property the tests
-    check) but skips SMEs that cannot admit anything (at their running-job limit, or whose smallest request
-    exceeds their quota room or the free capacity) and stops as soon as the free capacity is below the
-    smallest request in the queue. A pass then costs O(m) for m SMEs plus O(log m) per admission.
-
-    Pure and in memory (no I/O): the broker rebuilds it from the database at start and keeps it in step
-    with submissions, cancellations and admissions.
+    ``reason`` is the first limit that stopped it (``fair_share`` when the cluster had room for it at the
+    start of the pass but SMEs ahead of it in the fair order took that room: ``behind`` names the last of
+    them); ``facts`` are the integers behind the reason (see :func:`describe`), so a caller can tell whether
+    the reason changed without formatting text; ``position`` is its 1-based place among the waiting jobs in
+    the pass's fair order.
     """
 
-    def __init__(self, jobs: Iterable[QueuedJob] = ()) -> None:
-        self._keys: dict[OrgId, list[tuple[int, int, str]]] = {}
-        self._jobs: dict[OrgId, list[QueuedJob]] = {}
-        self._corners: dict[OrgId, _Corner] = {}
-        self._org_of: dict[str, OrgId] = {}
-        for job in jobs:
-            self.push(job)
+    job_id: str
+    org_id: OrgId
+    reason: WaitReason
+    facts: tuple[int, ...]
+    behind: OrgId | None
+    position: int
 
-    def __len__(self) -> int:
-        return len(self._org_of)
+    def detail(self) -> str:
+        """The human sentence for this reason (see :func:`describe`)."""
+        return describe(self.reason, self.facts, self.behind)
 
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._org_of
 
-    def jobs(self) -> list[QueuedJob]:
-        """Every queued job, grouped by SME, each SME's jobs in priority-then-FIFO order."""
-        return [job for jobs in self._jobs.values() for job in jobs]
+def explain(snapshot: Snapshot, decisions: Sequence[Decision]) -> list[Pending]:
+    """For every job :func:`decide` left waiting, the amounts behind its reason and its place in the order.
 
-    def push(self, job: QueuedJob) -> None:
-        """Queue ``job`` (O(log k) for an SME with k queued jobs); a job id may be queued only once."""
-        if job.job_id in self._org_of:
-            raise InvalidInput(f"job {job.job_id} is already queued")
-        org = job.org_id
-        keys = self._keys.setdefault(org, [])
-        key = _job_order(job)
-        at = bisect.bisect(keys, key)
-        keys.insert(at, key)
-        self._jobs.setdefault(org, []).insert(at, job)
-        corner = self._corners.get(org)
+    Replays ``decisions`` in the order they were made against a working copy of the snapshot, so each
+    waiting job is described by the room, credit and capacity that were left when it was considered.
+    """
+    room: dict[OrgId, list[int]] = {}
+    free = [snapshot.capacity.milli_cpu, snapshot.capacity.gpus, snapshot.capacity.memory_mib]
+    start = tuple(free)
+    last: OrgId | None = None
+    out: list[Pending] = []
+    for job, verdict, reason in decisions:
+        left = room.get(job.org_id)
+        if left is None:
+            left = room[job.org_id] = _room(snapshot.tenants[job.org_id])
         res = job.resources
-        self._corners[org] = (
-            (res.milli_cpu, res.gpus, res.memory_mib)
-            if corner is None
-            else (min(corner[0], res.milli_cpu), min(corner[1], res.gpus), min(corner[2], res.memory_mib))
-        )
-        self._org_of[job.job_id] = org
+        need = (res.milli_cpu, res.gpus, res.memory_mib)
+        if verdict is _ADMIT:
+            for i in range(3):
+                left[i] -= need[i]
+                free[i] -= need[i]
+            left[3] -= 1
+            left[4] -= job.max_cost_covered
+            left[5] -= job.max_cost_copay
+            last = job.org_id
+            continue
+        assert reason is not None  # a waiting decision always has one
+        why, facts, behind = _why(reason, job, need, left, free, start, last)
+        out.append(Pending(job.job_id, job.org_id, why, facts, behind, len(out) + 1))
+    return out
 
-    def remove(self, job_id: str) -> QueuedJob | None:
-        """Take ``job_id`` out of the queue (cancelled, rejected, or admitted elsewhere); None if absent."""
-        org = self._org_of.pop(job_id, None)
-        if org is None:
-            return None
-        jobs = self._jobs[org]
-        at = next(i for i, job in enumerate(jobs) if job.job_id == job_id)
-        job = jobs.pop(at)
-        del self._keys[org][at]
-        if jobs:
-            self._corners[org] = _corner(jobs)
-        else:
-            del self._jobs[org], self._keys[org], self._corners[org]
-        return job
 
-    def admit(self, snapshot: Snapshot) -> list[QueuedJob]:
-        """Run one pass over ``snapshot`` and return the admitted jobs in admission order.
+def _room(state: TenantState) -> list[int]:
+    """[cpu, gpu, memory room, running-job room, credit, co-payment headroom] of one SME."""
+    limit, use = state.quota.max_resources, state.in_use
+    return [
+        limit.milli_cpu - use.milli_cpu,
+        limit.gpus - use.gpus,
+        limit.memory_mib - use.memory_mib,
+        state.quota.max_running_jobs - state.running_jobs,
+        state.available_credit,
+        state.copay_headroom,
+    ]
 
-        The admitted jobs leave the queue (if their hold write fails, :meth:`push` them back). Raises
-        :class:`InvalidInput` for a queued SME the snapshot does not know.
-        """
-        drf = DominantShare(snapshot.cluster_total)
-        free = [snapshot.capacity.milli_cpu, snapshot.capacity.gpus, snapshot.capacity.memory_mib]
-        heap, floor = self._candidates(snapshot, drf, free)
-        tenants: dict[OrgId, _Tenant] = {}
-        chosen: list[QueuedJob] = []
-        scratch: list[Decision] = []
-        while heap and floor[0] <= free[0] and floor[1] <= free[1] and floor[2] <= free[2]:
-            *_, org = heapq.heappop(heap)
-            corner = self._corners[org]
-            if corner[0] > free[0] or corner[1] > free[1] or corner[2] > free[2]:
-                continue  # nothing of this SME fits what is left: all its jobs wait
-            tenant = tenants.get(org)
-            if tenant is None:
-                tenant = tenants[org] = _Tenant(snapshot.tenants[org], self._jobs[org])
-            if _admit_next(tenant, free, scratch):
-                chosen.append(scratch[-1].job)
-                if tenant.next < len(tenant.jobs):
-                    key = drf.key(tenant.cpu, tenant.gpu, tenant.mem)
-                    heapq.heappush(heap, (key, _served_now(), tenant.jobs[tenant.next].submitted_ms, org))
-            scratch.clear()
-        for job in chosen:
-            self.remove(job.job_id)
-        return chosen
 
-    def _candidates(
-        self, snapshot: Snapshot, drf: DominantShare, free: list[int]
-    ) -> tuple[list[tuple[int, int, int, OrgId]], list[int]]:
-        """The heap of SMEs that might admit a job now, and the smallest request among them."""
-        heap: list[tuple[int, int, int, OrgId]] = []
-        free_cpu, free_gpu, free_mem = free
-        floor_cpu, floor_gpu, floor_mem = free_cpu + 1, free_gpu + 1, free_mem + 1
-        tenants, corners, key = snapshot.tenants, self._corners, drf.key
-        for org, jobs in self._jobs.items():
-            state = tenants.get(org)
-            if state is None:
-                raise InvalidInput(
-                    f"queued job {jobs[0].job_id} belongs to {org}, which the snapshot does not know"
-                )
-            cpu, gpu, mem = corners[org]
-            if cpu > free_cpu or gpu > free_gpu or mem > free_mem:
-                continue  # none of its jobs fits the free capacity (the common case on a full cluster)
-            quota, use = state.quota, state.in_use
-            limit = quota.max_resources
-            if (
-                state.running_jobs >= quota.max_running_jobs
-                or cpu + use.milli_cpu > limit.milli_cpu
-                or gpu + use.gpus > limit.gpus
-                or mem + use.memory_mib > limit.memory_mib
-            ):
-                continue  # at its running-job limit, or none of its jobs fits its quota room
-            heap.append(
-                (
-                    key(use.milli_cpu, use.gpus, use.memory_mib),
-                    snapshot.tenants[org].last_admitted_ms,
-                    jobs[0].submitted_ms,
-                    org,
-                )
-            )
-            floor_cpu = cpu if cpu < floor_cpu else floor_cpu
-            floor_gpu = gpu if gpu < floor_gpu else floor_gpu
-            floor_mem = mem if mem < floor_mem else floor_mem
-        heapq.heapify(heap)
-        return heap, [floor_cpu, floor_gpu, floor_mem]
+def _why(
+    reason: WaitReason,
+    job: QueuedJob,
+    need: tuple[int, int, int],
+    left: list[int],
+    free: list[int],
+    start: tuple[int, ...],
+    last: OrgId | None,
+) -> tuple[WaitReason, tuple[int, ...], OrgId | None]:
+    """The facts behind one waiting job's reason (see :func:`describe` for their meaning)."""
+    if reason is WaitReason.RUNNING_JOBS:
+        return reason, (left[3],), None
+    if reason is WaitReason.QUOTA:
+        return reason, _short(need, left), None
+    if reason is WaitReason.CREDIT:
+        return reason, (job.max_cost_covered, left[4], job.max_cost_copay, left[5]), None
+    if last is not None and all(n <= s for n, s in zip(need, start, strict=False)):
+        return WaitReason.FAIR_SHARE, _short(need, free), last
+    return reason, _short(need, free), None
+
+
+def _short(need: tuple[int, int, int], have: Sequence[int]) -> tuple[int, ...]:
+    """(resource index, needed, available) of the first resource ``need`` exceeds."""
+    for i in range(3):
+        if need[i] > have[i]:
+            return (i, need[i], have[i])
+    return (0, need[0], have[0])
+
+
+_RESOURCE = ("CPU", "GPU", "memory")
+
+
+def _amount(resource: int, value: int) -> str:
+    """An amount in its unit: CPU in cores (from milli-CPU), GPUs, memory in MiB."""
+    if resource == 0:
+        cores = f"{value // 1000}.{value % 1000:03d}".rstrip("0").rstrip(".")
+        return f"{cores} CPU"
+    if resource == 1:
+        return f"{value} GPU"
+    return f"{value} MiB of memory"
+
+
+def describe(reason: WaitReason, facts: Sequence[int], behind: OrgId | None) -> str:
+    """One sentence for a pending reason, with the amounts that stop the job.
+
+    Facts by reason: ``running_jobs`` (running-job room, 0 or less); ``quota``, ``capacity`` and
+    ``fair_share`` (resource index, needed, available); ``credit`` (voucher share, voucher credit left,
+    co-payment share, co-payment headroom left).
+    """
+    if reason is WaitReason.RUNNING_JOBS:
+        return "the SME already runs as many jobs as its quota allows; one must end first"
+    if reason is WaitReason.CREDIT:
+        covered, credit, copay, headroom = facts
+        if covered > credit:
+            return f"its hold needs {covered} credits of voucher credit and {credit} are left"
+        return f"its hold needs {copay} credits of co-payment and the co-payment headroom left is {headroom}"
+    resource, need, have = facts
+    short = f"needs {_amount(resource, need)}, {_amount(resource, max(have, 0))} left"
+    if reason is WaitReason.QUOTA:
+        return f"quota: {short} of its SME's {_RESOURCE[resource]} quota ({_amount(resource, need - have)} short)"
+    if reason is WaitReason.FAIR_SHARE:
+        return f"fair share: behind {behind}, whose share of the cluster is lower; {short} in the cluster"
+    return f"cluster: {short} free in the cluster ({_amount(resource, need - have)} short)"
 
 
 def check_submittable(

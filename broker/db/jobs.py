@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.db import tables as t
 from common.errors import Conflict, NotFound
 from common.resources import Resources
 from quotas.jobs import JobState, transition
+from quotas.ledger import GrantBalance
 from quotas.metering import UsageRecord
 from quotas.pricing import RateCard
 from quotas.quota import DEFAULT_QUOTA, Quota
@@ -360,3 +361,119 @@ def last_admissions(conn: Connection, org_ids: list[str]) -> dict[str, int]:
         .group_by(t.jobs.c.org_id)
     )
     return {r[0]: int(r[1]) for r in rows}
+
+
+# -- admission: one set of queries per pass ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class QueuedRow:
+    """What admission needs of one queued job (no JSON columns decoded)."""
+
+    id: str
+    org_id: str
+    resources: Resources
+    priority: int
+    submitted_ms: int
+    max_cost: int
+    max_runtime_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionAccounts:
+    """Every SME's money as admission sees it, read in two set-based queries: ``grants`` holds each SME's
+    active grants with credit left, ``copay`` each SME's co-payment account as ``(balance, floor)``."""
+
+    grants: dict[str, list[GrantBalance]]
+    copay: dict[str, tuple[int, int]]
+
+
+_QUEUED_FOR_ADMISSION = (
+    select(
+        t.jobs.c.id,
+        t.jobs.c.org_id,
+        t.jobs.c.milli_cpu,
+        t.jobs.c.gpus,
+        t.jobs.c.memory_mib,
+        t.jobs.c.priority,
+        t.jobs.c.submitted_ms,
+        t.jobs.c.max_cost,
+        t.jobs.c.max_runtime_s,
+    )
+    .where(t.jobs.c.state == JobState.QUEUED.value)
+    .order_by(t.jobs.c.submitted_ms, t.jobs.c.id)
+)
+_ALL_QUOTAS = select(t.sme_quotas)
+_ACTIVE_GRANTS = (
+    select(
+        t.grants.c.org_id,
+        t.grants.c.id,
+        t.grants.c.account_id,
+        t.accounts.c.balance,
+        t.grants.c.coverage_bps,
+        t.grants.c.expires_ms,
+        t.grants.c.resources,
+    )
+    .join(t.accounts, t.accounts.c.id == t.grants.c.account_id)
+    .where(t.grants.c.status == "active", t.accounts.c.balance > 0)
+)
+_COPAY_ACCOUNTS = select(t.accounts.c.org_id, t.accounts.c.balance, t.accounts.c.floor).where(
+    t.accounts.c.kind == "copay", t.accounts.c.grant_id.is_(None)
+)
+_ADMIT = (
+    update(t.jobs)
+    .where(t.jobs.c.id == bindparam("p_id"), t.jobs.c.state == JobState.QUEUED.value)
+    .values(state=JobState.ADMITTED.value, hold_id=bindparam("p_hold"), admitted_ms=bindparam("p_now"))
+)
+
+
+def queued_for_admission(conn: Connection, limit: int = 1_000_000) -> list[QueuedRow]:
+    """Every queued job, oldest first, with only the columns admission reads (one query)."""
+    rows = conn.execute(_QUEUED_FOR_ADMISSION.limit(limit))
+    return [
+        QueuedRow(
+            r[0], r[1], Resources(int(r[2]), int(r[3]), int(r[4])), int(r[5]), int(r[6]), int(r[7]), int(r[8])
+        )
+        for r in rows
+    ]
+
+
+def all_quotas(conn: Connection) -> dict[str, Quota]:
+    """Every stored SME quota (an SME without one has :data:`DEFAULT_QUOTA`); one query."""
+    return {
+        r.org_id: Quota(
+            Resources(int(r.max_milli_cpu), int(r.max_gpus), int(r.max_memory_mib)),
+            int(r.max_running_jobs),
+            int(r.max_queued_jobs),
+            DEFAULT_QUOTA.copay_limit,
+        )
+        for r in conn.execute(_ALL_QUOTAS)
+    }
+
+
+def admission_accounts(conn: Connection) -> AdmissionAccounts:
+    """Every SME's active grants with credit left and its co-payment account, in two queries."""
+    grants: dict[str, list[GrantBalance]] = {}
+    for r in conn.execute(_ACTIVE_GRANTS):
+        grants.setdefault(r[0], []).append(
+            GrantBalance(r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), frozenset(r[6].split(",")))
+        )
+    copay = {r[0]: (int(r[1]), int(r[2] or 0)) for r in conn.execute(_COPAY_ACCOUNTS) if r[0] is not None}
+    return AdmissionAccounts(grants, copay)
+
+
+def admit(conn: Connection, job_id: str, *, hold_id: str, now_ms: int) -> None:
+    """QUEUED → ADMITTED with its hold, if the job is still queued (the conditional update is the guard).
+
+    Raises :class:`Conflict` when another writer moved it first (the caller rolls back its savepoint).
+    """
+    result = conn.execute(_ADMIT, {"p_id": job_id, "p_hold": hold_id, "p_now": now_ms})
+    if result.rowcount != 1:
+        raise Conflict(f"job {job_id} changed state meanwhile; try again", code="job_changed")
+
+
+def jobs_by_id(conn: Connection, job_ids: list[str]) -> list[Job]:
+    """Full rows of ``job_ids`` (in chunks: one query per 500 ids), in the order given."""
+    found: dict[str, Job] = {}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start : start + 500]
+        found.update((j.id, j) for j in map(_job, conn.execute(select(t.jobs).where(t.jobs.c.id.in_(chunk)))))
+    return [found[i] for i in job_ids if i in found]

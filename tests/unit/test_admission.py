@@ -10,7 +10,7 @@ from common.resources import Resources
 from quotas.admission import (
     Decision,
     DominantShare,
-    FairQueue,
+    Pending,
     QueuedJob,
     Snapshot,
     TenantState,
@@ -20,6 +20,7 @@ from quotas.admission import (
     check_submittable,
     decide,
     dominant_share,
+    explain,
     order_queue,
 )
 from quotas.quota import DEFAULT_QUOTA, Quota, QuotaExceeded
@@ -480,55 +481,56 @@ def test_check_submittable_rejects_empty_jobs_and_zero_running_quota() -> None:
         check_submittable(job("j", "a"), frozen, 0)
 
 
-# --- the persistent queue -------------------------------------------------------------------------------
+# --- pending reasons -----------------------------------------------------------------------------------
 
 
-@settings(max_examples=200)
+def _pending(snap: Snapshot, queue: list[QueuedJob]) -> dict[str, Pending]:
+    return {p.job_id: p for p in explain(snap, decide(snap, queue))}
+
+
+def test_each_limit_is_named_with_its_amounts() -> None:
+    quota = Quota(Resources(2_000, 0, 4_096), max_running_jobs=1, max_queued_jobs=5, copay_limit=0)
+    full = TenantState(quota, CPU1, running_jobs=1, available_credit=0, copay_headroom=0)
+    roomy = TenantState(quota, CPU1, running_jobs=0, available_credit=50, copay_headroom=5)
+    assert _pending(snapshot({"a": full}), [job("x", "a")])["x"].reason is WaitReason.RUNNING_JOBS
+    big = _pending(snapshot({"a": roomy}), [job("x", "a", Resources(1_500, 0, 1_024))])["x"]
+    assert (big.reason, big.facts) == (WaitReason.QUOTA, (0, 1_500, 1_000))
+    assert big.detail() == "quota: needs 1.5 CPU, 1 CPU left of its SME's CPU quota (0.5 CPU short)"
+    poor = _pending(snapshot({"a": roomy}), [job("x", "a", covered=60)])["x"]
+    assert poor.reason is WaitReason.CREDIT and "needs 60 credits of voucher credit and 50" in poor.detail()
+    copay = _pending(snapshot({"a": roomy}), [job("x", "a", covered=10, copay=6)])["x"]
+    assert "6 credits of co-payment" in copay.detail() and "headroom left is 5" in copay.detail()
+    tight = _pending(snapshot({"a": roomy}, capacity=Resources(500, 0, 4_096)), [job("x", "a")])["x"]
+    assert (tight.reason, tight.facts, tight.behind) == (WaitReason.CAPACITY, (0, 1_000, 500), None)
+    assert tight.detail() == "cluster: needs 1 CPU, 0.5 CPU left free in the cluster (0.5 CPU short)"
+
+
+def test_a_job_that_lost_the_room_to_a_lower_share_waits_behind_it() -> None:
+    queue = [job("a1", "a", at=0), job("b1", "b", at=1), job("a2", "a", at=2)]
+    waits = _pending(snapshot({"a": RICH, "b": RICH}, capacity=Resources(2_000, 0, 8_192)), queue)
+    assert list(waits) == ["a2"]
+    assert waits["a2"].reason is WaitReason.FAIR_SHARE and waits["a2"].behind == "b"
+    assert waits["a2"].position == 1 and "behind b" in waits["a2"].detail()
+
+
+@settings(max_examples=150)
 @given(scenarios())
-def test_fair_queue_admits_exactly_what_decide_admits(scenario: tuple[Snapshot, list[QueuedJob]]) -> None:
-    snap, queue = scenario
-    fq = FairQueue(queue)
-    expected = admitted(decide(snap, queue))
-    assert fq.admit(snap) == expected
-    assert len(fq) == len(queue) - len(expected)
-    assert sorted(j.job_id for j in fq.jobs()) == sorted(
-        j.job_id for j in queue if j.job_id not in {a.job_id for a in expected}
-    )
-
-
-@given(scenarios(), st.data())
-def test_fair_queue_stays_equivalent_after_removals_and_pushes(
-    scenario: tuple[Snapshot, list[QueuedJob]], data: st.DataObject
+def test_every_waiting_job_has_one_pending_reason_in_fair_order(
+    scenario: tuple[Snapshot, list[QueuedJob]],
 ) -> None:
     snap, queue = scenario
-    fq = FairQueue()
-    for j in reversed(queue):
-        fq.push(j)
-    gone = data.draw(st.sets(st.sampled_from([j.job_id for j in queue]))) if queue else set()
-    for job_id in gone:
-        assert fq.remove(job_id) is not None
-        assert job_id not in fq
-    rest = [j for j in queue if j.job_id not in gone]
-    assert sorted(j.job_id for j in fq.jobs()) == sorted(j.job_id for j in rest)
-    assert fq.admit(snap) == admitted(decide(snap, rest))
-
-
-def test_fair_queue_refuses_duplicates_and_unknown_smes() -> None:
-    fq = FairQueue([job("j1", "a")])
-    with pytest.raises(InvalidInput, match="already queued"):
-        fq.push(job("j1", "a"))
-    assert fq.remove("nope") is None
-    fq.push(job("g1", "ghost"))
-    with pytest.raises(InvalidInput, match="ghost"):
-        fq.admit(snapshot({"a": RICH}))
-
-
-def test_fair_queue_keeps_what_did_not_fit_for_the_next_pass() -> None:
-    queue = [job(f"j{i}", "a", at=i) for i in range(3)] + [job(f"k{i}", "b", at=10 + i) for i in range(3)]
-    fq = FairQueue(queue)
-    first = fq.admit(snapshot({"a": RICH, "b": RICH}, capacity=Resources(2_000, 0, 2_048)))
-    assert [j.job_id for j in first] == ["j0", "k0"]
-    busy = TenantState(BIG_QUOTA, CPU1, 1, 10**9, 10**9)
-    second = fq.admit(snapshot({"a": busy, "b": busy}, capacity=Resources(3_000, 0, 3_072)))
-    assert [j.job_id for j in second] == ["j1", "k1", "j2"]
-    assert [j.job_id for j in fq.jobs()] == ["k2"]
+    decisions = decide(snap, queue)
+    pending = explain(snap, decisions)
+    waiting = [d for d in decisions if not d.admitted]
+    assert [p.job_id for p in pending] == [d.job.job_id for d in waiting]
+    assert [p.position for p in pending] == list(range(1, len(waiting) + 1))
+    for p, d in zip(pending, waiting, strict=True):
+        if d.reason is WaitReason.CAPACITY:
+            assert p.reason in (WaitReason.CAPACITY, WaitReason.FAIR_SHARE)
+            assert (p.behind is not None) == (p.reason is WaitReason.FAIR_SHARE)
+        else:
+            assert p.reason is d.reason
+        if p.reason in (WaitReason.QUOTA, WaitReason.CAPACITY, WaitReason.FAIR_SHARE):
+            _, need, have = p.facts
+            assert need > have  # the named resource really is short
+        assert p.detail()
