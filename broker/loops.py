@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from broker.services.idem import purge_expired
+from broker.services.maintenance import integrity_pass
 from broker.services.registry import Services
 
 log = logging.getLogger("sbx.loops")
@@ -63,6 +64,11 @@ class BackgroundLoops:
                 "audit-checkpoint",
             ("privacy-reconcile", services.datasets.reconcile_interrupted, self._rounds(30)),
             ("idempotency-retention", self._purge_keys, self._rounds(3600)),
+            (
+                "integrity",
+                lambda: integrity_pass(services.container),
+                self._rounds(settings.integrity_check_interval_s),
+            ),
                 lambda: services.audit.checkpoint(None),
                 self._rounds(settings.audit_checkpoint_interval_s),
             ),

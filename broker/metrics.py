@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, text
@@ -78,6 +78,12 @@ class Metrics:
             "Time for one admission decision and its write.",
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self.db_integrity_ok = Gauge(
+            "sbx_db_integrity_ok",
+            "1 when the last periodic integrity check of the database passed (SQLite: PRAGMA quick_check), "
+            "0 when it found damage (restore a backup: docs/deploy.md).",
+            registry=r,
         )
 
         self.audit_health = AuditHealth()

@@ -15,6 +15,7 @@ import uvicorn
 
 from broker.app import create_app
 from broker.container import build_container
+from broker.db.backup import refuse_if_corrupt
 from broker.http_limits import uvicorn_limits
 from broker.loops import BackgroundLoops
 from broker.services.registry import Services, build_services
@@ -28,6 +29,7 @@ def run(*, host: str | None = None, port: int | None = None, settings: Settings 
     problems = settings.production_problems()
     if problems:
         raise SystemExit("refusing to start in production:\n  - " + "\n  - ".join(problems))
+    refuse_if_corrupt(settings.resolved_database_url)  # PRAGMA quick_check: never serve a damaged file
     container = build_container(settings)
     services = build_services(container)
     loops = BackgroundLoops(services, interval_ms=settings.loop_interval_ms)

@@ -145,6 +145,56 @@ def migrate() -> None:
     typer.echo("database is at the latest schema")
 
 
+@app.command("backup")
+def backup_cmd(
+    file: Annotated[Path, typer.Argument(help="Where to write the backup (never overwritten).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy the embedded SQLite database to FILE while the broker serves (SQLite's online backup API: a
+    consistent snapshot). PostgreSQL: a base backup with WAL archiving (docs/deploy.md). The key-encryption
+    key (SBX_KEK_FILE) is not in the backup: keep it in your secret store."""
+    from broker.db.backup import backup
+    from broker.settings import Settings
+    from common.errors import DomainError
+
+    try:
+        info = backup(Settings().resolved_database_url, file)
+    except DomainError as exc:
+        fail(exc.detail)
+    result = {"file": str(info.path), "bytes": info.bytes, "audit_size": info.audit_size}
+    human = f"backup {info.path}: {info.bytes} bytes, {info.audit_size} audit entries"
+    emit(result, as_json=as_json, human=human)
+
+
+@app.command("restore")
+def restore_cmd(
+    file: Annotated[Path, typer.Argument(help="A backup written by `sbx backup`.")],
+    accept_loss: Annotated[
+        bool,
+        typer.Option(
+            "--accept-loss",
+            help="Restore a backup older than the last signed audit checkpoint, and record the rollback.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put a backup back in place of the embedded database (stop the broker first). Refused when the backup
+    is older than the last signed audit checkpoint, unless --accept-loss, which appends a signed "restored at
+    size N" record to the state dir's audit/restores.jsonl."""
+    from broker.services.maintenance import restore_from
+    from broker.settings import Settings
+    from common.errors import DomainError
+
+    try:
+        result = restore_from(Settings(), file, accept_loss=accept_loss)
+    except DomainError as exc:
+        fail(exc.detail)
+    human = f"restored {file}: {result['audit_size']} audit entries"
+    if result["record"] is not None:
+        human += f" (rolled back from {result['last_checkpoint_size']}: recorded in audit/restores.jsonl)"
+    emit(result, as_json=as_json, human=human)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default SBX_HOST or 127.0.0.1).")] = None,
