@@ -189,6 +189,16 @@ def test_argv_is_an_allow_list_never_the_host_root() -> None:
     assert argv[-8:-4] == ["--remount-ro", "/", "--chdir", "/job"]
 
 
+def test_a_venv_under_tmp_is_bound_on_top_of_the_fresh_tmp() -> None:
+    """A clone (and its .venv) under /tmp must not be hidden by the sandbox's own /tmp: the tmpfs comes
+    first, the prefixes are bound on top. (In the other order `python` silently became the base interpreter
+    without the venv's packages.)"""
+    layout = HostLayout(**{**_layout_fields(), "venv_prefix": "/tmp/ci-clone/.venv"})
+    argv = build_argv(spec(), bwrap="/x/bwrap", fds=FDS, host=layout)
+    tmpfs_at = next(i for i in range(len(argv) - 1) if argv[i : i + 2] == ["--tmpfs", "/tmp"])
+    assert tmpfs_at < argv.index("/tmp/ci-clone/.venv")
+
+
 def test_argv_namespaces_and_process_options() -> None:
     argv = build_argv(spec(), bwrap="/x/bwrap", fds=FDS, host=HOST, status_fd=9)
     for flag in (

@@ -252,9 +252,9 @@ def build_argv(
         *(["--seccomp", str(fds.seccomp)] if fds.seccomp is not None else []),
         *_namespace_args(),
         *_env_args(spec, host),
+        *_scratch_args(spec),  # first: an interpreter or venv under /tmp is then bound on top of the tmpfs
         *_system_args(host),
         *_generated_args(fds),
-        *_scratch_args(spec),
         *_job_args(spec, host, fds),
         "--remount-ro",
         "/dev",
