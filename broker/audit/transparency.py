@@ -39,6 +39,7 @@ class RecordState:
     db_latest: Checkpoint | None  # the database's record of the latest checkpoint
     now_ms: int
     window_ms: int
+    lag_ms: int = 0  # how far a replica's file may trail the database (its copy is made once per loop round)
 
 
 def _signatures(checkpoints: Sequence[Checkpoint], keys: Mapping[str, Any]) -> Problem | None:
@@ -135,7 +136,8 @@ def check_record(
     if problem is not None or not file_cps or state.db_latest is None:
         return problem
     last, db = file_cps[-1], state.db_latest
-    if last.size < db.size or last.ts_ms < db.ts_ms:
+    behind = last.size < db.size or last.ts_ms < db.ts_ms
+    if behind and db.ts_ms - last.ts_ms > state.lag_ms:
         return Problem(
             last.size + 1,
             f"the checkpoint file ends at {last.size} entries but the database records a later checkpoint "

@@ -315,7 +315,8 @@ class AuditRepo:
             db_cps = tree.since(conn, -1, limit=1_000_000)
         except InvalidInput as exc:
             return Problem(1, f"a stored checkpoint is malformed: {exc.detail}"), {}
-        state = RecordState(head, _first_entry_ms(conn), db_latest, now_ms, cfg.window_ms)
+        lag = 2 * cfg.interval_ms  # another replica may have signed since this one last copied the sequence
+        state = RecordState(head, _first_entry_ms(conn), db_latest, now_ms, cfg.window_ms, lag)
         problem = check_record(
             file_cps,
             self._checkpoints.exists(),

@@ -109,6 +109,9 @@ def test_one_sequence_one_witness_two_replicas(
     latest_a = services.audit.latest_checkpoint(world.operator)["checkpoint"]
     assert f"\u2014 {WITNESS} " in latest_a  # co-signed through B, served by A
     _configure(replicas, vkey(WITNESS, key.public_key(), SIG_COSIGNATURE_V1), 1)
+    world.credit(500)
+    world.clock.advance(31_000)
+    services.audit.checkpoint(None)  # A signs; B has not copied it yet (its next round would)
     for replica in replicas:
         verdict = replica.audit.verify(world.operator)
         assert verdict["ok"] is True, verdict

@@ -87,8 +87,8 @@ QUERY_KINDS = {
     "custodian_org": "custodian_org",
 }
 # ``token`` is a capability in the path (KubeRay code archives): any value is refused like an unknown one.
-LITERAL_PATH = {"decision": "refuse", "name": "style.css", "token": "t" * 43}
-EXTRA_QUERY = {"period": "2026-11", "start_ms": "0", "end_ms": "1"}
+LITERAL_PATH = {"decision": "refuse", "name": "style.css", "token": "t" * 43, "seq": "1"}
+EXTRA_QUERY = {"period": "2026-11", "start_ms": "0", "end_ms": "1", "old": "1", "new": "1"}
 MASS_FIELDS = ["org_id", "owner", "balance", "budget", "status", "state", "amount_settled"]
 COOKIE = "sbx_session"
 Key = tuple[str, str]
@@ -249,6 +249,7 @@ def _json_body(route: Route, ids: dict[str, str], full: FullWorld) -> dict[str, 
         ("POST", "/api/v1/access-requests/{request_id}/approve"): {"valid_for_s": 60},
         ("POST", "/api/v1/access-requests/{request_id}/refuse"): {"reason": "matrix"},
         ("POST", "/api/v1/access-requests/{request_id}/revoke"): {"reason": "matrix"},
+        ("POST", "/api/v1/audit/cosignatures"): {"checkpoint_seq": 1, "cosignature": "\u2014 w AAAAAAAA"},
     }
     if route.key in bodies:
         return bodies[route.key]
@@ -264,6 +265,7 @@ NO_BODY: set[Key] = {
     ("POST", "/api/v1/holds/{hold_id}/release"),
     ("POST", "/api/v1/audit/verify"),
     ("POST", "/api/v1/audit/checkpoint"),
+    ("POST", "/api/v1/audit/ledger"),
     ("POST", "/api/v1/jobs/{job_id}/stop"),
 }
 

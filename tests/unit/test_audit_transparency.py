@@ -124,3 +124,13 @@ def test_witnesses_are_required_when_configured() -> None:
     cosigned = cp.with_signatures([note.cosign(cp.note.text, "alice", alice, 3)])
     assert check_record([cp], True, state, cosigned=[cosigned], witnesses=witnesses, required=1) is None
     assert check_record([cp], True, state, cosigned=[cosigned], witnesses=witnesses, required=2) is not None
+
+
+def test_a_replica_file_one_round_behind_is_not_a_cut() -> None:
+    tree = Tree(chain(5))
+    cp3, cp5 = tree.checkpoint(3, ts=1_000), tree.checkpoint(5, ts=31_000)
+    lagging = RecordState(5, 0, cp5, 40_000, WINDOW, lag_ms=60_000)
+    assert check_record([cp3], True, lagging) is None
+    cut = RecordState(5, 0, cp5, 40_000, WINDOW, lag_ms=10_000)
+    problem = check_record([cp3], True, cut)
+    assert problem is not None and "cut short" in problem.reason
