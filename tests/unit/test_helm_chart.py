@@ -65,6 +65,18 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
         }
     },
+    "jobs-sandboxed": {
+        "kuberay": {"namespace": "sme-jobs"},
+        "jobs": {
+            "runtimeClassName": "gvisor",
+            "serviceAccountName": "sme-runner",
+            "archive": {"publicUrl": "http://broker.sbx.svc:8750", "maxFetches": 8, "graceSeconds": 60},
+        },
+        "jobNetworkPolicy": {
+            "allowInternet": True,
+            "extraEgress": [{"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}]}],
+        },
+    },
     "ray-cluster-and-persistence": {
         "config": {"compute": "ray"},
         "ray": {"address": "http://raycluster-head-svc.ray.svc:8265"},
