@@ -18,6 +18,7 @@ from broker.bootstrap import initialise
 from broker.cli.client import BrokerClient
 from broker.container import Container, build_container
 from broker.db import orgs
+from broker.i18n import gettext
 from broker.server import serve_in_thread
 from broker.services.registry import build_services
 from broker.settings import Settings
@@ -34,6 +35,7 @@ class DemoState:
     state_dir: Path
     clients: dict[str, BrokerClient] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)
+    locale: str = "en"  # sbx demo --lang zh-CN: the Chinese programme only, printed in Chinese
 
     def as_role(self, name: str) -> BrokerClient:
         """The client of a named organisation created by the demo."""
@@ -117,18 +119,23 @@ def step_audit(state: DemoState) -> str:
     return f"audit chain valid: {result['ok']} ({result['checked']} entries, signed checkpoint verified)"
 
 
-def all_steps() -> list[Step]:
-    """Every demo step in order (later features add theirs before the audit check)."""
+def all_steps(locale: str = "en") -> list[Step]:
+    """Every demo step in order (later features add theirs before the audit check); a zh-CN run is the
+    Chinese programme's (broker.demo_zh) and the audit check."""
     from broker.demo_data import data_steps
     from broker.demo_jobs import step_training_job
     from broker.demo_reports import report_steps
     from broker.demo_training import step_private_training
+    from broker.demo_zh import chinese_steps
 
+    if locale == "zh_CN":
+        return [*chinese_steps(), ("Verify the audit log", step_audit)]
     return [
         *foundation_steps(),
         ("Run a voucher-paid training job on Ray", step_training_job),
         *data_steps(),
         ("Train a private model (DP-SGD) on a protected dataset", step_private_training),
+        *chinese_steps(),
         ("Verify the audit log", step_audit),
         *report_steps(),
     ]
@@ -141,7 +148,9 @@ def _operator_token(container: Container) -> str:
     return str(services.orgs.create_token(None, org_id=first.id, label="demo re-run")["token"])
 
 
-def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None = None) -> DemoState:
+def run_demo(
+    state_dir: Path, *, fresh: bool = True, settings: Settings | None = None, locale: str = "en"
+) -> DemoState:
     """Run every step against a broker served from this process; prints progress as it goes."""
     if fresh and state_dir.exists():
         shutil.rmtree(state_dir)
@@ -154,7 +163,8 @@ def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None =
     server = serve_in_thread(services)
     token = init["token"] or _operator_token(container)
     state = DemoState(url=server.url, operator=BrokerClient(server.url, token), state_dir=state_dir.resolve())
-    steps = all_steps()
+    state.locale = locale
+    steps = all_steps(locale)
     try:
         print(f"[demo] broker serving at {server.url}", flush=True)
         isolation = services.jobs.isolation()
@@ -162,7 +172,7 @@ def run_demo(state_dir: Path, *, fresh: bool = True, settings: Settings | None =
         print(f"[demo] backend {isolation.backend} {verdict}: {isolation.detail}", flush=True)
         for number, (title, step) in enumerate(steps, start=1):
             started = time.monotonic()
-            print(f"[demo] step {number}/{len(steps)}: {title} …", flush=True)
+            print(f"[demo] step {number}/{len(steps)}: {gettext(locale, title)} …", flush=True)
             outcome = step(state)
             print(f"[demo]   ✓ {outcome} ({time.monotonic() - started:.1f} s)", flush=True)
         print("[demo] done.", flush=True)

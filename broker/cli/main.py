@@ -746,11 +746,15 @@ def audit_witness(
 def demo(
     state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(".sbx-demo"),
     fresh: Annotated[bool, typer.Option(help="Start from an empty state directory.")] = True,
+    lang: Annotated[
+        str | None, typer.Option("--lang", help="zh-CN: the Chinese programme, in Chinese.")
+    ] = None,
 ) -> None:
     """Run the main job end to end on the embedded default (SQLite, local Ray, local object store)."""
+    from broker.cli.client import cli_locale
     from broker.demo import run_demo
 
-    run_demo(state_dir, fresh=fresh)
+    run_demo(state_dir, fresh=fresh, locale=cli_locale(lang))
 
 
 def main() -> None:
