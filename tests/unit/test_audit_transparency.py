@@ -134,3 +134,13 @@ def test_a_replica_file_one_round_behind_is_not_a_cut() -> None:
     cut = RecordState(5, 0, cp5, 40_000, WINDOW, lag_ms=10_000)
     problem = check_record([cp3], True, cut)
     assert problem is not None and "cut short" in problem.reason
+
+
+def test_a_forged_newest_checkpoint_is_caught_among_repeated_ones() -> None:
+    tree = Tree(chain(4))
+    repeats = [tree.checkpoint(4, ts=t) for t in range(1, 50)]
+    anchors, problem = anchor_checkpoints(repeats, JWK, 4, tree.read)
+    assert problem is None and set(anchors) == {4}
+    forged_fresh = tree.checkpoint(4, ts=99, pem=OTHER)  # the same statement, a fresher time, no valid key
+    _, problem = anchor_checkpoints([*repeats, forged_fresh], JWK, 4, tree.read)
+    assert problem is not None and "signature" in problem.reason
