@@ -13,6 +13,8 @@ from typing import Any
 
 from broker.compute import ComputeBackend
 from broker.compute.factory import build_backend
+from broker.compute.jobfiles import ArchiveLimits, JobFiles
+from broker.compute.ray_local import SandboxDefaults
 from broker.compute.kuberay import ArchiveUploader, PodHardening
 from broker.db.audit import AuditRepo
 from broker.db.database import Database
@@ -46,6 +48,7 @@ class Container:
     kek: Kek  # unwraps the keys the broker holds (broker/keys.py)
     storage: ObjectStore
     limiter: RateLimiter
+    job_files: JobFiles
     closers: list[Any] = field(default_factory=list)
     _compute: ComputeBackend | None = None
     _compute_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -110,6 +113,14 @@ def build_compute(
             scratch_size_limit=settings.kube_scratch_size_limit or None,
         ),
         local_num_cpus=settings.ray_num_cpus,
+        local_sandbox=SandboxDefaults(
+            disk_mib=settings.sandbox_disk_mib,
+            tmp_mib=settings.sandbox_tmp_mib,
+            max_pids=settings.sandbox_max_pids,
+            log_bytes=settings.sandbox_log_bytes,
+            default_memory_mib=settings.sandbox_default_memory_mib,
+            unsafe_no_sandbox=settings.test_unsafe_no_sandbox,
+        ),
         clock=clock,
     )
 
@@ -170,4 +181,18 @@ def build_container(
         kek=kek,
         storage=build_storage(settings),
         limiter=build_limiter(settings, the_clock),
+        job_files=build_job_files(settings),
+    )
+
+
+def build_job_files(settings: Settings) -> JobFiles:
+    """Where jobs' code, output and staged input live on the broker's disk, and the archive caps."""
+    return JobFiles(
+        settings.state_dir / "jobs",
+        ArchiveLimits(
+            max_bytes=settings.job_archive_max_bytes,
+            max_unpacked_bytes=settings.job_archive_max_unpacked_bytes,
+            max_entries=settings.job_archive_max_entries,
+            max_depth=settings.job_archive_max_depth,
+        ),
     )

@@ -57,11 +57,11 @@ class BackgroundLoops:
         self._thread: threading.Thread | None = None
         # (name, body, run every N rounds)
         self.bodies: list[tuple[str, Callable[[], object], int]] = [
+            ("backend-watch", services.jobs.watch_backend, 1),
             ("reconcile", services.jobs.reconcile_pass, 1),
             ("admission", services.jobs.admission_pass, 1),
             ("reaper", services.ledger.reap, 10),
-            (
-                "audit-checkpoint",
+            ("job-files", services.jobs.expire_files_pass, 120),
             ("privacy-reconcile", services.datasets.reconcile_interrupted, self._rounds(30)),
             ("idempotency-retention", self._purge_keys, self._rounds(3600)),
             (
@@ -69,6 +69,8 @@ class BackgroundLoops:
                 lambda: integrity_pass(services.container),
                 self._rounds(settings.integrity_check_interval_s),
             ),
+            (
+                "audit-checkpoint",
                 lambda: services.audit.checkpoint(None),
                 self._rounds(settings.audit_checkpoint_interval_s),
             ),

@@ -79,15 +79,35 @@ class Metrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
+        self.sandbox_kills = Counter(
+            "sbx_sandbox_kills",
+            "Jobs the sandbox ended for breaking a physical limit, by reason (this process).",
+            ["reason"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "sbx_backend_up",
+            "1 while the compute backend answers (a dead local Ray head is restarted), 0 while it does not.",
+            registry=r,
+        )
         self.db_integrity_ok = Gauge(
             "sbx_db_integrity_ok",
             "1 when the last periodic integrity check of the database passed (SQLite: PRAGMA quick_check), "
             "0 when it found damage (restore a backup: docs/deploy.md).",
             registry=r,
         )
+        self.sandbox_available = Gauge(
+            "sbx_sandbox_available",
+            "1 when this replica's backend can run SME code isolated, 0 when it refuses SME code.",
+            registry=r,
+        )
 
         self.audit_health = AuditHealth()
         r.register(self.audit_health)
+
+    def sandbox_kill(self, reason: str) -> None:
+        """Count one job the sandbox ended (``out_of_memory``, ``disk_quota``, ``too_many_processes``)."""
+        self.sandbox_kills.labels(reason=reason).inc()
 
     def record_usage(self, records: Iterable[UsageRecord]) -> None:
         """Add settled usage records to the usage counters (in seconds of each resource)."""

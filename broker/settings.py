@@ -174,6 +174,44 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = 64 * 1024 * 1024
 
+    # --- isolation of SME code (issue 11) and job files -----------------------------------------------
+    sandbox_disk_mib: int = Field(
+        default=1024, ge=1, le=1 << 20, description="Sandbox: cap on a job's writable dirs (/job, /output)."
+    )
+    sandbox_tmp_mib: int = Field(
+        default=256, ge=1, le=1 << 20, description="Sandbox: size of the job's /tmp (tmpfs, counted as memory)."
+    )
+    sandbox_max_pids: int = Field(default=256, ge=8, le=1 << 20, description="Sandbox: processes per job.")
+    sandbox_log_bytes: int = Field(
+        default=1 << 20, ge=1024, le=1 << 30, description="Sandbox: bytes of a job's output kept as its log."
+    )
+    sandbox_default_memory_mib: int = Field(
+        default=2048,
+        ge=64,
+        description="Sandbox: the memory limit of a job that asked for no memory (the cgroup needs one).",
+    )
+    test_unsafe_no_sandbox: bool = Field(
+        default=False,
+        description="TESTS ONLY: run SME code without the sandbox (the attack suite's negative control);"
+        " refused in production.",
+    )
+    job_archive_max_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1, le=1 << 31, description="A job's code archive, compressed."
+    )
+    job_archive_max_unpacked_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1, le=1 << 34, description="A job's code archive, unpacked."
+    )
+    job_archive_max_entries: int = Field(default=10_000, ge=1, le=1_000_000, description="Files per archive.")
+    job_archive_max_depth: int = Field(default=32, ge=1, le=256, description="Directory depth in an archive.")
+    job_disk_quota_mib: int = Field(
+        default=4096, ge=1, description="Per SME: unpacked code of its jobs whose files are still kept."
+    )
+    job_retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="A finished job's code dir is removed this long after it ended; its log and output stay.",
+    )
+
     def production_problems(self) -> list[str]:
         """What stops this configuration from running in production (empty when it may start)."""
         if self.environment != "production":
@@ -195,6 +233,8 @@ class Settings(BaseSettings):
             problems.append("SBX_TRAINING_SECURE_MODE must be true (DP-SGD noise and sampling from the CSPRNG)")
         if self.training_seed is not None:
             problems.append("SBX_TRAINING_SEED is for tests only")
+        if self.test_unsafe_no_sandbox:
+            problems.append("SBX_TEST_UNSAFE_NO_SANDBOX is for tests only")
         if self.host == "127.0.0.1":
             problems.append(
                 "SBX_HOST is 127.0.0.1: behind a TLS-terminating ingress bind 0.0.0.0 (see docs/deploy.md)"

@@ -48,6 +48,7 @@ app.add_typer(report_app, name="report")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(access_app, name="access")
 app.add_typer(query_app, name="query")
+app.command("doctor")(doctor)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DAY_S = 24 * 3600

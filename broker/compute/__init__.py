@@ -12,6 +12,7 @@ from .base import (
     BackendStatus,
     ComputeBackend,
     JobLaunch,
+    SandboxUnavailable,
     launch_name,
 )
 from .factory import KINDS, build_backend
@@ -32,6 +33,7 @@ __all__ = [
     "KubeRayBackend",
     "LocalRayBackend",
     "RayJobsBackend",
+    "SandboxUnavailable",
     "build_backend",
     "launch_name",
     "rayjob_manifest",

@@ -18,7 +18,7 @@ from .kuberay import (
     parse_secret_env,
 )
 from .ray_jobs import RayJobsBackend
-from .ray_local import LocalRayBackend
+from .ray_local import LocalRayBackend, SandboxDefaults
 
 KINDS = ("ray-local", "ray", "kuberay", "fake")
 
@@ -37,6 +37,7 @@ def build_backend(
     kube_archive_uploader: ArchiveUploader | None = None,
     kube_hardening: PodHardening | None = None,
     local_num_cpus: int | None = None,
+    local_sandbox: SandboxDefaults | None = None,
     clock: Clock | None = None,
 ) -> ComputeBackend:
     """Return a backend of ``kind`` (``ray-local``, ``ray``, ``kuberay`` or ``fake``).
@@ -48,7 +49,7 @@ def build_backend(
     ``fake`` is the scriptable in-memory backend. The caller owns the result and must ``close()`` it.
     """
     if kind == "ray-local":
-        return LocalRayBackend(state_dir / "ray", num_cpus=local_num_cpus)
+        return LocalRayBackend(state_dir / "ray", num_cpus=local_num_cpus, sandbox=local_sandbox)
     if kind == "ray":
         if not ray_address:
             raise InvalidInput("compute backend 'ray' needs a Ray dashboard address (e.g. http://head:8265)")
