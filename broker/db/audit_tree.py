@@ -210,7 +210,7 @@ class SignRequest:
 
 
 def sign_next(conn: Connection, req: SignRequest, first_entry_ms: int | None) -> Checkpoint | None:
-    """Extend the tree and sign the next checkpoint if due (grown, or the last one older than the interval).
+    """Extend the tree and sign the next checkpoint if due (grown, or unchanged but a third of the window old).
 
     Returns the newest checkpoint, or ``None`` when another replica holds the signer's lock or the log is empty.
     """
@@ -222,7 +222,8 @@ def sign_next(conn: Connection, req: SignRequest, first_entry_ms: int | None) ->
     if tree.size == 0 and prev is None:
         return None
     _guard(conn, tree, prev, first_entry_ms, req.now_ms, req.window_ms)
-    if prev is not None and prev.size == tree.size and req.now_ms - prev.ts_ms < req.interval_ms:
+    idle_resign_ms = max(req.interval_ms, req.window_ms // 3)  # an unchanged tree: stay well inside the window
+    if prev is not None and prev.size == tree.size and req.now_ms - prev.ts_ms < idle_resign_ms:
         return prev
     stamp = max(req.now_ms, prev.ts_ms + 1) if prev else req.now_ms
     cp = sign_checkpoint(req.origin, tree.size, tree.root, stamp, req.private_pem)
