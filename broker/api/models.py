@@ -55,8 +55,6 @@ Text = Annotated[str, AfterValidator(_printable), Field(json_schema_extra={"patt
 ``control_character``) — PostgreSQL cannot store NUL, SQLite would."""
 JsonObject = Annotated[dict[str, Any], AfterValidator(_printable_json)]
 """A free-form JSON object (policy, spec, query) whose keys and strings obey :data:`Text`'s rule."""
-Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
-"""An integer that reaches the database: signed 64-bit."""
 
 ResourceClass = Literal["cpu", "gpu", "memory"]
 
