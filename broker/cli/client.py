@@ -143,3 +143,16 @@ def call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: An
         fail(str(exc), exc.exit_code)
     finally:
         client.close()
+
+
+def fetch_bytes(ctx: typer.Context, path: str) -> bytes:
+    """GET a binary resource (weights, job output, reports) with the global options; a refusal prints one
+    line on stderr and exits non-zero, as :func:`call` does."""
+    state = ctx.find_root().obj
+    client = BrokerClient(state.url, state.token)
+    try:
+        return client.download(path)
+    except CliError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        client.close()

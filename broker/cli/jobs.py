@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import BrokerClient, CliError, call, emit, fail
+from broker.cli.client import call, emit, fail, fetch_bytes
 
 job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
 ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-second).", no_args_is_help=True)
@@ -38,7 +38,7 @@ def _bill(job: dict[str, Any]) -> str:
     if job.get("reason"):
         return f"job {job['id']}: {job['state']} ({job['reason']}: {job.get('message') or ''}) — cost {job.get('cost')} credits"
     if job.get("cost") is None:
-        return f"job {job['id']}: {job['state']} (holds up to {job['max_cost']} credits)"
+        return f"job {job['id']}: {job['state']} (holds up to {job['max_cost']} credits)" + _pending(job)
     return (
         f"job {job['id']}: {job['state']} — cost {job['cost']} credits "
         f"(vouchers paid {job['voucher_paid']}, co-payment {job['copaid']})"
@@ -145,17 +145,11 @@ def job_output(
     as_json: JsonOpt = False,
 ) -> None:
     """Download what a finished job wrote to ``$SBX_OUTPUT`` (a zip with one top-level directory)."""
-    state = ctx.find_root().obj
-    client = BrokerClient(state.url, state.token)
-    try:
-        data = client.download(f"/api/v1/jobs/{job_id}/output")
-    except CliError as exc:
-        fail(str(exc), exc.exit_code)
-    finally:
-        client.close()
+    data = fetch_bytes(ctx, f"/api/v1/jobs/{job_id}/output")
     out.write_bytes(data)
     summary = {"job_id": job_id, "path": str(out), "bytes": len(data)}
-    emit(summary, as_json=as_json or bool(state.as_json), human=f"wrote {len(data)} bytes of output to {out}")
+    as_json = as_json or bool(ctx.find_root().obj.as_json)
+    emit(summary, as_json=as_json, human=f"wrote {len(data)} bytes of output to {out}")
 
 
 @job_app.command("stop")
@@ -167,9 +161,20 @@ def job_stop(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
 
 @job_app.command("list")
 def job_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Your jobs, newest first."""
+    """Your jobs, newest first (an operator: every SME's, each with its SME; queued ones with why they wait)."""
     data, js = call(ctx, as_json, "GET", "/api/v1/jobs")
-    emit(data, as_json=js, human="\n".join(_bill(j) for j in data) or "(no jobs)")
+    emit(data, as_json=js, human="\n".join(f"[{j['org_id']}] {_bill(j)}" for j in data) or "(no jobs)")
+
+
+def _pending(job: dict[str, Any]) -> str:
+    """Why a queued job waits and its place in the fair order (Kueue's pending reason), or a refusal."""
+    if job["state"] == "rejected" and job.get("pending_detail"):
+        return f"\n  refused: {job['pending_detail']}"
+    if job["state"] != "queued":
+        return ""
+    place = f"#{job['queue_position']} in the fair order" if job.get("queue_position") else "not yet placed"
+    why = job.get("pending_detail") or "waiting for the next admission pass"
+    return f"\n  waits: {why} ({place})"
 
 
 @ratecard_app.command("show")

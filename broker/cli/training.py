@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import BrokerClient, CliError, call, emit, fail
+from broker.cli.client import call, emit, fail, fetch_bytes
 from broker.cli.jobs import wait_for
 
 train_app = typer.Typer(
@@ -86,13 +86,6 @@ def train_download(
     ),
 ) -> None:
     """Download a finished run's DP weights (safetensors: tensors only)."""
-    state = ctx.find_root().obj
-    client = BrokerClient(state.url, state.token)
-    try:
-        data = client.download(f"/api/v1/training/{run_id}/weights")
-    except CliError as exc:
-        fail(str(exc), exc.exit_code)
-    finally:
-        client.close()
+    data = fetch_bytes(ctx, f"/api/v1/training/{run_id}/weights")
     out.write_bytes(data)
     typer.echo(f"wrote {len(data)} bytes of weights to {out}")
