@@ -911,7 +911,13 @@ class DatasetService:
         *,
         ok: bool,
     ) -> int:
-        """Bill the elapsed compute at the hold's rate card; record the outcome (the ε stays spent)."""
+        """Bill the elapsed compute at the hold's rate card; record the outcome (the ε stays spent). A run
+        that outlived its deadline and was closed as interrupted meanwhile answers ``query_interrupted``."""
+        if repo.get_charge(conn, charge_id)["status"] != "reserved":
+            raise QueryInterrupted(
+                f"query {charge_id} ran past its deadline and was closed as interrupted; its privacy cost "
+                "stays charged; send a new key to ask again"
+            )
         now = self.c.clock.now_ms()
         card = current_rate_card(conn)
         credits = min(hold.amount, price(QUERY_RESOURCES, max(0, elapsed_ms), card))

@@ -174,3 +174,27 @@ def test_idempotency_keys_are_kept_for_their_retention(world: World, custodian: 
         )
         is None
     )
+
+
+def test_a_run_that_outlives_its_deadline_answers_interrupted(
+    world: World, custodian: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica closed the charge while the run was still going: the late answer is withheld."""
+    svc = world.services.datasets
+    dataset_id = _dataset(world, custodian)
+    real_run = svc._run
+
+    def slow(*args: Any) -> Any:
+        world.clock.advance(world.services.container.settings.query_deadline_s * 1000 + 1)
+        assert svc.reconcile_interrupted() == 1  # another replica's loop
+        return real_run(*args)
+
+    monkeypatch.setattr(svc, "_run", slow)
+    with pytest.raises(QueryInterrupted):
+        _ask(world, dataset_id, "q-late")
+    monkeypatch.undo()
+    with pytest.raises(QueryInterrupted):
+        _ask(world, dataset_id, "q-late")
+    assert _spent(world, custodian, dataset_id) == 200_000
+    assert world.services.ledger.balance(world.sme)["held"] == 0
+    assert world.services.ledger.invariants() == []
