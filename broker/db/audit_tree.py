@@ -29,6 +29,7 @@ from common.errors import Conflict, InvalidInput, NotFound
 ADVISORY_LOCK_KEY = 0x5BA0D17  # pg_try_advisory_xact_lock: the one checkpoint signer among replicas
 _NODE_CHUNK = 500
 _EXTEND_BATCH = 50_000
+_ROUND_BATCHES = 2  # at most 100,000 entries added to the tree per checkpoint round
 
 
 class AuditIntegrityError(Conflict):
@@ -117,8 +118,13 @@ def _extend_batch(conn: Connection, size: int, last_hash: str) -> tuple[int, str
     return frontier.size, last_hash, len(rows) == _EXTEND_BATCH
 
 
-def extend_tree(conn: Connection) -> TreeState:
-    """Extend the stored tree to the audit head (the background loop, under the signer's lock)."""
+def extend_tree(conn: Connection, *, max_batches: int | None = None) -> TreeState:
+    """Extend the stored tree towards the audit head (the background loop, under the signer's lock).
+
+    ``max_batches`` bounds one call (50,000 entries a batch) so a long backlog — an upgraded log — is
+    caught up over several rounds instead of holding the writer for minutes; a checkpoint then signs the
+    prefix reached, which is as valid a tree head as any.
+    """
     head = conn.execute(select(t.audit_tree_head).where(t.audit_tree_head.c.id == 1)).one()
     size, last_hash, more = int(head.size), str(head.last_entry_hash), True
     log_head = conn.execute(
@@ -129,8 +135,10 @@ def extend_tree(conn: Connection) -> TreeState:
             f"the tree covers {size} entries but the log's head is at {log_head.seq}: entries were removed or the "
             "head rewound (a rollback); refusing to sign"
         )
-    while more:
+    batches = 0
+    while more and (max_batches is None or batches < max_batches):
         size, last_hash, more = _extend_batch(conn, size, last_hash)
+        batches += 1
     if size != int(head.size):
         conn.execute(
             update(t.audit_tree_head)
@@ -216,13 +224,15 @@ def sign_next(conn: Connection, req: SignRequest, first_entry_ms: int | None) ->
     """
     if not holds_signer_lock(conn):
         return None
-    tree = extend_tree(conn)
+    tree = extend_tree(conn, max_batches=_ROUND_BATCHES)
     last = latest(conn)
     prev = last[1] if last else None
     if tree.size == 0 and prev is None:
         return None
     _guard(conn, tree, prev, first_entry_ms, req.now_ms, req.window_ms)
-    idle_resign_ms = max(req.interval_ms, req.window_ms // 3)  # an unchanged tree: stay well inside the window
+    idle_resign_ms = max(
+        req.interval_ms, req.window_ms // 3
+    )  # an unchanged tree: stay well inside the window
     if prev is not None and prev.size == tree.size and req.now_ms - prev.ts_ms < idle_resign_ms:
         return prev
     stamp = max(req.now_ms, prev.ts_ms + 1) if prev else req.now_ms
