@@ -24,6 +24,11 @@ class Bar:
     copay: int
 
 
+Legend = tuple[str, str]
+LEGEND: Legend = ("voucher share", "co-payment")
+"""The two parts' names under a chart (callers pass them in the reader's language)."""
+
+
 def _nice_max(value: int) -> int:
     """The smallest 1/2/5×10ⁿ at or above ``value`` (at least 1), for a readable axis."""
     step = 1
@@ -34,7 +39,9 @@ def _nice_max(value: int) -> int:
         step *= 10
 
 
-def stacked_bars(bars: Sequence[Bar], *, title: str, width: int = 640, bar_height: int = 22) -> Markup:
+def stacked_bars(
+    bars: Sequence[Bar], *, title: str, width: int = 640, bar_height: int = 22, legend: Legend = LEGEND
+) -> Markup:
     """Horizontal stacked bars (voucher share + co-payment) with a legend; one row per bar."""
     label_w, pad = 180, 8
     top = 28
@@ -58,12 +65,14 @@ def stacked_bars(bars: Sequence[Bar], *, title: str, width: int = 640, bar_heigh
             f"<title>co-payment {bar.copay}</title></rect>"
             f'<text x="{label_w + v_w + c_w + 6}" y="{y + bar_height * 0.7:.1f}">{bar.voucher + bar.copay:,}</text>'
         )
-    parts.append(_legend(height - 14))
+    parts.append(_legend(height - 14, legend))
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text above is escaped
 
 
-def column_bars(bars: Sequence[Bar], *, title: str, width: int = 640, height: int = 220) -> Markup:
+def column_bars(
+    bars: Sequence[Bar], *, title: str, width: int = 640, height: int = 220, legend: Legend = LEGEND
+) -> Markup:
     """Vertical stacked columns over time (one per day or month), labels under every few columns."""
     left, bottom, top = 60, 40, 28
     inner_w = width - left - 10
@@ -93,17 +102,17 @@ def column_bars(bars: Sequence[Bar], *, title: str, width: int = 640, height: in
         )
         if i % every == 0:
             parts.append(f'<text x="{x:.1f}" y="{base + 14}" class="tick">{escape(bar.label)}</text>')
-    parts.append(_legend(height - 8))
+    parts.append(_legend(height - 8, legend))
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text above is escaped
 
 
-def _legend(y: int) -> str:
+def _legend(y: int, legend: Legend) -> str:
     return (
         f'<rect x="0" y="{y - 9}" width="10" height="10" fill="{VOUCHER_COLOUR}"/>'
-        f'<text x="14" y="{y}">voucher share</text>'
+        f'<text x="14" y="{y}">{escape(legend[0])}</text>'
         f'<rect x="120" y="{y - 9}" width="10" height="10" fill="{COPAY_COLOUR}"/>'
-        f'<text x="134" y="{y}">co-payment</text>'
+        f'<text x="134" y="{y}">{escape(legend[1])}</text>'
     )
 
 

@@ -32,6 +32,26 @@ ROLE_LABELS = {
     "sme": _("SME dashboard"),
 }
 
+STATE_LABELS = (  # the states and statuses the pages show, marked for the catalogue (shown with ``_(s)``)
+    _("queued"),
+    _("admitted"),
+    _("running"),
+    _("succeeded"),
+    _("failed"),
+    _("stopped"),
+    _("timed_out"),
+    _("rejected"),
+    _("active"),
+    _("expired"),
+    _("revoked"),
+    _("retired"),
+    _("issued"),
+    _("redeemed"),
+    _("pending"),
+    _("approved"),
+    _("refused"),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PageMoney:

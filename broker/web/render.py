@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescap
 from broker.i18n import DEFAULT_LOCALE, _, gettext, translator
 from broker.services.report_signing import signature_header
 from broker.web.charts import Bar, column_bars, meter, stacked_bars
-from common.money import format_money
+from common.money import format_money, minor_digits
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -59,6 +59,16 @@ def render(template: str, locale: str = DEFAULT_LOCALE, **context: Any) -> str:
     return environment(locale).get_template(template).render(**context)
 
 
+def _chart_unit(currency: str | None, locale: str) -> str:
+    """What a chart's integers count: fen for CNY, the smallest unit of another currency, else credits."""
+    if currency is None:
+        return gettext(locale, _("credits"))
+    if currency == "CNY":
+        return gettext(locale, _("fen"))
+    digits = minor_digits(currency)
+    return currency if digits == 0 else f"{currency} × 10⁻{digits}"
+
+
 def _report_money(report: Mapping[str, Any]) -> str | None:
     currency = report.get("currency")
     return None if currency in (None, "credits") else str(currency)
@@ -78,13 +88,19 @@ def subsidy_html(
     instead, so its strict Content-Security-Policy needs no inline style."""
     report = document["report"]
     currency = _report_money(report)
-    unit = currency or gettext(locale, _("credits"))
+    unit = _chart_unit(currency, locale)  # charts draw the exact integers: the smallest unit
     zone = str(report.get("time_zone") or "UTC")
+    legend = (gettext(locale, _("voucher share")), gettext(locale, _("co-payment")))
     single_month = report["period"]["end_ms"] - report["period"]["start_ms"] <= 31 * 86_400_000
     fmt = "%d" if single_month else "%Y-%m"
     by_sme = stacked_bars(
-        [Bar(r["name"], r["voucher_share"], r["copay"]) for r in report["rows"] if r["cost"]],
+        [
+            Bar(r.get("name_zh") or r["name"], r["voucher_share"], r["copay"])
+            for r in report["rows"]
+            if r["cost"]
+        ],
         title=gettext(locale, _("Cost by SME ({unit})")).format(unit=unit),
+        legend=legend,
     )
     over_time = column_bars(
         [
@@ -99,6 +115,7 @@ def subsidy_html(
             locale,
             _("Settled cost per day ({unit})") if single_month else _("Settled cost per month ({unit})"),
         ).format(unit=unit),
+        legend=legend,
     )
     return render(
         "report_subsidy.html",
