@@ -336,8 +336,8 @@ class Pending(NamedTuple):
     """Why one job waits after a pass, in the words an SME or operator can act on (Kueue's pending reason).
 
     ``reason`` is the first limit that stopped it (``fair_share`` when the cluster had room for it at the
-    start of the pass but SMEs ahead of it in the fair order took that room: ``behind`` names the last of
-    them); ``facts`` are the integers behind the reason (see :func:`describe`), so a caller can tell whether
+    start of the pass but other SMEs ahead of it in the fair order took that room: ``behind`` names the
+    latest of them); ``facts`` are the integers behind the reason (see :func:`describe`), so a caller can tell whether
     the reason changed without formatting text; ``position`` is its 1-based place among the waiting jobs in
     the pass's fair order.
     """
@@ -363,7 +363,7 @@ def explain(snapshot: Snapshot, decisions: Sequence[Decision]) -> list[Pending]:
     room: dict[OrgId, list[int]] = {}
     free = [snapshot.capacity.milli_cpu, snapshot.capacity.gpus, snapshot.capacity.memory_mib]
     start = tuple(free)
-    last: OrgId | None = None
+    recent: list[OrgId] = []  # the two SMEs most recently admitted in this pass, the latest last
     out: list[Pending] = []
     for job, verdict, reason in decisions:
         left = room.get(job.org_id)
@@ -378,10 +378,12 @@ def explain(snapshot: Snapshot, decisions: Sequence[Decision]) -> list[Pending]:
             left[3] -= 1
             left[4] -= job.max_cost_covered
             left[5] -= job.max_cost_copay
-            last = job.org_id
+            if not recent or recent[-1] != job.org_id:
+                recent = [*recent[-1:], job.org_id]
             continue
         assert reason is not None  # a waiting decision always has one
-        why, facts, behind = _why(reason, job, need, left, free, start, last)
+        ahead = next((org for org in reversed(recent) if org != job.org_id), None)
+        why, facts, behind = _why(reason, job, need, left, free, start, ahead)
         out.append(Pending(job.job_id, job.org_id, why, facts, behind, len(out) + 1))
     return out
 
@@ -406,17 +408,18 @@ def _why(
     left: list[int],
     free: list[int],
     start: tuple[int, ...],
-    last: OrgId | None,
+    ahead: OrgId | None,
 ) -> tuple[WaitReason, tuple[int, ...], OrgId | None]:
-    """The facts behind one waiting job's reason (see :func:`describe` for their meaning)."""
+    """The facts behind one waiting job's reason (see :func:`describe` for their meaning); ``ahead`` is the
+    other SME most recently admitted in this pass (the one a job that lost the room waits behind)."""
     if reason is WaitReason.RUNNING_JOBS:
         return reason, (left[3],), None
     if reason is WaitReason.QUOTA:
         return reason, _short(need, left), None
     if reason is WaitReason.CREDIT:
         return reason, (job.max_cost_covered, left[4], job.max_cost_copay, left[5]), None
-    if last is not None and all(n <= s for n, s in zip(need, start, strict=False)):
-        return WaitReason.FAIR_SHARE, _short(need, free), last
+    if ahead is not None and all(n <= s for n, s in zip(need, start, strict=False)):
+        return WaitReason.FAIR_SHARE, _short(need, free), ahead
     return reason, _short(need, free), None
 
 

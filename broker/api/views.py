@@ -48,6 +48,18 @@ class JobView(_View):
     reason: str | None = Field(
         description="Why the sandbox ended the job: `out_of_memory`, `disk_quota`, `too_many_processes`."
     )
+    pending_reason: str | None = Field(
+        default=None,
+        description="Queued: the limit that stops it now (`running_jobs`, `quota`, `credit`, `capacity`, "
+        "`fair_share`), recorded by the last admission pass; rejected: the refusal's code.",
+    )
+    pending_detail: str | None = Field(
+        default=None, description="That reason with its amounts (which resource, by how much, behind whom)."
+    )
+    queue_position: int | None = Field(
+        default=None,
+        description="Queued: its 1-based place among all waiting jobs in the last pass's fair order.",
+    )
 
 
 class JobLogsView(_View):

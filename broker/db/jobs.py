@@ -64,6 +64,8 @@ class Job:
     code_bytes: int = 0
     files_expired_ms: int | None = None
     last_seen_ms: int | None = None
+    wait_reason: str | None = None
+    wait_detail: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The view an SME sees of its job."""
@@ -93,6 +95,8 @@ class Job:
             "settled_ms": self.settled_ms,
             "stop_requested": self.stop_requested,
             "reason": self.reason,
+            "pending_reason": self.wait_reason,
+            "pending_detail": self.wait_detail,
         }
 
 
@@ -128,6 +132,8 @@ def _job(row: Any) -> Job:
         code_bytes=int(r["code_bytes"] or 0),
         files_expired_ms=r["files_expired_ms"],
         last_seen_ms=r["last_seen_ms"],
+        wait_reason=r["wait_reason"],
+        wait_detail=r["wait_detail"],
     )
 
 
@@ -375,6 +381,8 @@ class QueuedRow:
     submitted_ms: int
     max_cost: int
     max_runtime_s: int
+    wait_reason: str | None
+    wait_detail: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +405,8 @@ _QUEUED_FOR_ADMISSION = (
         t.jobs.c.submitted_ms,
         t.jobs.c.max_cost,
         t.jobs.c.max_runtime_s,
+        t.jobs.c.wait_reason,
+        t.jobs.c.wait_detail,
     )
     .where(t.jobs.c.state == JobState.QUEUED.value)
     .order_by(t.jobs.c.submitted_ms, t.jobs.c.id)
@@ -421,7 +431,18 @@ _COPAY_ACCOUNTS = select(t.accounts.c.org_id, t.accounts.c.balance, t.accounts.c
 _ADMIT = (
     update(t.jobs)
     .where(t.jobs.c.id == bindparam("p_id"), t.jobs.c.state == JobState.QUEUED.value)
-    .values(state=JobState.ADMITTED.value, hold_id=bindparam("p_hold"), admitted_ms=bindparam("p_now"))
+    .values(
+        state=JobState.ADMITTED.value,
+        hold_id=bindparam("p_hold"),
+        admitted_ms=bindparam("p_now"),
+        wait_reason=None,
+        wait_detail=None,
+    )
+)
+_SET_WAIT = (
+    update(t.jobs)
+    .where(t.jobs.c.id == bindparam("p_id"), t.jobs.c.state == JobState.QUEUED.value)
+    .values(wait_reason=bindparam("p_reason"), wait_detail=bindparam("p_detail"))
 )
 
 
@@ -430,7 +451,15 @@ def queued_for_admission(conn: Connection, limit: int = 1_000_000) -> list[Queue
     rows = conn.execute(_QUEUED_FOR_ADMISSION.limit(limit))
     return [
         QueuedRow(
-            r[0], r[1], Resources(int(r[2]), int(r[3]), int(r[4])), int(r[5]), int(r[6]), int(r[7]), int(r[8])
+            r[0],
+            r[1],
+            Resources(int(r[2]), int(r[3]), int(r[4])),
+            int(r[5]),
+            int(r[6]),
+            int(r[7]),
+            int(r[8]),
+            r[9],
+            r[10],
         )
         for r in rows
     ]
@@ -477,3 +506,9 @@ def jobs_by_id(conn: Connection, job_ids: list[str]) -> list[Job]:
         chunk = job_ids[start : start + 500]
         found.update((j.id, j) for j in map(_job, conn.execute(select(t.jobs).where(t.jobs.c.id.in_(chunk)))))
     return [found[i] for i in job_ids if i in found]
+
+
+def set_waits(conn: Connection, waits: list[tuple[str, str, str]]) -> None:
+    """Record ``(job id, reason, detail)`` on jobs still queued (one executemany for the whole pass)."""
+    if waits:
+        conn.execute(_SET_WAIT, [{"p_id": i, "p_reason": r, "p_detail": d} for i, r, d in waits])

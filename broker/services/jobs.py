@@ -10,6 +10,7 @@ transaction).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
@@ -31,7 +32,7 @@ from broker.compute.isolation import (
     isolation_status,
     stages_locally,
 )
-from broker.compute.jobfiles import CheckedArchive, check_archive
+from broker.compute.jobfiles import CheckedArchive, check_archive, code_key
 from broker.container import Container
 from broker.db import jobs as jobs_db
 from broker.db import orgs
@@ -44,7 +45,16 @@ from broker.services.ledger import balance_dict
 from common.errors import Conflict, DomainError, InsufficientFunds, InvalidInput
 from common.ids import new_id
 from common.resources import Resources
-from quotas.admission import QueuedJob, Snapshot, TenantState, check_submittable, decide
+from quotas.admission import (
+    Decision,
+    QueuedJob,
+    Snapshot,
+    TenantState,
+    WaitReason,
+    check_submittable,
+    decide,
+    explain,
+)
 from quotas.jobs import JobState
 from quotas.ledger import GrantBalance, HoldState, eligible_grants, plan_hold, split_settlement
 from quotas.metering import conservation_violations, meter
@@ -101,6 +111,8 @@ class JobService:
         self.wakeup: Callable[[], None] | None = None  # set by the background loops: admit without waiting
         self._kinds: dict[str, JobKind] = {}
         self._backend_up = True
+        self._positions: dict[str, int] = {}  # queued job -> place in the last admission pass's fair order
+        self._described: dict[tuple[WaitReason, tuple[int, ...], str | None], str] = {}
 
     def register_kind(self, name: str, kind: JobKind) -> None:
         """Run jobs of kind ``name`` (the broker's own harness) through ``kind``'s launch and settle hooks."""
@@ -252,7 +264,7 @@ class JobService:
         declared = archive.declared_bytes if archive else 0
         self.c.db.read(lambda conn: self._check_admissible(conn, principal, request, cluster_total, declared))
         job_id = new_id("job")
-        code_bytes = self.c.job_files.unpack(job_id, archive) if archive else 0
+        code_bytes = self._keep_code(job_id, archive) if archive else 0
         workdir = self.c.job_files.work_dir(job_id) if archive else None
 
         def tx(conn: Connection) -> dict[str, Any]:
@@ -271,12 +283,40 @@ class JobService:
                 self.c.db, org_id=org, key=key, operation=op, body=body, now_ms=self.c.clock.now_ms(), fn=tx
             )
         except BaseException:
-            self.c.job_files.remove(job_id)
+            self._drop_code(job_id, archive)
             raise
         if not fresh:
-            self.c.job_files.remove(job_id)
+            self._drop_code(job_id, archive)
         self.wake()
         return result
+
+    def _keep_code(self, job_id: str, archive: CheckedArchive) -> int:
+        """Unpack the job's code here; a backend that runs it elsewhere (KubeRay) also gets a copy in the
+        shared object store, so whichever replica admits the job can unpack it again."""
+        written = self.c.job_files.unpack(job_id, archive)
+        if not stages_locally(self.c.compute):
+            try:
+                self.c.storage.put_bytes(code_key(job_id), archive.raw)
+            except BaseException:
+                self.c.job_files.remove(job_id)
+                raise
+        return written
+
+    def _drop_code(self, job_id: str, archive: CheckedArchive | None) -> None:
+        """Remove what :meth:`_keep_code` kept (a refused or replayed submission leaves nothing behind)."""
+        self.c.job_files.remove(job_id)
+        if archive is not None and not stages_locally(self.c.compute):
+            with contextlib.suppress(DomainError):
+                self.c.storage.delete(code_key(job_id))
+
+    def _code_here(self, job: Job) -> None:
+        """The job's unpacked code on this replica: restored from the shared copy when another replica took
+        the submission (the same caps apply again)."""
+        if job.working_dir is None or self.c.job_files.work_dir(job.id).is_dir():
+            return
+        raw = self.c.storage.get_bytes(code_key(job.id))
+        archive = check_archive(base64.b64encode(raw).decode(), self.c.job_files.limits)
+        self.c.job_files.unpack(job.id, archive)
 
     def _checked_archive(self, request: JobRequest) -> CheckedArchive | None:
         if request.working_dir_zip_b64 is None:
@@ -408,7 +448,7 @@ class JobService:
             with contextlib.suppress(BackendError):  # the loops will catch up; answer what we know
                 self._observe_start(job)
             job = self.c.db.read(lambda conn: jobs_db.get_job(conn, job_id, org_id=scope))
-        return job.public()
+        return self.pending_view(job.public())
 
     def _observe_start(self, job: Job) -> None:
         """Record that an admitted job is running (the reconcile loop does the same, and the rest)."""
@@ -435,7 +475,7 @@ class JobService:
         if principal.role != "operator" or org_id is not None:
             scope = own_or_operator(principal, org_id)
         return [
-            j.public()
+            self.pending_view(j.public())
             for j in self.c.db.read(lambda conn: jobs_db.list_jobs(conn, org_id=scope, limit=limit))
         ]
 
@@ -551,12 +591,15 @@ class JobService:
             started_at = time.perf_counter()
             queued, snapshot, rows = self.c.db.read(self._snapshot)
             if not queued:
+                self._positions = {}
                 return 0
-            chosen = [rows[d.job.job_id] for d in decide(snapshot, queued) if d.admitted]
-            if not chosen:
+            decisions = decide(snapshot, queued)
+            chosen = [rows[d.job.job_id] for d in decisions if d.admitted]
+            waits = self._pending(snapshot, decisions, rows)
+            if not chosen and not waits:
                 return 0
             now = self.c.clock.now_ms()
-            admitted = self.c.db.write(lambda conn: self._admit_all(conn, chosen, now))
+            admitted = self.c.db.write(lambda conn: self._write_pass(conn, chosen, waits, now))
             elapsed = time.perf_counter() - started_at
             for _ in admitted:
                 self.c.metrics.admission_latency.observe(elapsed)
@@ -595,6 +638,100 @@ class JobService:
                 split = plans[key] = _split(row.max_cost, accounts.grants.get(org, []), classes, now, tenant)
             queued.append(QueuedJob(row.id, org, row.resources, row.priority, row.submitted_ms, *split))
         return queued, Snapshot(total - used, tenants, total), {row.id: row for row in rows}
+
+    def _pending(
+        self, snapshot: Snapshot, decisions: list[Decision], rows: dict[str, jobs_db.QueuedRow]
+    ) -> list[tuple[str, str, str]]:
+        """Each waiting job's pending reason; returns those that differ from what its row records.
+
+        Positions change with every admission ahead of a job, so they are kept in memory for this
+        replica's views (:meth:`pending_view`) rather than rewritten on thousands of rows per pass; a
+        reason's sentence is formatted once per distinct (reason, amounts, behind).
+        """
+        texts, described = self._described, {}
+        positions: dict[str, int] = {}
+        changed: list[tuple[str, str, str]] = []
+        for p in explain(snapshot, decisions):
+            positions[p.job_id] = p.position
+            key = (p.reason, p.facts, p.behind)
+            text = texts.get(key)
+            if text is None:
+                text = p.detail()
+            described[key] = text
+            row = rows[p.job_id]
+            if row.wait_reason != p.reason.value or row.wait_detail != text:
+                changed.append((p.job_id, p.reason.value, text))
+        self._described, self._positions = described, positions
+        return changed
+
+    def pending_view(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A job's public view with its place in the last pass's fair order (queued jobs, else None)."""
+        position = self._positions.get(view["id"]) if view["state"] == JobState.QUEUED.value else None
+        return {**view, "queue_position": position}
+
+    def record_rejection(
+        self, principal: Principal, request: JobRequest, refusal: DomainError
+    ) -> DomainError:
+        """Keep a submission refused by its quota or an admission pre-check as a ``REJECTED`` job.
+
+        The row has the refusal's code and sentence and no files (nothing was unpacked), so its id answers
+        ``GET /jobs/{id}`` and ``sbx job status`` like any other job. ``submit`` calls this where
+        ``_check_admissible`` refuses (invalid input stores nothing). Returns the refusal to raise, its
+        detail naming the kept id.
+        """
+        job_id, now = new_id("job"), self.c.clock.now_ms()
+        res = request.resources
+
+        def tx(conn: Connection) -> None:
+            card = jobs_db.current_rate_card(conn)
+            jobs_db.insert_job(
+                conn,
+                id=job_id,
+                org_id=principal.org_id,
+                kind=request.kind,
+                name=launch_name(job_id),
+                state=JobState.REJECTED.value,
+                entrypoint=request.entrypoint,
+                working_dir=None,
+                requirements=json.dumps(list(request.requirements)),
+                milli_cpu=res.milli_cpu,
+                gpus=res.gpus,
+                memory_mib=res.memory_mib,
+                max_runtime_s=request.max_runtime_s,
+                priority=request.priority,
+                rate_card_version=card.version,
+                max_cost=min(max_cost(res, request.max_runtime_s, card), MAX_CREDITS),
+                message=refusal.detail[:500],
+                spec=json.dumps(request.spec) if request.spec is not None else None,
+                submitted_ms=now,
+                settled_ms=now,
+                cost=0,
+                stop_requested=False,
+                code_bytes=0,
+                wait_reason=refusal.code[:16],
+                wait_detail=refusal.detail,
+            )
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="job.reject",
+                object_type="job",
+                object_id=job_id,
+                org_id=principal.org_id,
+                details={"kind": request.kind, "code": refusal.code},
+            )
+
+        self.c.db.write(tx)
+        kept = f"{refusal.detail} (kept as rejected job {job_id}: sbx job status {job_id})"
+        return type(refusal)(kept, code=refusal.code)
+
+    def _write_pass(
+        self, conn: Connection, chosen: list[jobs_db.QueuedRow], waits: list[tuple[str, str, str]], now: int
+    ) -> list[Job]:
+        """The pass's one write transaction: changed pending reasons, then the holds and admissions."""
+        jobs_db.set_waits(conn, waits)
+        return self._admit_all(conn, chosen, now) if chosen else []
 
     def _admit_all(self, conn: Connection, chosen: list[jobs_db.QueuedRow], now: int) -> list[Job]:
         """Hold and admit each chosen job in its own savepoint; returns the admitted jobs' full rows."""
@@ -656,6 +793,7 @@ class JobService:
         return kind.launch(job, base, stage_locally=stages_locally(self.c.compute))
 
     def _base_launch(self, job: Job) -> JobLaunch:
+        self._code_here(job)
         return JobLaunch(
             name=job.name,
             job_id=job.id,

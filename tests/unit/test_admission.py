@@ -528,6 +528,7 @@ def test_every_waiting_job_has_one_pending_reason_in_fair_order(
         if d.reason is WaitReason.CAPACITY:
             assert p.reason in (WaitReason.CAPACITY, WaitReason.FAIR_SHARE)
             assert (p.behind is not None) == (p.reason is WaitReason.FAIR_SHARE)
+            assert p.behind != p.org_id
         else:
             assert p.reason is d.reason
         if p.reason in (WaitReason.QUOTA, WaitReason.CAPACITY, WaitReason.FAIR_SHARE):
