@@ -32,6 +32,11 @@ _CHUNK = 1 << 16
 ARCHIVE_ERROR = "invalid_archive"
 
 
+def code_key(job_id: str) -> str:
+    """Where a remotely run job's code archive is kept in the shared object store (any replica may admit it)."""
+    return f"jobs/{job_id}/code.zip"
+
+
 @dataclass(frozen=True, slots=True)
 class ArchiveLimits:
     """Caps on one job's code archive (settings ``SBX_JOB_ARCHIVE_*``)."""

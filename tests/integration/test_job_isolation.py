@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from broker.compute import BackendState, FakeBackend, SandboxUnavailable, launch_name
 from broker.compute.fake import FakeScript
+from broker.compute.jobfiles import code_key
 from broker.compute.ray_jobs import RayJobsBackend
 from broker.db.jobs import DEFAULT_RATE_CARD
 from broker.services.jobs import JobRequest
@@ -228,3 +230,32 @@ def test_a_stop_while_the_backend_is_down_is_recorded_and_applied_later(
     _tick(world, 1_000)  # the reconcile pass applies the recorded stop
     _tick(world, 1_000)
     assert world.services.jobs.get(world.sme, job_id=job["id"])["state"] == "stopped"
+
+
+def test_a_remote_backend_gets_the_code_from_whichever_replica_admits_the_job(
+    world: World, fake: FakeBackend
+) -> None:
+    """Code runs elsewhere (KubeRay): a copy goes to the shared store, and a replica that did not take the
+    submission unpacks it again before the launch; a refused submission leaves no copy behind."""
+    world.credit(1_000_000)
+    storage = world.services.container.storage
+    job = _submit(world, _archive({"main.py": b"print('hi')\n"}))
+    assert storage.exists(code_key(job["id"]))
+    shutil.rmtree(_jobs_dir(world.services) / job["id"])  # this replica never saw the submission
+    world.services.jobs.admission_pass()
+    assert (_jobs_dir(world.services) / job["id"] / "work" / "main.py").read_text() == "print('hi')\n"
+    assert world.services.jobs.get(world.sme, job_id=job["id"])["state"] in ("admitted", "running")
+    world.services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={
+            "max_milli_cpu": 500,
+            "max_gpus": 0,
+            "max_memory_mib": 4096,
+            "max_running_jobs": 4,
+            "max_queued_jobs": 10,
+        },
+    )
+    with pytest.raises(QuotaExceeded):
+        _submit(world, _archive({"main.py": b"x"}))
+    assert [k for k in storage.list("jobs/") if k != code_key(job["id"])] == []
