@@ -64,7 +64,9 @@ def _operator(services: Services, op: Principal) -> dict[str, Any]:
         if t["org_id"] in by_id
     ]
     jobs = services.jobs.list_jobs(op, limit=200)
-    queue = [j for j in jobs if j["state"] == "queued"]
+    queue = sorted(  # the fair order of the last admission pass (jobs it has not placed yet last)
+        (j for j in jobs if j["state"] == "queued"), key=lambda j: j.get("queue_position") or 1 << 62
+    )
     running = [j for j in jobs if j["state"] in ACTIVE]
     audit = _recent_audit(services, op)
     return {

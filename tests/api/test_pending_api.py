@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 from typer.testing import CliRunner
 
 from broker.cli.main import app
@@ -44,3 +45,19 @@ def test_a_waiting_job_says_why_through_the_api_and_the_cli(live: Live) -> None:
     as_json = runner.invoke(app, ["--token", world.tokens["op2"], "--json", "job", "list"])
     queued = [j for j in json.loads(as_json.stdout) if j["state"] == "queued"]
     assert [j["queue_position"] for j in queued] == [1]
+
+
+def test_the_dashboard_queue_shows_the_fair_order_and_why(live: Live) -> None:
+    world = live.world
+    world.credit(10_000_000)
+    world.services.jobs.set_quota(world.operator, org_id=world.sme.org_id, values=dict(QUOTA))
+    request = JobRequest("python x.py", Resources(1000, 0, 1024), 60)
+    for _ in range(3):
+        world.services.jobs.submit(world.sme, request, idempotency_key=None)
+        world.clock.advance(1)
+    world.services.jobs.admission_pass()
+    with httpx.Client(base_url=live.url, follow_redirects=False) as op:
+        assert op.post("/ui/login", data={"token": world.tokens["op2"]}).status_code in (200, 303)
+        page = op.get("/ui").text
+    assert page.count('data-reason="running_jobs"') == 2
+    assert "<td>1</td><td data-reason" in page and "<td>2</td><td data-reason" in page
