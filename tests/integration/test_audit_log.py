@@ -89,7 +89,7 @@ def test_the_background_loops_checkpoint_and_verify_off_the_loop_thread(world: W
     exposition = generate_latest(container.metrics.registry).decode()
     values = {s.name: s.value for f in text_string_to_metric_families(exposition) for s in f.samples}
     assert values["sbx_audit_chain_valid"] == 1
-    head = container.db.read(lambda conn: conn.execute(text("SELECT seq FROM audit_head")).scalar())
+    head = container.db.read(lambda conn: conn.execute(text("SELECT seq FROM audit_head")).scalar_one())
     assert values["sbx_audit_verified_entries"] == head > 0
     assert values["sbx_audit_last_checkpoint_timestamp_seconds"] == world.clock.now_ms() / 1000
 
