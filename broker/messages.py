@@ -62,7 +62,10 @@ def _pattern(template: str) -> re.Pattern[str]:
 
 @functools.cache
 def _compiled() -> tuple[tuple[str, re.Pattern[str]], ...]:
-    return tuple((template, _pattern(template)) for template in TEMPLATES)
+    """The templates as patterns, the most specific (most literal text) first: ``no organisation with uscc
+    {uscc}`` must win over ``no organisation {org_id}``."""
+    ordered = sorted(TEMPLATES, key=lambda t: -len(re.sub(r"\{\w+\}", "", t)))
+    return tuple((template, _pattern(template)) for template in ordered)
 
 
 def translate_detail(detail: str, locale: str) -> str:

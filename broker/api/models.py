@@ -87,6 +87,12 @@ class OrgCreate(Strict):
     )
 
 
+class LocaleSet(Strict):
+    """An organisation's language (``null``: follow the browser, then the programme)."""
+
+    locale: Literal["zh_CN", "en"] | None
+
+
 class TokenCreate(Strict):
     """Create a bearer token."""
 

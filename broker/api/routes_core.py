@@ -44,6 +44,14 @@ def list_orgs(principal: PrincipalDep, services: ServicesDep) -> list[dict[str, 
     return services.orgs.list(principal)
 
 
+@router.put("/orgs/{org_id}/locale", openapi_extra=policy("operator", "own"))
+def set_org_locale(
+    org_id: str, body: m.LocaleSet, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """Set an organisation's language, zh_CN or en (operators: any; others: their own)."""
+    return services.orgs.set_locale(principal, org_id=org_id, locale=body.locale)
+
+
 @router.get("/orgs/by-uscc/{uscc}", openapi_extra=policy("operator", "own"))
 def org_by_uscc(uscc: str, principal: PrincipalDep, services: ServicesDep) -> dict[str, Any]:
     """The organisation with a unified social credit code (operators: any; others: their own)."""

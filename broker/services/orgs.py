@@ -142,6 +142,28 @@ class OrgService:
             raise NotFound(f"no organisation with uscc {code}")
         return asdict(org)
 
+    def set_locale(self, principal: Principal, *, org_id: str, locale: str | None) -> dict[str, Any]:
+        """Set an organisation's language (``zh_CN``, ``en`` or ``None``: follow the browser): its own members
+        or an operator. The dashboard uses it before ``Accept-Language``."""
+        target = own_or_operator(principal, org_id)
+        now = self.c.clock.now_ms()
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            orgs.set_locale(conn, target, locale)
+            self.c.audit.append(
+                conn,
+                ts_ms=now,
+                actor=principal,
+                action="org.locale",
+                object_type="org",
+                object_id=target,
+                org_id=target,
+                details={"locale": locale},
+            )
+            return asdict(orgs.get_org(conn, target))
+
+        return self.c.db.write(tx)
+
     def create_token(
         self, principal: Principal | None, *, org_id: str, label: str = "", ttl_s: int | None = None
     ) -> dict[str, Any]:

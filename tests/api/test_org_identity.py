@@ -65,3 +65,30 @@ def test_cli_creates_with_yuan_and_shows_by_uscc(live: Live) -> None:
     runner.invoke(app, ["--token", token, "org", "create", "华为", "--role", "sme", "--uscc", HUAWEI])
     result = runner.invoke(app, ["--token", token, "org", "show", "--uscc", HUAWEI])
     assert result.exit_code == 0 and HUAWEI in result.stdout and "华为" in result.stdout
+
+
+def test_error_details_follow_the_language_codes_do_not(live: Live) -> None:
+    op = live.client("op2")
+    body = {"name": "x", "role": "sme", "uscc": HUAWEI[:17] + "7"}
+    english = op.post("/api/v1/orgs", json=body)
+    chinese = op.post("/api/v1/orgs", json=body, headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    assert english.json()["error"] == chinese.json()["error"] == "check_character_mismatch"
+    assert "check character (18)" in english.json()["detail"]
+    assert "校验码（第 18 位）" in chinese.json()["detail"] and HUAWEI[:17] in chinese.json()["detail"]
+
+    runner = CliRunner(env={"SBX_URL": live.url})
+    args = ["--token", live.world.tokens["sme-a"], "--lang", "zh-CN", "org", "show", "--uscc", HUAWEI]
+    result = runner.invoke(app, args)
+    assert (
+        result.exit_code == 1 and "not_found" in result.stderr and "没有统一社会信用代码为" in result.stderr
+    )
+
+
+def test_an_organisation_sets_its_language(live: Live) -> None:
+    sme = live.client("sme-a")
+    me = sme.get("/api/v1/me").json()["org_id"]
+    changed = sme.put(f"/api/v1/orgs/{me}/locale", json={"locale": "zh_CN"})
+    assert changed.status_code == 200 and changed.json()["locale"] == "zh_CN"
+    other = live.client("sme-b").put(f"/api/v1/orgs/{me}/locale", json={"locale": "en"})
+    assert other.status_code in (403, 404)
+    assert sme.put(f"/api/v1/orgs/{me}/locale", json={"locale": "fr"}).status_code == 422
