@@ -37,8 +37,8 @@ def _chinese_programme(services: Services, world: World) -> None:
     services.orgs.create(world.operator, name="示例智能", role="sme", identity=identity)
 
 
-def _login(browser: Any, url: str, token: str, shot: str) -> tuple[Any, Any]:
-    context = browser.new_context(
+def _login(chromium: Any, url: str, token: str, shot: str) -> tuple[Any, Any]:
+    context = chromium.new_context(
         viewport={"width": 1280, "height": 900},
         locale="zh-CN",
         extra_http_headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"},
@@ -84,7 +84,10 @@ def test_dashboard_speaks_chinese_and_english(browser: Any, services: Services, 
 
         context, page = _login(browser, server.url, world.tokens["issuer"], "i18n-issuer-zh")
         assert "发券机构控制台" in page.inner_text("body")
-        for lang, title, money in (("zh-CN", "补贴报告", "¥12,345.67"), ("en", "Subsidy report", "CN¥12,345.67")):
+        for lang, title, money in (
+            ("zh-CN", "补贴报告", "¥12,345.67"),
+            ("en", "Subsidy report", "CN¥12,345.67"),
+        ):
             page.goto(f"{server.url}/ui/report?lang={lang}")
             text = page.inner_text("body")
             assert title in text and money in text and "Asia/Shanghai" in text, text[:400]
@@ -98,7 +101,13 @@ def test_dashboard_speaks_chinese_and_english(browser: Any, services: Services, 
 
 
 def test_cjk_font_is_installed_for_the_screenshots() -> None:
-    fonts = [p for d in ("/usr/share/fonts/opentype/noto", "/usr/share/fonts/truetype/noto") for p in Path(d).glob("*CJK*")]
+    fonts = [
+        p
+        for d in ("/usr/share/fonts/opentype/noto", "/usr/share/fonts/truetype/noto")
+        for p in Path(d).glob("*CJK*")
+    ]
     if not fonts:
-        pytest.skip("fonts-noto-cjk is not installed (apt-get install -y fonts-noto-cjk); Chinese renders as boxes")
+        pytest.skip(
+            "fonts-noto-cjk is not installed (apt-get install -y fonts-noto-cjk); Chinese renders as boxes"
+        )
     assert fonts
