@@ -379,14 +379,19 @@ def voucher_issue(
     coverage: Annotated[
         int, typer.Option(help="Share of cost the programme pays, basis points (5000 = 50%).")
     ],
+    credits: Annotated[int | None, typer.Option(help="Amount in the smallest unit (fen).")] = None,
+    yuan: Annotated[str | None, typer.Option(help="Amount in yuan (12.34), instead of --credits.")] = None,
     valid_days: Annotated[int, typer.Option(help="Days the voucher can be redeemed.")] = 30,
     credit_days: Annotated[int, typer.Option(help="Days the credit lasts after issuance.")] = 365,
     resources: Annotated[str, typer.Option(help="Comma-separated resource classes.")] = "cpu,memory",
     out: Annotated[Path | None, typer.Option(help="Write the token to this file.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Issue a signed voucher to an SME."""
+    """Issue a signed voucher to an SME (amount in fen with --credits, or in yuan with --yuan)."""
     now = int(time.time())
+    credits = yuan_option(yuan, "--yuan", "CNY", credits)
+    if credits is None:
+        fail("give the amount: --credits (smallest unit) or --yuan")
     body = {
         "sme_org": sme,
         "credits": credits,

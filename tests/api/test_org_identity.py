@@ -92,3 +92,21 @@ def test_an_organisation_sets_its_language(live: Live) -> None:
     other = live.client("sme-b").put(f"/api/v1/orgs/{me}/locale", json={"locale": "en"})
     assert other.status_code in (403, 404)
     assert sme.put(f"/api/v1/orgs/{me}/locale", json={"locale": "fr"}).status_code == 422
+
+
+def test_cli_issues_a_voucher_in_yuan(live: Live) -> None:
+    runner = CliRunner(env={"SBX_URL": live.url})
+    args = [
+        "--token",
+        live.world.tokens["issuer"],
+        "--json",
+        "voucher",
+        "issue",
+        "--sme",
+        live.world.sme.org_id,
+    ]
+    result = runner.invoke(app, [*args, "--coverage", "8000", "--yuan", "12.34"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["claims"]["credits"] == 1234  # fen
+    result = runner.invoke(app, [*args, "--coverage", "8000"])
+    assert result.exit_code != 0 and "--yuan" in result.stderr
