@@ -375,7 +375,6 @@ def key_revoke(ctx: typer.Context, kid: str, as_json: JsonOpt = False) -> None:
 def voucher_issue(
     ctx: typer.Context,
     sme: Annotated[str, typer.Option(help="Beneficiary SME organisation id.")],
-    credits: Annotated[int, typer.Option(help="Credits (smallest unit).")],
     coverage: Annotated[
         int, typer.Option(help="Share of cost the programme pays, basis points (5000 = 50%).")
     ],
