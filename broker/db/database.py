@@ -38,6 +38,7 @@ _PG_RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _PG_UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
 _PG_DISK_FULL = "53100"
 _SQLITE_FULL_TEXT = "database or disk is full"
+_CHAIN_LINKS = 4
 _SQLITE_UNAVAILABLE = {
     sqlite3.SQLITE_CANTOPEN,
     sqlite3.SQLITE_IOERR,
@@ -47,7 +48,23 @@ _SQLITE_UNAVAILABLE = {
 
 
 def translate(exc: BaseException) -> ServiceUnavailable | None:
-    """The domain error an infrastructure failure means (``None``: it is not one; let it propagate)."""
+    """The domain error an infrastructure failure means (``None``: it is not one; let it propagate).
+
+    The exception's chain is followed a few links: a lost connection often surfaces as SQLAlchemy's
+    ``PendingRollbackError`` raised while the driver's own error (its cause or context) was handled."""
+    current: BaseException | None = exc
+    for _ in range(_CHAIN_LINKS):
+        if current is None:
+            return None
+        domain = _translate_one(current)
+        if domain is not None:
+            return domain
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _translate_one(exc: BaseException) -> ServiceUnavailable | None:
+    """:func:`translate` for one exception of the chain."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return StorageFull("the broker's disk is full; nothing was written; retry once space is freed")
     if not isinstance(exc, DBAPIError):
@@ -99,7 +116,7 @@ class Database:
         (infrastructure failures raised as their domain errors, see :func:`translate`)."""
         try:
             return self._write(fn)
-        except (DBAPIError, OSError) as exc:
+        except Exception as exc:  # only infrastructure failures are translated; the rest propagate
             domain = translate(exc)
             if domain is None:
                 raise
@@ -110,7 +127,7 @@ class Database:
         infrastructure failures raised as their domain errors."""
         try:
             return self._read(fn)
-        except (DBAPIError, OSError) as exc:
+        except Exception as exc:  # only infrastructure failures are translated; the rest propagate
             domain = translate(exc)
             if domain is None:
                 raise

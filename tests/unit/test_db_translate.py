@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, PendingRollbackError
 
 from broker.db.database import translate
 from broker.errors import DatabaseUnavailable, ServiceUnavailable, StorageFull, status_for
@@ -72,3 +72,15 @@ def test_infrastructure_failures_become_503s(
 def test_other_failures_are_left_alone(failure: BaseException) -> None:
     """Negative control: a bug or a constraint is not dressed up as an outage."""
     assert translate(failure) is None
+
+
+def test_a_lost_connection_behind_sqlalchemys_pending_rollback_is_a_503() -> None:
+    """A driver error surfacing as ``PendingRollbackError`` raised while it was handled is still an outage."""
+    try:
+        try:
+            raise _wrapped(_PgError("57P01"))
+        except OperationalError:
+            raise PendingRollbackError("Can't reconnect until invalid transaction is rolled back") from None
+    except PendingRollbackError as exc:
+        assert isinstance(translate(exc), DatabaseUnavailable)
+    assert translate(PendingRollbackError("a bug of ours")) is None  # control: no outage in its chain
