@@ -1,8 +1,10 @@
 """A Jepsen-style bank workload against real ``sbx serve`` processes that are SIGKILLed at random.
 
 Many client threads redeem vouchers, place holds, settle them partially, release them, close them a second
-time on purpose, redeem a voucher twice on purpose and submit jobs — every mutating call with an
-idempotency key, retried on connection errors, 5xx and 429 until it gets a definite answer. A seeded chaos
+time on purpose, redeem a voucher twice on purpose, submit jobs and run DP queries — every mutating call
+with an idempotency key, retried on connection errors, 5xx and 429 until it gets a definite answer (a DP
+query killed mid-run is retried with its key: ``query_in_progress`` until reconciliation closes it as
+``query_interrupted``, never a second charge). A seeded chaos
 loop SIGKILLs a broker (one of one on SQLite, either of two on PostgreSQL) at random moments and restarts
 it. A reader checks at every read it completes that credit is conserved (``/metrics`` is one database
 snapshot: the balances of all account kinds sum to zero) and, per SME (``/balance``, one snapshot), that
@@ -10,6 +12,7 @@ what the clients were told is visible and that nothing appeared from nowhere:
 
     acknowledged redemptions  <=  redeemed  <=  attempted redemptions
     acknowledged settle costs <=  spent     <=  attempted settle costs + attempted jobs x their max cost
+                                                 + attempted DP queries x their max cost
     available >= 0, held >= 0, where spent = redeemed - available - held (no co-payment is allowed)
 
 Kills fall after a seeded number of operations plus a seeded jitter (so slow and fast machines see the
@@ -18,11 +21,15 @@ runs the real ``sbx serve`` entry point when told to, so a restart costs recover
 
 At the end every acknowledged answer is replayed with its key (the same key must give the same answer
 after the crashes) and a container built over the same database checks the ledger invariants, balances,
-holds, grants, jobs and the audit chain. Used by ``tests/e2e/test_bank.py`` (bounded) and ``bench/soak.py`` (long).
+holds, grants, jobs and the audit chain, and the privacy work (issue 14): no charge left ``reserved`` once
+its deadline passed and reconciliation ran, no hold ``HELD`` past its deadline, every acknowledged query
+charged once as acknowledged, ε spent = acknowledged charges + interrupted ones, and the subsidy report
+equal to the ledger per SME. Used by ``tests/e2e/test_bank.py`` (bounded) and ``bench/soak.py`` (long).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -41,23 +48,38 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 
 from broker.container import build_container
+from broker.db import data_tables as dt
 from broker.db import subsidy
 from broker.db import tables as t
 from broker.db.database import Database
+from broker.db.orgs import Principal
 from broker.server import free_port
-from broker.services.registry import build_services
+from broker.services.registry import Services, build_services
 from broker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DAY_S = 24 * 3600
 API = "/api/v1"
 JOB_BODY = {"entrypoint": "python step.py", "milli_cpu": 250, "memory_mib": 128, "max_runtime_s": 5}
-TERMINAL_JOBS = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
+# ``lost`` (issue 14): the fake backend forgets its jobs when the broker is killed, so they end LOST.
+TERMINAL_JOBS = {"succeeded", "failed", "stopped", "timed_out", "lost", "rejected"}
 # Operation mix: holds and their closes dominate (cheap), redemptions and jobs are rarer.
-WEIGHTS = {"hold": 34, "settle": 22, "release": 14, "close_again": 6, "redeem": 8, "redeem_dup": 2, "job": 3}
+WEIGHTS = {
+    "hold": 34,
+    "settle": 22,
+    "release": 14,
+    "close_again": 6,
+    "redeem": 8,
+    "redeem_dup": 2,
+    "job": 3,
+    "query": 3,
+}
+QUERY_DEADLINE_S = 20  # SBX_QUERY_DEADLINE_S of the brokers: a query cut off by a kill is closed after this
+QUERY_SHAPE = {"milli_cpu": 1000, "memory_mib": 1024, "max_runtime_s": 120}  # what a query's hold covers
+DATASET_ROWS = 400
 OPEN_HOLDS_PER_CLIENT = 12
 # Importing the broker takes seconds on a busy machine; a restart would spend most of the run importing.
 # So each broker keeps a warm spare: a process that has imported everything and runs the real `sbx serve`
@@ -147,6 +169,7 @@ def broker_env(state_dir: Path, database_url: str | None) -> dict[str, str]:
         SBX_RATE_QUERY_PER_S="1000000",
         SBX_RATE_BURST="1000000",
         SBX_MAX_OPEN_HOLDS="1000000",
+        SBX_QUERY_DEADLINE_S=str(QUERY_DEADLINE_S),
         RAY_USAGE_STATS_ENABLED="0",
     )
     if database_url:
@@ -248,8 +271,10 @@ def init_state(state_dirs: list[Path], database_url: str | None) -> str:
     )
     if done.returncode != 0:
         raise RuntimeError(f"sbx init failed: {done.stderr}")
+    (first / "objects").mkdir(exist_ok=True)
     for other in state_dirs[1:]:
         (other / "keys").mkdir(parents=True, mode=0o700)
+        (other / "objects").symlink_to(first / "objects")  # one object store: datasets serve on either
         shutil.copy2(first / "keys" / "broker-keys.json", other / "keys" / "broker-keys.json")  # wrapped
     return str(json.loads(done.stdout)["token"])
 
@@ -297,6 +322,7 @@ class SmeBook:
     settle_attempted: int = 0
     settle_acked: int = 0
     jobs_attempted: int = 0
+    queries_attempted: int = 0
 
 
 @dataclass
@@ -310,6 +336,9 @@ class Knowledge:
     closed: dict[str, tuple[str, int]] = field(default_factory=dict)  # hold id -> (state, settled)
     jobs: dict[str, str] = field(default_factory=dict)  # job id -> sme
     acks: list[Ack] = field(default_factory=list)
+    queries: dict[str, tuple[str, int]] = field(default_factory=dict)  # acknowledged query id -> (sme, ε)
+    interrupted: int = 0  # queries answered query_interrupted (a kill cut them off; charged, no values)
+    abandoned: int = 0  # queries still being retried when the run stopped (their outcome is unknown)
 
 
 class Run:
@@ -318,6 +347,7 @@ class Run:
     def __init__(self, config: BankConfig, brokers: list[Broker], tokens: dict[str, str]) -> None:
         self.config = config
         self.brokers = brokers
+        self.dataset_id = tokens.pop("dataset_id", "")
         self.tokens = tokens
         self.report = Report(seed=config.seed)
         self.stop = threading.Event()
@@ -567,6 +597,43 @@ class Client:
             self.unexpected("job", status, answer)
         return True
 
+    def op_query(self) -> bool:
+        """A DP count: answered once and charged once, however often it is retried with its key."""
+        eps = self.rng.choice((500, 1000, 2000))
+        with self.know.lock:
+            self.know.books[self.sme].queries_attempted += 1
+        body = {"queries": [{"kind": "count", "epsilon_micro": eps}]}
+        try:
+            status, answer = self._query_until_definite(body, self.key("query"))
+        except Stop:
+            with self.know.lock:
+                self.know.abandoned += 1
+            raise
+        if status == 200 and answer["charged"]["epsilon_micro"] == eps:
+            with self.know.lock:
+                self.know.queries[answer["query_id"]] = (self.sme, eps)
+        elif answer.get("error") == "query_interrupted":
+            with self.know.lock:
+                self.know.interrupted += 1
+        elif answer.get("error") != "insufficient_credit":
+            self.unexpected("query", status, answer)
+        return True
+
+    def _query_until_definite(self, body: dict[str, Any], key: str) -> tuple[int, Any]:
+        """Send with one key until the answer is not ``query_in_progress`` (the first attempt was cut off
+        and its charge is reserved until reconciliation closes it)."""
+        path = f"{API}/datasets/{self.run.dataset_id}/queries"
+        deadline = time.monotonic() + 4 * QUERY_DEADLINE_S + 60
+        while True:
+            status, answer = self.send(f"sme:{self.sme}", "POST", path, body, key)
+            if answer.get("error") != "query_in_progress":
+                return status, answer
+            if time.monotonic() > deadline:
+                self.run.violation(f"query {key} still in progress after {4 * QUERY_DEADLINE_S + 60} s")
+                return status, answer
+            if self.run.stop.wait(0.5):
+                raise Stop(f"query {key}: the run stopped")
+
 
 # -- the reader ------------------------------------------------------------------------------------
 
@@ -583,10 +650,13 @@ def _ledger_kinds(text: str) -> dict[str, int]:
 class Reader:
     """Checks conservation at every read it completes while the clients and the chaos run."""
 
-    def __init__(self, run: Run, know: Knowledge, job_max_cost: int, issued: int) -> None:
+    def __init__(
+        self, run: Run, know: Knowledge, job_max_cost: int, issued: int, query_max_cost: int = 0
+    ) -> None:
         self.run = run
         self.know = know
         self.job_max_cost = job_max_cost
+        self.query_max_cost = query_max_cost
         self.issued = issued
         self.caller = Caller(run, random.Random(run.config.seed + 7))
 
@@ -634,7 +704,11 @@ class Reader:
         with self.know.lock:
             after = self.know.books[sme]
             high_redeem = after.redeem_attempted
-            high_spend = after.settle_attempted + after.jobs_attempted * self.job_max_cost
+            high_spend = (
+                after.settle_attempted
+                + after.jobs_attempted * self.job_max_cost
+                + after.queries_attempted * self.query_max_cost
+            )
         redeemed = sum(g["amount"] for g in view["grants"])
         available, held = view["available"], view["held"]
         spent = redeemed - available - held
@@ -731,12 +805,48 @@ def setup_world(config: BankConfig, url: str, operator: str) -> tuple[dict[str, 
                 for _ in range(config.vouchers_per_sme)
             ]
         shape = {k: v for k, v in JOB_BODY.items() if k != "entrypoint"}
-        quote = post(tokens[f"sme:{next(iter(vouchers))}"], f"{API}/jobs/quote", shape)
+        first_sme = tokens[f"sme:{next(iter(vouchers))}"]
+        quote = post(first_sme, f"{API}/jobs/quote", shape)
+        tokens["query_max_cost"] = str(int(post(first_sme, f"{API}/jobs/quote", QUERY_SHAPE)["max_cost"]))
+        tokens["dataset_id"] = _dataset_with_grants(post, operator, tokens, list(vouchers))
     for batch in vouchers.values():
         for voucher in batch:
             voucher["credits"] = config.voucher_credits
     tokens["job_max_cost"] = str(int(quote["max_cost"]))
     return tokens, vouchers
+
+
+def _dataset_with_grants(
+    post: Callable[..., Any], operator: str, tokens: dict[str, str], smes: list[str]
+) -> str:
+    """A custodian registers a small household table; every SME is granted ε for DP queries on it."""
+    custodian = post(operator, f"{API}/orgs", {"name": "bank-custodian", "role": "custodian"})
+    tokens["custodian"] = post(operator, f"{API}/orgs/{custodian['id']}/tokens", {})["token"]
+    rows = "\n".join(
+        f"h{i % 300},{['n', 's', 'e', 'w'][i % 4]},{(i * 37) % 2000}" for i in range(DATASET_ROWS)
+    )
+    policy = {
+        "privacy_unit": "household_id",
+        "max_rows_per_unit": 2,
+        "columns": [
+            {"name": "household_id", "kind": "unit"},
+            {"name": "district", "kind": "categorical", "categories": ["n", "s", "e", "w"]},
+            {"name": "kwh", "kind": "numeric", "lo": "0", "hi": "2000", "decimals": 0},
+        ],
+        "total_budget": {"epsilon_micro": 10**12, "delta_e12": 0},
+        "sme_cap": {"epsilon_micro": 10**11, "delta_e12": 0},
+    }
+    content = base64.b64encode(f"household_id,district,kwh\n{rows}\n".encode()).decode()
+    dataset = post(
+        tokens["custodian"],
+        f"{API}/datasets",
+        {"name": "bank-energy", "format": "csv", "policy": policy, "content_b64": content},
+    )
+    for sme in smes:
+        ask = {"purpose": "bank workload", "epsilon_micro": 10**10}
+        request = post(tokens[f"sme:{sme}"], f"{API}/datasets/{dataset['id']}/access-requests", ask)
+        post(tokens["custodian"], f"{API}/access-requests/{request['id']}/approve", {"valid_for_s": DAY_S})
+    return str(dataset["id"])
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -752,11 +862,12 @@ def run_bank(config: BankConfig) -> Report:
         tokens, vouchers = setup_world(config, brokers[0].url, operator)
         say(f"brokers up and world set up in {time.monotonic() - begin:.1f}s")
         job_max_cost = int(tokens.pop("job_max_cost"))
+        query_max_cost = int(tokens.pop("query_max_cost"))
         run = Run(config, brokers, tokens)
         know = Knowledge(books={sme: SmeBook() for sme in vouchers})
         clients = _clients(run, know, vouchers)
         issued = config.voucher_credits * config.vouchers_per_sme * config.smes
-        reader = Reader(run, know, job_max_cost, issued)
+        reader = Reader(run, know, job_max_cost, issued, query_max_cost)
         threads = [threading.Thread(target=c.loop, name=c.name) for c in clients]
         threads.append(threading.Thread(target=reader.loop, name="reader"))
         chaos_thread = threading.Thread(target=chaos, args=(run, random.Random(config.seed)), name="chaos")
@@ -853,11 +964,22 @@ def _final_database_checks(run: Run, know: Knowledge, smes: list[str]) -> None:
     """A container over the same database: invariants, balances, holds, grants, jobs, audit chain."""
     first = run.brokers[0].state_dir
     settings = Settings(
-        state_dir=first, database_url=run.config.database_url, compute="fake", background_loops=False
+        state_dir=first,
+        database_url=run.config.database_url,
+        compute="fake",
+        background_loops=False,
+        query_deadline_s=QUERY_DEADLINE_S,
     )
     container = build_container(settings, group_commit=False)
     try:
         services = build_services(container)
+        _reconcile_after_deadline(services)
+        for problem in privacy_problems(container.db, know, now_ms=container.clock.now_ms()):
+            run.violation(problem)
+        operator = services.orgs.authenticate(run.tokens["operator"])
+        assert operator is not None
+        for problem in report_problems(services, operator):
+            run.violation(problem)
         for problem in services.ledger.invariants():
             run.violation(f"ledger invariant: {problem}")
         services.audit.checkpoint(None)
@@ -870,6 +992,99 @@ def _final_database_checks(run: Run, know: Knowledge, smes: list[str]) -> None:
             run.violation(problem)
     finally:
         container.close()
+
+
+def _reconcile_after_deadline(services: Services) -> None:
+    """Wait until every reserved query charge is past its deadline, then run the reconciliation the brokers'
+    loops run every 30 s (and on start), so the end state is the one a running broker converges to."""
+    db = services.container.db
+    newest = db.read(
+        lambda conn: conn.execute(
+            select(func.max(dt.privacy_charges.c.created_ms)).where(dt.privacy_charges.c.status == "reserved")
+        ).scalar()
+    )
+    if newest is not None:
+        wait_s = (int(newest) + QUERY_DEADLINE_S * 1000 - services.container.clock.now_ms()) / 1000 + 0.5
+        time.sleep(max(0.0, wait_s))
+    while services.datasets.reconcile_interrupted():
+        pass
+
+
+def privacy_problems(db: Database, know: Knowledge, *, now_ms: int) -> list[str]:
+    """The privacy end state (issue 14): no charge left ``reserved``; no hold ``HELD`` past its deadline or for
+    a closed query; every acknowledged query charged once, as acknowledged; the rest interrupted (or, at most
+    one per query abandoned at the stop, answered unseen); ε spent = the sum of the charges, per dataset."""
+    problems: list[str] = []
+
+    def read(conn: Connection) -> None:
+        charges = {
+            r.id: r
+            for r in conn.execute(select(dt.privacy_charges).where(dt.privacy_charges.c.kind == "query"))
+        }
+        problems.extend(
+            f"charge {c.id} is still reserved" for c in charges.values() if c.status == "reserved"
+        )
+        for query_id, (sme, eps) in know.queries.items():
+            row = charges.get(query_id)
+            if row is None or row.status != "answered" or row.sme_org != sme or int(row.epsilon_micro) != eps:
+                problems.append(f"acknowledged query {query_id} ({sme}, {eps}) is stored as {row}")
+        unseen = [c for c in charges.values() if c.id not in know.queries and c.status == "answered"]
+        if len(unseen) > know.abandoned:
+            problems.append(
+                f"{len(unseen)} answered charges were never acknowledged ({know.abandoned} abandoned)"
+            )
+        interrupted = sum(1 for c in charges.values() if c.status == "interrupted")
+        if interrupted < know.interrupted:
+            problems.append(f"{know.interrupted} queries were told interrupted but {interrupted} charges are")
+        for ds in conn.execute(select(dt.datasets.c.id, dt.datasets.c.spent_epsilon_micro)):
+            total = sum(int(c.epsilon_micro) for c in charges.values() if c.dataset_id == ds.id)
+            if int(ds.spent_epsilon_micro) != total:
+                problems.append(
+                    f"dataset {ds.id} spent {ds.spent_epsilon_micro} micro-ε but its charges sum to {total}"
+                )
+        held = conn.execute(
+            select(t.holds.c.id, t.holds.c.job_id, t.holds.c.expires_ms).where(t.holds.c.state == "HELD")
+        ).all()
+        closed = {c.id for c in charges.values() if c.status != "reserved"}
+        problems.extend(f"hold {h.id} is HELD past its deadline" for h in held if h.expires_ms <= now_ms)
+        problems.extend(
+            f"hold {h.id} of closed query {h.job_id} is still HELD" for h in held if h.job_id in closed
+        )
+
+    db.read(read)
+    return problems
+
+
+LEDGER_BY_SME = text(  # per SME: settle legs on programmes' spent and its copaid account, in [:s, :e)
+    """
+    SELECT h.org_id AS org_id,
+           SUM(CASE WHEN a.kind = 'spent' THEN e.amount ELSE 0 END) AS voucher,
+           SUM(CASE WHEN a.kind = 'copaid' THEN e.amount ELSE 0 END) AS copay
+    FROM entries e JOIN accounts a ON a.id = e.account_id JOIN holds h ON h.id = e.hold_id
+    WHERE e.kind = 'settle' AND e.created_ms >= :s AND e.created_ms < :e
+    GROUP BY h.org_id
+    """
+)
+
+
+def report_problems(services: Services, operator: Principal) -> list[str]:
+    """The subsidy report of this month against the settle entries of its period, per SME and in total."""
+    period = time.strftime("%Y-%m", time.gmtime())
+    report = services.reports.subsidy(operator, period=period)["report"]
+    start, end = report["period"]["start_ms"], report["period"]["end_ms"]
+    rows = services.container.db.read(lambda conn: conn.execute(LEDGER_BY_SME, {"s": start, "e": end}).all())
+    truth = {r.org_id: (int(r.voucher), int(r.copay)) for r in rows}
+    shown = {r["org_id"]: (r["voucher_share"], r["copay"], r["cost"]) for r in report["rows"]}
+    problems = []
+    for org, (voucher, copay) in truth.items():
+        got = shown.get(org, (0, 0, 0))
+        if got != (voucher, copay, voucher + copay):
+            problems.append(f"report row of {org} (voucher, copay, cost) = {got}, ledger {(voucher, copay)}")
+    totals = report["totals"]
+    expected = (sum(v for v, _ in truth.values()), sum(c for _, c in truth.values()))
+    if (totals["voucher_share"], totals["copay"]) != expected:
+        problems.append(f"report totals {totals['voucher_share']}, {totals['copay']} != ledger {expected}")
+    return problems
 
 
 def roll_up_problems(db: Database) -> list[str]:

@@ -26,12 +26,15 @@ from tests.bank_workload import (
     BankConfig,
     Knowledge,
     check_report,
+    privacy_problems,
+    report_problems,
     roll_up_problems,
     run_bank,
     seed_from_env,
     table_problems,
 )
 from tests.conftest import World
+from tests.integration.test_datasets_service import COUNT, add_custodian, grant, register
 
 
 @pytest.mark.slow
@@ -100,3 +103,51 @@ def test_end_state_checks_catch_a_wrong_acknowledgement_and_a_hold_closed_but_he
     problems = roll_up_problems(db)
     assert len(problems) == 1 and "subsidy roll-up differs" in problems[0], problems
     assert roll_up_problems(db) == problems  # the check's rebuild was rolled back
+
+
+class _Crash(BaseException):
+    """The broker dying mid-query: no handler sees it, so nothing settles."""
+
+
+def test_privacy_end_checks_catch_a_reserved_charge_a_wrong_ack_and_a_report_off_the_ledger(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Negative controls for the issue 14 end checks: sound states pass, each broken one is flagged."""
+    services, db = world.services, world.services.container.db
+    world.credit(100_000)
+    custodian = add_custodian(world)
+    dataset = register(world, custodian)
+    grant(world, custodian, dataset["id"])
+    answer = services.datasets.query(
+        world.sme, dataset_id=dataset["id"], queries=[COUNT], idempotency_key="k"
+    )
+    know = Knowledge(books={})
+    eps = int(str(COUNT["epsilon_micro"]))
+    know.queries[answer["query_id"]] = (world.sme.org_id, eps)
+    assert privacy_problems(db, know, now_ms=world.clock.now_ms()) == []
+
+    def dies(*_args: object) -> None:
+        raise _Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services.datasets, "_run", dies)
+        with pytest.raises(_Crash):
+            services.datasets.query(world.sme, dataset_id=dataset["id"], queries=[COUNT], idempotency_key="c")
+    problems = privacy_problems(db, know, now_ms=world.clock.now_ms())
+    assert any("still reserved" in p for p in problems), problems
+    world.clock.advance((services.container.settings.query_deadline_s + 1) * 1000)
+    assert services.datasets.reconcile_interrupted() == 1
+    assert privacy_problems(db, know, now_ms=world.clock.now_ms()) == []
+
+    know.queries[answer["query_id"]] = (world.sme.org_id, eps + 1)  # told another ε
+    problems = privacy_problems(db, know, now_ms=world.clock.now_ms())
+    assert any("is stored as" in p for p in problems), problems
+
+    operator = services.orgs.authenticate(world.tokens["op2"])
+    assert operator is not None
+    hold = services.ledger.place_hold(world.sme, amount=500, idempotency_key=None)
+    services.ledger.close_hold(world.operator, hold_id=hold["id"], target=HoldState.SETTLED, cost=321)
+    assert report_problems(services, operator) == []
+    db.write(lambda conn: conn.execute(update(t.subsidy_daily).values(voucher=t.subsidy_daily.c.voucher + 1)))
+    problems = report_problems(services, operator)
+    assert any("report row" in p for p in problems), problems

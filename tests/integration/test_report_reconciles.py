@@ -19,24 +19,16 @@ import broker.services.reports as reports_module
 from broker.db import subsidy
 from broker.db.orgs import Principal
 from quotas.ledger import HoldState
+from tests.bank_workload import LEDGER_BY_SME
 from tests.conftest import BACKENDS, World
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
-
-_LEDGER = """
-    SELECT h.org_id AS org_id,
-           SUM(CASE WHEN a.kind = 'spent' THEN e.amount ELSE 0 END) AS voucher,
-           SUM(CASE WHEN a.kind = 'copaid' THEN e.amount ELSE 0 END) AS copay
-    FROM entries e JOIN accounts a ON a.id = e.account_id JOIN holds h ON h.id = e.hold_id
-    WHERE e.kind = 'settle' AND e.created_ms >= :s AND e.created_ms < :e
-    GROUP BY h.org_id
-"""
 
 
 def _ledger(world: World, start: int, end: int) -> dict[str, tuple[int, int]]:
     """Per SME, (voucher share, co-payment) straight from the settle entries of the period."""
     rows = world.services.container.db.read(
-        lambda conn: conn.execute(text(_LEDGER), {"s": start, "e": end}).all()
+        lambda conn: conn.execute(LEDGER_BY_SME, {"s": start, "e": end}).all()
     )
     return {r.org_id: (int(r.voucher), int(r.copay)) for r in rows}
 
