@@ -1,8 +1,9 @@
 """Soak: the bank workload of ``tests/e2e/test_bank.py`` run for longer (``make soak``).
 
-Real ``sbx serve`` processes with fake compute, concurrent clients with idempotency keys and retries, a
-seeded chaos loop that SIGKILLs a broker at random moments, a reader checking conservation at every read
-and the end-state checks (see :mod:`tests.bank_workload`).
+Real ``sbx serve`` processes with fake compute, concurrent clients with idempotency keys and retries (DP
+queries among them, retried with their keys through kills), a seeded chaos loop that SIGKILLs a broker at
+random moments, a reader checking conservation at every read and the end-state checks, privacy work and the
+subsidy report against the ledger included (see :mod:`tests.bank_workload`).
 
 Environment:
   SBX_SOAK_SECONDS       how long the clients run (default 300)
