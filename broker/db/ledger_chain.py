@@ -89,11 +89,8 @@ def record_transfer(
         legs=legs,
     )
     sql = _INSERT_SQLITE if conn.dialect.name == "sqlite" else _INSERT_PG
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, (txn_id, body, hashlib.sha256(body).hexdigest()))
-    finally:
-        cursor.close()
+    driver = conn.connection.driver_connection  # sqlite3 and psycopg connections both execute directly
+    driver.execute(sql, (txn_id, body, hashlib.sha256(body).hexdigest()))  # type: ignore[union-attr]
 
 
 def batch_digest(digests: Sequence[str]) -> str:
