@@ -411,7 +411,14 @@ _QUEUED_FOR_ADMISSION = (
     .where(t.jobs.c.state == JobState.QUEUED.value)
     .order_by(t.jobs.c.submitted_ms, t.jobs.c.id)
 )
-_ALL_QUOTAS = select(t.sme_quotas)
+_ALL_QUOTAS = select(
+    t.sme_quotas.c.org_id,
+    t.sme_quotas.c.max_milli_cpu,
+    t.sme_quotas.c.max_gpus,
+    t.sme_quotas.c.max_memory_mib,
+    t.sme_quotas.c.max_running_jobs,
+    t.sme_quotas.c.max_queued_jobs,
+)
 _ACTIVE_GRANTS = (
     select(
         t.grants.c.org_id,
@@ -448,42 +455,40 @@ _SET_WAIT = (
 
 def queued_for_admission(conn: Connection, limit: int = 1_000_000) -> list[QueuedRow]:
     """Every queued job, oldest first, with only the columns admission reads (one query)."""
-    rows = conn.execute(_QUEUED_FOR_ADMISSION.limit(limit))
-    return [
-        QueuedRow(
-            r[0],
-            r[1],
-            Resources(int(r[2]), int(r[3]), int(r[4])),
-            int(r[5]),
-            int(r[6]),
-            int(r[7]),
-            int(r[8]),
-            r[9],
-            r[10],
-        )
-        for r in rows
-    ]
+    shapes: dict[tuple[int, int, int], Resources] = {}  # queued jobs mostly share a few shapes
+    out = []
+    for r in conn.execute(_QUEUED_FOR_ADMISSION.limit(limit)):
+        shape = (int(r[2]), int(r[3]), int(r[4]))
+        res = shapes.get(shape)
+        if res is None:
+            res = shapes[shape] = Resources(*shape)
+        out.append(QueuedRow(r[0], r[1], res, int(r[5]), int(r[6]), int(r[7]), int(r[8]), r[9], r[10]))
+    return out
 
 
 def all_quotas(conn: Connection) -> dict[str, Quota]:
     """Every stored SME quota (an SME without one has :data:`DEFAULT_QUOTA`); one query."""
-    return {
-        r.org_id: Quota(
-            Resources(int(r.max_milli_cpu), int(r.max_gpus), int(r.max_memory_mib)),
-            int(r.max_running_jobs),
-            int(r.max_queued_jobs),
-            DEFAULT_QUOTA.copay_limit,
-        )
-        for r in conn.execute(_ALL_QUOTAS)
-    }
+    parsed: dict[tuple[int, ...], Quota] = {}  # SMEs mostly share their quota: build each distinct one once
+    out: dict[str, Quota] = {}
+    for org_id, cpu, gpus, mem, running, queued in conn.execute(_ALL_QUOTAS):
+        key = (int(cpu), int(gpus), int(mem), int(running), int(queued))
+        quota = parsed.get(key)
+        if quota is None:
+            quota = parsed[key] = Quota(Resources(*key[:3]), key[3], key[4], DEFAULT_QUOTA.copay_limit)
+        out[org_id] = quota
+    return out
 
 
 def admission_accounts(conn: Connection) -> AdmissionAccounts:
     """Every SME's active grants with credit left and its co-payment account, in two queries."""
     grants: dict[str, list[GrantBalance]] = {}
+    classes: dict[str, frozenset[str]] = {}
     for r in conn.execute(_ACTIVE_GRANTS):
+        kinds = classes.get(r[6])
+        if kinds is None:
+            kinds = classes[r[6]] = frozenset(r[6].split(","))
         grants.setdefault(r[0], []).append(
-            GrantBalance(r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), frozenset(r[6].split(",")))
+            GrantBalance(r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), kinds)
         )
     copay = {r[0]: (int(r[1]), int(r[2] or 0)) for r in conn.execute(_COPAY_ACCOUNTS) if r[0] is not None}
     return AdmissionAccounts(grants, copay)

@@ -64,6 +64,9 @@ from quotas.quota import DEFAULT_QUOTA, Quota
 MAX_RUNTIME_S = 7 * 24 * 3600
 HOLD_GRACE_S = 3600
 NEVER_STARTED_GRACE_MS = 30_000
+#: A queued job's pending reason whose amounts alone changed is rewritten at most this often (its reason
+#: code is rewritten as soon as it changes).
+WAIT_DETAIL_REFRESH_MS = 10_000
 TIMEOUT_MESSAGE = "stopped at its maximum runtime"
 #: The one job kind that runs SME code; every other kind runs the broker's own trusted harness.
 CODE_KIND = "job"
@@ -113,6 +116,7 @@ class JobService:
         self._backend_up = True
         self._positions: dict[str, int] = {}  # queued job -> place in the last admission pass's fair order
         self._described: dict[tuple[WaitReason, tuple[int, ...], str | None], str] = {}
+        self._detail_written: dict[str, int] = {}  # queued job -> when this replica last wrote its reason
 
     def register_kind(self, name: str, kind: JobKind) -> None:
         """Run jobs of kind ``name`` (the broker's own harness) through ``kind``'s launch and settle hooks."""
@@ -645,12 +649,15 @@ class JobService:
         """Each waiting job's pending reason; returns those that differ from what its row records.
 
         Positions change with every admission ahead of a job, so they are kept in memory for this
-        replica's views (:meth:`pending_view`) rather than rewritten on thousands of rows per pass; a
-        reason's sentence is formatted once per distinct (reason, amounts, behind).
+        replica's views (:meth:`pending_view`) rather than rewritten on thousands of rows per pass. A
+        changed reason is written at once; a reason whose amounts alone moved (the free capacity left, the
+        SME a job waits behind: they move with every pass on a busy cluster) at most every
+        ``WAIT_DETAIL_REFRESH_MS``. A sentence is formatted once per distinct (reason, amounts, behind).
         """
         texts, described = self._described, {}
         positions: dict[str, int] = {}
         changed: list[tuple[str, str, str]] = []
+        now, written = self.c.clock.now_ms(), self._detail_written
         for p in explain(snapshot, decisions):
             positions[p.job_id] = p.position
             key = (p.reason, p.facts, p.behind)
@@ -659,9 +666,15 @@ class JobService:
                 text = p.detail()
             described[key] = text
             row = rows[p.job_id]
-            if row.wait_reason != p.reason.value or row.wait_detail != text:
-                changed.append((p.job_id, p.reason.value, text))
+            if row.wait_reason == p.reason.value and (
+                row.wait_detail == text
+                or now - written.get(p.job_id, -WAIT_DETAIL_REFRESH_MS) < WAIT_DETAIL_REFRESH_MS
+            ):
+                continue  # unchanged, or only its amounts moved and they were written moments ago
+            changed.append((p.job_id, p.reason.value, text))
+            written[p.job_id] = now
         self._described, self._positions = described, positions
+        self._detail_written = {job_id: written[job_id] for job_id in positions if job_id in written}
         return changed
 
     def pending_view(self, view: dict[str, Any]) -> dict[str, Any]:
