@@ -21,6 +21,7 @@ from broker.api.health import (
     readiness,
     unavailable_response,
 )
+from broker.api.http_metrics import HttpMetrics
 from broker.api.models import ErrorBody
 from broker.api.policy import policy
 from broker.api.routes_core import router as core_router
@@ -70,6 +71,9 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(AuthFirst, authenticate=services.orgs.authenticate)
     app.add_middleware(InputGuard)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(  # outermost: counts what the guards answer too
+        HttpMetrics, counter=services.container.metrics.http_requests, routes=lambda: app.router.routes
+    )
     app.include_router(core_router)
     for router in _feature_routers():
         app.include_router(router)

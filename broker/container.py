@@ -171,7 +171,7 @@ def build_container(
         settings=settings,
         db=db,
         clock=the_clock,
-        ledger=LedgerRepo(),
+        ledger=LedgerRepo(metrics),  # counts credits held and settled after their commits
         audit=AuditRepo(key_pem, checkpoint_dir=settings.state_dir / "audit"),
         metrics=metrics,
         broker_key_pem=key_pem,

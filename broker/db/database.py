@@ -17,6 +17,7 @@ that failed so was rolled back: nothing of it was written.
 from __future__ import annotations
 
 import errno
+import logging
 import queue
 import sqlite3
 import threading
@@ -31,6 +32,7 @@ from broker.db.engine import READ_ONLY, is_sqlite
 from broker.errors import DatabaseUnavailable, ServiceUnavailable, StorageFull
 
 T = TypeVar("T")
+log = logging.getLogger("sbx.db")
 _MAX_BATCH = 256
 _PG_RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 # Connection exceptions (class 08), operator intervention (57P01 admin shutdown, 57P02 crash shutdown,
@@ -45,6 +47,39 @@ _SQLITE_UNAVAILABLE = {
     sqlite3.SQLITE_NOTADB,
     sqlite3.SQLITE_CORRUPT,
 }
+_AFTER_COMMIT = "sbx_after_commit"  # key in Connection.info: callbacks of the write running now
+
+
+def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the write transaction running on ``conn`` is durably committed.
+
+    For side effects that must not happen for a transaction that is rolled back (process counters): a
+    failing write, a group-committed write whose SAVEPOINT was rolled back, a PostgreSQL attempt that is
+    retried, or a batch whose commit failed never runs its callbacks. Outside :meth:`Database.write`
+    (a bare ``engine.begin()`` in a tool or test) the callback is dropped: nobody commits through us.
+    """
+    pending = conn.info.get(_AFTER_COMMIT)
+    if pending is not None:
+        pending.append(callback)
+
+
+def _run_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    """Run after-commit callbacks; one failing never undoes the commit or skips the others."""
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # a counter must not turn a committed write into an error
+            log.exception("an after-commit callback failed")
+
+
+def _collect(conn: Connection, fn: Callable[[Connection], T]) -> tuple[T, list[Callable[[], None]]]:
+    """Run ``fn`` with a fresh after-commit list on ``conn``; return its result and the callbacks."""
+    callbacks: list[Callable[[], None]] = []
+    conn.info[_AFTER_COMMIT] = callbacks
+    try:
+        return fn(conn), callbacks
+    finally:
+        conn.info.pop(_AFTER_COMMIT, None)  # info outlives the checkout (it is the pooled connection's)
 
 
 def translate(exc: BaseException) -> ServiceUnavailable | None:
@@ -177,12 +212,14 @@ class Database:
             attempts += 1
             try:
                 with self.engine.begin() as conn:
-                    return fn(conn)
+                    result, callbacks = _collect(conn, fn)
             except DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
                 if code in _PG_RETRYABLE and attempts < 20:
                     continue
                 raise
+            _run_callbacks(callbacks)
+            return result
 
     def _write_loop(self) -> None:
         stopping = False
@@ -205,22 +242,25 @@ class Database:
 
     def _run_batch(self, batch: list[tuple[Callable[[Connection], object], Future[object]]]) -> None:
         outcomes: list[tuple[bool, object]] = []
+        callbacks: list[Callable[[], None]] = []
         try:
             with self.engine.begin() as conn:
                 for fn, _future in batch:
                     savepoint = conn.begin_nested()
                     try:
-                        result = fn(conn)
+                        result, mine = _collect(conn, fn)
                     except BaseException as exc:
                         savepoint.rollback()
                         outcomes.append((False, exc))
                     else:
                         savepoint.commit()
                         outcomes.append((True, result))
+                        callbacks.extend(mine)
         except BaseException as exc:
             for _fn, future in batch:
                 future.set_exception(exc)
             return
+        _run_callbacks(callbacks)
         for (_fn, future), (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
                 future.set_result(value)

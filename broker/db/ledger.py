@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from broker.db import subsidy
 from broker.db import tables as t
+from broker.db.database import after_commit
 from broker.db.ledger_chain import record_transfer
 from common.errors import Conflict, InsufficientFunds, NotFound
 from common.ids import new_id
@@ -32,6 +34,24 @@ _ORG_ACCOUNTS = {
     "sme": (AccountKind.COPAY, AccountKind.HELD, AccountKind.COPAID),
     "issuer": (AccountKind.PROGRAMME, AccountKind.SPENT, AccountKind.EXPIRED),
 }
+
+
+class CreditCounters(Protocol):
+    """The process counters the ledger moves (``broker.metrics.Metrics`` is one): each is ``inc``-able."""
+
+    @property
+    def credits_held(self) -> _Incrementable:
+        """Credits placed on hold."""
+        ...
+
+    @property
+    def credits_settled(self) -> _Incrementable:
+        """Credits charged from holds."""
+        ...
+
+
+class _Incrementable(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +117,19 @@ class Balance:
 class LedgerRepo:
     """Ledger persistence. Keeps an in-memory map of (kind, org) → account id (ids never change)."""
 
-    def __init__(self) -> None:
+    def __init__(self, counters: CreditCounters | None = None) -> None:
         self._account_ids: dict[tuple[str, str], int] = {}
+        self._counters = counters  # moved after the transaction that held or settled commits
+
+    def _count(self, conn: Connection, *, held: int = 0, settled: int = 0) -> None:
+        """Add to the credit counters once ``conn``'s transaction commits (never for a rolled-back one)."""
+        counters = self._counters
+        if counters is None:
+            return
+        if held:
+            after_commit(conn, lambda: counters.credits_held.inc(held))
+        if settled:
+            after_commit(conn, lambda: counters.credits_settled.inc(settled))
 
     # -- accounts ---------------------------------------------------------------------------------
     def open_org_accounts(self, conn: Connection, *, org_id: str, role: str, copay_limit: int = 0) -> None:
@@ -363,6 +394,7 @@ class LedgerRepo:
             },
         )
         self.post(conn, kind="hold", legs=legs, org_id=org_id, hold_id=hold_id, now_ms=now_ms)
+        self._count(conn, held=amount)
         return Hold(
             hold_id,
             org_id,
@@ -421,6 +453,7 @@ class LedgerRepo:
             subsidy.add_settlement(
                 conn, org_id=hold.org_id, job_id=hold.job_id, cost=cost, paid_by=paid_by, now_ms=now_ms
             )
+            self._count(conn, settled=cost)
         return Hold(
             hold.id,
             hold.org_id,

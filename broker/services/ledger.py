@@ -151,7 +151,7 @@ class LedgerService:
             )
             return hold_dict(hold)
 
-        result, fresh = write_idempotent(
+        result, _fresh = write_idempotent(
             self.c.db,
             org_id=principal.org_id,
             key=idempotency_key,
@@ -160,9 +160,7 @@ class LedgerService:
             now_ms=now,
             fn=tx,
         )
-        if fresh:
-            self.c.metrics.credits_held.inc(amount)
-        return result
+        return result  # the ledger counted the hold when its transaction committed
 
     def close_hold(
         self,
@@ -188,7 +186,7 @@ class LedgerService:
             closed = self.c.ledger.close(conn, hold=hold, target=target, cost=cost, now_ms=now)
             return hold_dict(closed)
 
-        result, fresh = write_idempotent(
+        result, _fresh = write_idempotent(
             self.c.db,
             org_id=principal.org_id,
             key=idempotency_key,
@@ -197,9 +195,7 @@ class LedgerService:
             now_ms=now,
             fn=tx,
         )
-        if fresh and target is HoldState.SETTLED:
-            self.c.metrics.credits_settled.inc(cost)
-        return result
+        return result  # a settlement is counted by the ledger when its transaction commits
 
     def get_hold(self, principal: Principal, *, hold_id: str) -> dict[str, Any]:
         """A hold, visible to its SME and operators."""
