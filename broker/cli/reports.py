@@ -140,10 +140,11 @@ def data_access(
     period: PeriodOpt,
     format: Annotated[Literal["json", "html"], typer.Option(help="json (signed) or html.")] = "json",
     custodian: Annotated[str | None, typer.Option(help="Operators: one custodian's datasets.")] = None,
+    time_zone: Annotated[str, typer.Option(help="IANA zone of the period's months.")] = "UTC",
     out: OutOpt = None,
 ) -> None:
     """The data-access report: per dataset and SME, releases and ε spent in the period."""
-    params = {"period": period} | ({"custodian_org": custodian} if custodian else {})
+    params = {"period": period, "time_zone": time_zone} | ({"custodian_org": custodian} if custodian else {})
     try:
         with _http(ctx) as client:
             response = client.get("/api/v1/reports/data-access", params=params)

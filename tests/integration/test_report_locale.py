@@ -27,6 +27,7 @@ from broker.services.report_exports import MONEY_COLUMNS, subsidy_csv_bytes, sub
 from broker.services.reports import parse_period
 from broker.web.render import subsidy_html
 from common.clock import FakeClock
+from common.errors import InvalidInput
 from common.resources import Resources
 from tests.conftest import BACKENDS, World
 
@@ -169,3 +170,12 @@ def test_year_budgets_count_in_the_programme_year(services: Services, world: Wor
         lambda conn: conn.execute(select(t.vouchers.c.year).where(t.vouchers.c.jti == issued["jti"])).scalar()
     )
     assert year == 2027
+
+
+def test_data_access_report_names_its_zone(world: World) -> None:
+    report = world.services.reports.data_access(world.operator, period="2026-12", time_zone="Asia/Shanghai")
+    assert report["report"]["time_zone"] == "Asia/Shanghai"
+    assert report["report"]["period"]["start_ms"] == parse_period("2026-12", "Asia/Shanghai").start_ms
+    with pytest.raises(InvalidInput) as info:
+        world.services.reports.data_access(world.operator, period="2026-12", time_zone="Mars/Olympus")
+    assert info.value.code == "unknown_time_zone"
