@@ -749,6 +749,7 @@ def audit_witness(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(".sbx-demo"),
     fresh: Annotated[bool, typer.Option(help="Start from an empty state directory.")] = True,
     lang: Annotated[
@@ -759,7 +760,7 @@ def demo(
     from broker.cli.client import cli_locale
     from broker.demo import run_demo
 
-    run_demo(state_dir, fresh=fresh, locale=cli_locale(lang))
+    run_demo(state_dir, fresh=fresh, locale=cli_locale(lang or getattr(ctx.find_root().obj, "lang", None)))
 
 
 def main() -> None:
