@@ -1,9 +1,9 @@
 """The dashboard's language switch and the money/time context of a page.
 
 Language: ``?lang=zh-CN`` (or ``en``) is the user's explicit choice; it is kept in the cookie ``sbx_lang``
-(path ``/ui``, a year, not HttpOnly-sensitive: it holds only a language tag). Without one, the organisation's
-own setting, then ``Accept-Language``, then the programme's default language, then English
-(:func:`broker.i18n.negotiate`).
+(path ``/ui``, a year, HttpOnly and SameSite=Strict like the session; it holds only a language tag). Without
+one, the organisation's own setting, then ``Accept-Language``, then the programme's default language, then
+English (:func:`broker.i18n.negotiate`).
 
 Money and time: a page shows amounts in the programmes' currency and times in their zone when every
 programme agrees on one (the usual case: one city's scheme); otherwise in plain units and UTC.
