@@ -54,7 +54,14 @@ def _org(state: DemoState, name: str, role: str, **extra: Any) -> None:
 
 def step_orgs(state: DemoState) -> str:
     """Create the programme (issuer), an SME and a data custodian."""
-    _org(state, "Innovation Programme Nordstadt", "issuer", year_budget=10_000_000, sme_cap=1_000_000)
+    _org(  # a credits programme in UTC (issue 16's Chinese programme, in yuan and Beijing time, is demo_zh's)
+        state,
+        "Innovation Programme Nordstadt",
+        "issuer",
+        year_budget=10_000_000,
+        sme_cap=1_000_000,
+        currency=None,
+    )
     _org(state, "Acme Mobility GmbH", "sme", copay_limit=500_000)
     _org(state, "Nordstadt Open Data Office", "custodian")
     return "issuer, SME (co-payment limit 500,000) and custodian created, each with its own token"
