@@ -17,6 +17,7 @@ import pytest
 
 from broker.db import idempotency
 from broker.db.orgs import Principal
+from broker.loops import BackgroundLoops
 from broker.services.datasets import QueryFailed, QueryInterrupted
 from broker.services.idem import purge_expired
 from common.errors import Conflict
@@ -198,3 +199,22 @@ def test_a_run_that_outlives_its_deadline_answers_interrupted(
     assert _spent(world, custodian, dataset_id) == 200_000
     assert world.services.ledger.balance(world.sme)["held"] == 0
     assert world.services.ledger.invariants() == []
+
+
+def test_the_background_loop_reconciles_on_its_first_round(
+    world: World, custodian: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's first round (a start) runs the reconciliation, the key retention and the integrity check."""
+    dataset_id = _dataset(world, custodian)
+    _crash_mid_run(world, dataset_id, "q-loop", monkeypatch)
+    world.clock.advance(world.services.container.settings.query_deadline_s * 1000 + 1)
+    loops = BackgroundLoops(world.services, interval_ms=500)
+    names = [name for name, _body, _every in loops.bodies]
+    assert {"privacy-reconcile", "idempotency-retention", "integrity"} <= set(names)
+    try:
+        loops.run_once()
+    finally:
+        loops.stop()  # waits for the audit verification the round started on its side thread
+    (charge,) = world.services.datasets.budget(world.sme, dataset_id=dataset_id)["charges"]
+    assert charge["status"] == "interrupted"
+    assert world.services.container.metrics.db_integrity_ok._value.get() == 1
