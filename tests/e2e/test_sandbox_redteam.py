@@ -16,9 +16,12 @@ import base64
 import io
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 import zipfile
 from dataclasses import dataclass
@@ -360,3 +363,151 @@ def test_odd_archives_are_refused_as_invalid_archives(tmp_path: Path, case: str)
     with pytest.raises(ArchiveRefused):
         files.unpack("job-odd", checked)
     assert not files.job_dir("job-odd").exists()  # and nothing is left behind (this part holds)
+
+
+# --- what the broker does with the job's tree after the job -------------------------------------------
+
+DEEP_TREE = """
+import os
+import shutil
+import stat
+os.chdir("/job")
+for _ in range(1200):  # 1,200 nested one-letter directories: ~5 MiB counted, far under the cap
+    os.mkdir("d")
+    os.chdir("d")
+open("bottom", "w").write("x")
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FINDING: cross-tenant retention DoS. A job leaves ~1,200 nested directories in /job; "
+    "JobFiles.expire_work uses shutil.rmtree(ignore_errors=True), which recurses once per level and raises "
+    "RecursionError (not an OSError, so not ignored). expire_files_pass takes the oldest settled jobs first "
+    "and stops at the exception without marking the job, so every later round fails on the same job: no "
+    "tenant's code dir is ever expired again and each org's code-disk quota (sum of unexpired code_bytes) "
+    "fills until its submissions are refused. output_zip (Path.rglob) fails the same way on a deep /output.",
+)
+def test_a_deep_tree_does_not_stop_the_broker_expiring_job_files(tmp_path: Path) -> None:
+    ran = launch(tmp_path, DEEP_TREE, limits=_limits(disk_mib=64))
+    try:
+        assert ran.rc == 0 and ran.result.reason is None, ran.log
+        ran.files.expire_work(ran.job_id)  # what the background "job-files" loop runs after the retention
+        assert not (ran.job_dir / "work").exists()
+    finally:
+        _remove_deep(ran.job_dir / "work")  # pytest's own tmp cleanup would hit the same RecursionError
+
+
+def _remove_deep(top: Path) -> None:
+    """Remove a deeply nested tree without recursion: walk down by chdir, remove on the way up."""
+    if not top.is_dir():
+        return
+    cwd = os.getcwd()
+    try:
+        os.chdir(top)
+        depth = 0
+        while True:
+            dirs = [e.name for e in os.scandir(".") if e.is_dir(follow_symlinks=False)]
+            for e in os.scandir("."):
+                if not e.is_dir(follow_symlinks=False):
+                    os.unlink(e.name)
+            if not dirs:
+                break
+            for extra in dirs[1:]:
+                shutil.rmtree(extra)
+            os.chdir(dirs[0])
+            depth += 1
+        for _ in range(depth):
+            here = os.path.basename(os.getcwd())
+            os.chdir("..")
+            os.rmdir(here)
+    finally:
+        os.chdir(cwd)
+
+
+DAEMON = """
+import os, signal, sys, time
+state_file = sys.argv[1]
+open("/output/plain.txt", "w").write("plain")
+if os.fork() == 0:  # a detached daemon that ignores every polite signal and outlives the command
+    os.setsid()
+    if os.fork() == 0:
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        time.sleep(1.0)  # by then the broker may be zipping /output: swap a checked file for a link
+        os.unlink("/output/plain.txt")
+        os.symlink(state_file, "/output/plain.txt")
+        open("/output/late.txt", "w").write("late")
+        time.sleep(30)
+    os._exit(0)
+print("command done", flush=True)
+"""
+
+
+def test_no_job_process_outlives_the_launcher_to_race_the_output_collection(tmp_path: Path) -> None:
+    """The TOCTOU in output_zip (is_symlink, then open by path) needs a live job process: none is left."""
+    state = tmp_path / "state"
+    state.mkdir()
+    secret = state / "canary.txt"
+    secret.write_text(CANARY)
+    ran = launch(tmp_path, DAEMON, args=str(secret))
+    assert ran.rc == 0 and "command done" in ran.log, ran.log
+    time.sleep(1.5)
+    out = ran.job_dir / "output"
+    assert not (out / "plain.txt").is_symlink() and not (out / "late.txt").exists()
+    from broker.compute.sandbox import job_host_ids
+    from broker.compute.sandbox.limits import processes_of_uid
+
+    if os.geteuid() == 0:
+        assert processes_of_uid(job_host_ids(ran.job_id)[0]) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FINDING (unprivileged launcher): disk_usage's _entries, on PermissionError, lstat()s the "
+    "directory and then os.chmod()s it BY PATH, following symlinks. Under a non-root launcher the job runs "
+    "as the broker's own uid and can chmod 000 a directory, then swap it for a symlink to a host path it "
+    "learnt from /proc/self/mountinfo (e.g. <state>/keys): the watchdog then sets the job-chosen mode | 0700 "
+    "on the broker's file (0777 on the keys dir). Simulated here at the race point; use "
+    "os.chmod(..., follow_symlinks=False) semantics via an O_NOFOLLOW|O_DIRECTORY fd and fchmod.",
+)
+def test_the_disk_watchdog_never_chmods_through_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.compute.sandbox import launch as launcher
+
+    broker_file = tmp_path / "broker-keys"
+    broker_file.mkdir(mode=0o700)
+    broker_file.chmod(0o700)
+    root = tmp_path / "work"
+    root.mkdir()
+    locked = root / "locked"
+    locked.mkdir()
+    locked.chmod(0o077)  # the job's choice: the bits it wants to see on the broker's file
+    real_scandir, raced = os.scandir, []
+
+    def scandir(path: str):  # type: ignore[no-untyped-def]
+        if path == str(locked) and not raced:  # the job wins the race: its dir is now a link
+            raced.append(True)
+            real_lstat = os.lstat
+            monkeypatch.setattr(
+                launcher.os,
+                "lstat",
+                lambda p, *a, **k: (
+                    _swap(locked, broker_file) or real_lstat(p, *a, **k)  # type: ignore[func-returns-value]
+                ),
+            )
+            raise PermissionError(13, "Permission denied", path)  # what a non-root launcher gets
+        return real_scandir(path)
+
+    monkeypatch.setattr(launcher.os, "scandir", scandir)
+    launcher.disk_usage((str(root),))
+    assert stat.S_IMODE(broker_file.stat().st_mode) == 0o700, oct(broker_file.stat().st_mode)
+
+
+def _swap(directory: Path, target: Path) -> None:
+    """Replace ``directory`` with a symlink to ``target`` (the job's move, between lstat and chmod)."""
+    if directory.is_dir() and not directory.is_symlink():
+        directory.chmod(0o700)
+        directory.rmdir()
+        directory.symlink_to(target)
