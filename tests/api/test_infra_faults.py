@@ -297,3 +297,13 @@ def test_an_unreachable_database_is_a_503_and_without_the_translation_it_is_not(
     assert isinstance(failure, DatabaseUnavailable) and status_for(failure) == 503
     control = _balance_while_unreachable(live, monkeypatch, translate=False)  # negative control
     assert isinstance(control, OperationalError)  # what the app answered 500 internal_error before
+
+
+def test_readyz_names_a_backend_that_is_down(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    with httpx.Client(base_url=live.url) as anon:
+        assert anon.get("/readyz").status_code == 200  # control: the fake backend is up
+        monkeypatch.setattr(live.world.services.jobs, "_backend_up", False)  # what the watch saw
+        r = anon.get("/readyz")
+    assert r.status_code == 503 and r.json()["error"] == "backend_unavailable", r.text
+    assert r.json()["checks"] == {"database": "ok", "storage": "ok", "backend": "backend_unavailable"}
+    assert int(r.headers["Retry-After"]) > 0
