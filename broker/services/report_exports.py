@@ -128,8 +128,11 @@ def subsidy_xlsx(document: Mapping[str, Any], locale: str) -> bytes:
 
 
 def _format_row(cells: Sequence[Any], currency: str | None) -> None:
+    """Number formats per column; text stays text (an SME named ``=HYPERLINK(…)`` is no formula)."""
     money_format = _NUMBER_FORMATS.get(currency, "#,##0.00") if currency else _NUMBER_FORMATS[None]
     for (key, _label), cell in zip(_HEADERS, cells, strict=True):
+        if isinstance(cell.value, str):
+            cell.data_type = "s"
         if key in MONEY_COLUMNS:
             cell.number_format = money_format
         elif key.endswith("_display"):

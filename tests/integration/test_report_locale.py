@@ -179,3 +179,12 @@ def test_data_access_report_names_its_zone(world: World) -> None:
     with pytest.raises(InvalidInput) as info:
         world.services.reports.data_access(world.operator, period="2026-12", time_zone="Mars/Olympus")
     assert info.value.code == "unknown_time_zone"
+
+
+def test_xlsx_text_is_never_a_formula(world: World) -> None:
+    document = world.services.reports.subsidy(world.issuer, period="2026-12")
+    document["report"]["rows"] = [dict(document["report"]["totals"], name='=HYPERLINK("http://x")')]
+    sheet = load_workbook(io.BytesIO(subsidy_xlsx(document, "en"))).active
+    assert sheet is not None
+    cell = next(c for row in sheet.iter_rows() for c in row if c.value == '=HYPERLINK("http://x")')
+    assert cell.data_type == "s"
