@@ -16,11 +16,13 @@ import base64
 import io
 import json
 import os
+import secrets
 import shutil
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 import zipfile
@@ -32,6 +34,7 @@ import pytest
 from broker.compute.jobfiles import ArchiveLimits, ArchiveRefused, JobFiles, check_archive
 from broker.compute.sandbox import SandboxLimits, SandboxResult, SandboxSpec, probe
 from broker.compute.sandbox.launch import LAUNCHER_MODULE, disk_usage
+from tests.conftest import World
 
 CANARY = "sbx-redteam-canary-4be1"
 RUN_TIMEOUT_S = 60
@@ -511,3 +514,90 @@ def _swap(directory: Path, target: Path) -> None:
         directory.chmod(0o700)
         directory.rmdir()
         directory.symlink_to(target)
+
+
+# --- the KubeRay code-archive capability URL ----------------------------------------------------------
+
+
+def _job_with_a_capability(world: World, max_fetches: int = 3) -> tuple[str, str]:
+    """An admitted job with code (fake backend) and a capability registered for it; (job id, token)."""
+    from broker.db import archives as archives_db
+    from broker.services.archives import object_key
+    from broker.services.jobs import JobRequest
+    from common.resources import Resources
+
+    world.credit(10_000_000)
+    code = base64.b64encode(_zip([("train.py", b"print('hi')\n")])).decode()
+    request = JobRequest("python train.py", Resources(1000, 0, 1024), 600, working_dir_zip_b64=code)
+    job_id = str(world.services.jobs.submit(world.sme, request, idempotency_key=None)["id"])
+    world.services.jobs.admission_pass()
+    assert world.services.jobs.get(world.sme, job_id=job_id)["state"] in ("admitted", "running")
+    container = world.services.container
+    token = secrets.token_urlsafe(32)
+    token_hash = archives_db.hash_token(token)
+    container.storage.put_bytes(object_key(job_id, token_hash), b"PK-the-code")
+    expires = container.clock.now_ms() + 600_000
+    container.db.write(
+        lambda conn: archives_db.register(
+            conn, job_id=job_id, token_hash=token_hash, expires_ms=expires, max_fetches=max_fetches
+        )
+    )
+    return job_id, token
+
+
+def _fetch_count(world: World, token: str) -> int | None:
+    from broker.db import archives as archives_db
+
+    return world.services.container.db.read(
+        lambda conn: archives_db.fetches(conn, archives_db.hash_token(token))
+    )
+
+
+def test_archive_capability_resists_guessing_lookalikes_and_replay_after_the_job(world: World) -> None:
+    from broker.services.archives import ArchiveNotFound
+
+    archives = world.services.container.archives
+    job_id, token = _job_with_a_capability(world)
+    assert b"".join(archives.fetch(token)) == b"PK-the-code"
+    lookalikes = [
+        token + "\n",  # the shape check is a regex with '$', which also matches before a final newline
+        token[:-1] + ("A" if token[-1] != "A" else "B"),
+        token.upper() if token.upper() != token else token.lower(),
+        token + ".zip",
+        "../" + token,
+        token[:42],
+        secrets.token_urlsafe(32),
+    ]
+    for guess in lookalikes:
+        with pytest.raises(ArchiveNotFound):
+            archives.fetch(guess)
+    assert _fetch_count(world, token) == 1  # no lookalike was counted against the real token
+    world.services.jobs.stop(world.sme, job_id=job_id)  # the job ends: its capability is dead
+    world.services.jobs.reconcile_pass()
+    with pytest.raises(ArchiveNotFound):
+        archives.fetch(token)
+    assert _fetch_count(world, token) == 1
+
+
+def test_racing_the_fetch_counter_never_serves_more_than_the_limit(world: World) -> None:
+    from broker.services.archives import ArchiveNotFound
+
+    archives = world.services.container.archives
+    _, token = _job_with_a_capability(world, max_fetches=3)
+    served, refused = [], []
+    barrier = threading.Barrier(8)
+
+    def grab() -> None:
+        barrier.wait()
+        try:
+            served.append(b"".join(archives.fetch(token)))
+        except ArchiveNotFound:
+            refused.append(1)
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(served) == 3 and len(refused) == 5
+    assert _fetch_count(world, token) == 3
