@@ -15,7 +15,7 @@ import uvicorn
 
 from broker.app import create_app
 from broker.container import build_container
-from broker.db.backup import refuse_if_corrupt
+from broker.db.backup import refuse_if_corrupt, serving
 from broker.http_limits import uvicorn_limits
 from broker.loops import BackgroundLoops
 from broker.services.registry import Services, build_services
@@ -46,7 +46,8 @@ def run(*, host: str | None = None, port: int | None = None, settings: Settings 
             access_log=False,
             **uvicorn_limits(settings),
         )
-        BrokerServer(config).run()
+        with serving(settings.state_dir):  # `sbx restore` refuses to run under a serving broker
+            BrokerServer(config).run()
     finally:
         loops.stop()
         container.close()

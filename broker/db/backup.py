@@ -5,7 +5,8 @@
 * :func:`backup` copies the live database with SQLite's online backup API: a consistent snapshot while the
   broker keeps serving (readers and writers are not stopped), written beside the target and renamed into
   place once it passes ``quick_check``;
-* :func:`restore` puts a backup back (the broker stopped). A restore rolls the audit log back: the signed
+* :func:`restore` puts a backup back (the broker stopped: ``sbx serve`` holds the state dir's serving lock,
+  :func:`serving`, and a restore under it is refused). A restore rolls the audit log back: the signed
   checkpoints exported outside the database (``<state dir>/audit/checkpoints.jsonl``) may cover entries the
   backup does not hold. Then it is refused unless ``accept_loss``, which appends a signed "restored at size
   N" record to ``<state dir>/audit/restores.jsonl`` (:func:`restore_record`), naming the sizes lost.
@@ -18,10 +19,13 @@ state dir and the database and must come from where it is kept (the operator's s
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from common.canonical import canonical_json
 from common.errors import Conflict, InvalidInput
 
 RESTORE_FILE = "restores.jsonl"
+SERVING_LOCK = "serving.lock"
 RESTORE_FORMAT = "sbx-restore/1"
 _PAGES_PER_STEP = 1024
 
@@ -134,6 +139,35 @@ def plan_restore(src: Path, state_dir: Path) -> RestorePlan:
     return RestorePlan(info, 0 if last is None else last.size)
 
 
+@contextmanager
+def serving(state_dir: Path) -> Iterator[None]:
+    """Hold the state dir's serving lock while ``sbx serve`` runs (an advisory ``flock``, released by the
+    kernel when the process dies, even by SIGKILL), so that ``sbx restore`` can refuse to run under it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / SERVING_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # shared: the restore's exclusive attempt is what fails
+        yield
+    finally:
+        os.close(fd)
+
+
+def _refuse_while_serving(state_dir: Path) -> None:
+    """Conflict ``broker_running`` when a broker holds the state dir's serving lock."""
+    path = state_dir / SERVING_LOCK
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Conflict(
+            f"a broker is serving from {state_dir}; stop it before restoring", code="broker_running"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 def restore(url: str, src: Path, *, state_dir: Path, accept_loss: bool) -> RestorePlan:
     """Put the backup ``src`` in place of the database (the broker must be stopped).
 
@@ -141,6 +175,7 @@ def restore(url: str, src: Path, *, state_dir: Path, accept_loss: bool) -> Resto
     ``accept_loss``; the caller then records the rollback with :func:`restore_record`.
     """
     target = sqlite_path(url)
+    _refuse_while_serving(state_dir)
     plan = plan_restore(src, state_dir)
     if plan.loses_entries and not accept_loss:
         raise Conflict(

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from broker.cli.main import app as cli
 from broker.container import Container, build_container
 from broker.db import subsidy
-from broker.db.backup import RESTORE_FILE, audit_size, backup, quick_check, refuse_if_corrupt
+from broker.db.backup import RESTORE_FILE, audit_size, backup, quick_check, refuse_if_corrupt, serving
 from broker.server import run, serve_in_thread
 from broker.services.maintenance import integrity_pass
 from broker.services.registry import Services, build_services
@@ -185,6 +185,9 @@ def test_a_restore_older_than_the_last_checkpoint_needs_accept_loss(
     assert runner.invoke(cli, ["backup", str(newer)]).exit_code == 0
     key_pem, kid = container.broker_key_pem, container.broker_kid
     container.close()
+    with serving(settings.state_dir):  # a broker serving from the state dir (as `sbx serve` holds it)
+        running = runner.invoke(cli, ["restore", str(newer)])
+    assert running.exit_code != 0 and "stop it before restoring" in running.output, running.output
     refused = runner.invoke(cli, ["restore", str(older)])
     assert refused.exit_code != 0 and "--accept-loss" in refused.output
     assert not (settings.state_dir / "audit" / RESTORE_FILE).exists()
