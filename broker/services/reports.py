@@ -341,13 +341,15 @@ CSV_COLUMNS = (
 
 
 def subsidy_csv(document: Mapping[str, Any]) -> str:
-    """The report's rows and totals as CSV (hours rounded to 2 decimals; credits exact)."""
+    """The report's rows and totals as CSV (hours rounded to 2 decimals; amounts exact in the smallest unit),
+    each row saying the period, its time zone and the currency (a CSV has no header block)."""
     report = document["report"]
+    context = [report["period"]["label"], report.get("time_zone", "UTC"), report.get("currency", "credits")]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([c.removesuffix("_display") for c in CSV_COLUMNS])
+    writer.writerow([c.removesuffix("_display") for c in CSV_COLUMNS] + ["period", "time_zone", "currency"])
     for row in [*report["rows"], report["totals"]]:
-        writer.writerow([_csv_safe("" if row.get(c) is None else row[c]) for c in CSV_COLUMNS])
+        writer.writerow([_csv_safe("" if row.get(c) is None else row[c]) for c in CSV_COLUMNS] + context)
     return out.getvalue()
 
 

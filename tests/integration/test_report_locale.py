@@ -145,6 +145,7 @@ def test_csv_has_the_bom_and_yuan_columns(
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
     row = next(r for r in rows if r["uscc"] == HUAWEI)
     assert row["name_zh"] == "深圳市示例智能科技有限公司"
+    assert (row["period"], row["time_zone"], row["currency"]) == ("2026-12", "Asia/Shanghai", "CNY")
     assert Decimal(row["credit_redeemed_cny"]) == Decimal("1234.56") and int(row["credit_redeemed"]) == 123456
 
 
