@@ -601,3 +601,29 @@ def test_racing_the_fetch_counter_never_serves_more_than_the_limit(world: World)
         thread.join(timeout=30)
     assert len(served) == 3 and len(refused) == 5
     assert _fetch_count(world, token) == 3
+
+
+HARD_LINKS = """
+import json, os
+with open("/output/blob", "wb") as fh:
+    fh.write(os.urandom(512 << 10))  # 512 KiB, incompressible
+for i in range(64):
+    os.link("/output/blob", f"/output/copy-{i}")  # one inode: the watchdog counts it once
+print(json.dumps({"links": os.stat("/output/blob").st_nlink}))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FINDING: output amplification through hard links. The disk watchdog counts an inode once, but "
+    "output_zip zips every name: a job hard-links one file up to 65,000 times (ext4), so a download is up "
+    "to 65,000x the disk cap, built in broker memory (BytesIO) and CPU on every GET /jobs/{id}/output. "
+    "Zip each inode once (or refuse st_nlink > 1, as the launcher does before a run).",
+)
+def test_hard_links_do_not_amplify_the_output_download(tmp_path: Path) -> None:
+    ran = launch(tmp_path, HARD_LINKS, limits=_limits(disk_mib=16))
+    assert ran.rc == 0 and ran.result.reason is None, ran.log
+    assert last_json(ran.log)["links"] == 65
+    assert _used(ran) <= 16 << 20  # within the cap as the sandbox measures it
+    size = len(ran.files.output_zip(ran.job_id))
+    assert size <= 16 << 20, f"a {size >> 20} MiB download from a job within its 16 MiB cap"
