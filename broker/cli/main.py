@@ -624,11 +624,12 @@ def audit_verify(
         js = _state(ctx, as_json).as_json
     else:
         data, js = call(ctx, as_json, "POST", "/api/v1/audit/verify")
-    human = (
-        f"audit chain valid: {data['checked']} entries"
-        if data["ok"]
-        else f"audit chain BROKEN at entry {data['first_bad_seq']}: {data['reason']}"
-    )
+    if data["ok"]:
+        human = f"audit chain valid: {data['checked']} entries"
+    elif data.get("first_bad_seq") is None:  # the chain held; the ledger (or the record) did not
+        human = f"audit verification FAILED: {data['reason']}"
+    else:
+        human = f"audit chain BROKEN at entry {data['first_bad_seq']}: {data['reason']}"
     emit(data, as_json=js, human=human)
     if not data["ok"]:
         raise typer.Exit(3)
