@@ -627,3 +627,25 @@ def test_hard_links_do_not_amplify_the_output_download(tmp_path: Path) -> None:
     assert _used(ran) <= 16 << 20  # within the cap as the sandbox measures it
     size = len(ran.files.output_zip(ran.job_id))
     assert size <= 16 << 20, f"a {size >> 20} MiB download from a job within its 16 MiB cap"
+
+
+SHM_HOARD = """
+import json
+written = 0
+for n in range(8):  # tmpfs pages, in files below RLIMIT_FSIZE: not in any process's address space
+    with open(f"/dev/shm/hoard-{n}", "wb") as fh:
+        for _ in range(15):
+            fh.write(b"\\3" * (1 << 20))
+            written += 1 << 20
+print(json.dumps({"written": written}), flush=True)
+import time
+time.sleep(1)
+"""
+
+
+@needs_cgroup
+def test_tmpfs_pages_count_against_the_memory_cap(tmp_path: Path) -> None:
+    """/dev/shm larger than the memory cap: its pages are charged to the job's memory cgroup (held)."""
+    ran = launch(tmp_path, SHM_HOARD, limits=_limits(memory_mib=64, tmp_mib=128))
+    assert ran.result.reason == "out_of_memory", (ran.result, ran.log)
+    assert '"written"' not in ran.log
