@@ -49,6 +49,10 @@ TEMPLATES: tuple[str, ...] = (
     _("{field}: {value} is outside {interval}"),
     _("{field}: expected an integer, got {type}"),
     _("cannot reach the broker at {url} ({error}); is `sbx serve` running? Set --url or SBX_URL."),
+    # the CLI's own refusals (broker.cli)
+    _("--format xlsx writes a file: give --out report.xlsx"),
+    _("give the amount: --credits (smallest unit) or --yuan"),
+    _("{option} and the amount in the smallest unit were both given; give one"),
 )
 
 

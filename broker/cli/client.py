@@ -23,14 +23,25 @@ class CliError(Exception):
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
-    """Print ``error: message`` on stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` on stderr (in the CLI's language when catalogued) and exit non-zero."""
+    typer.echo(f"error: {translate_detail(message, cli_locale())}", err=True)
     raise typer.Exit(exit_code)
 
 
 def cli_locale(lang: str | None = None) -> str:
-    """The CLI's language: ``--lang``, then ``SBX_LANG``, then ``LANG`` (``zh_CN.UTF-8``), else English."""
-    return negotiate(lang, os.environ.get("SBX_LANG"), os.environ.get("LANG"))
+    """The CLI's language: ``lang``, the running command's ``--lang``, then ``SBX_LANG``, then ``LANG``
+    (``zh_CN.UTF-8``), else English."""
+    return negotiate(lang, _command_lang(), os.environ.get("SBX_LANG"), os.environ.get("LANG"))
+
+
+def _command_lang() -> str | None:
+    """The ``--lang`` of the command being run (``None`` outside one)."""
+    try:  # Typer 0.2x runs on its own copy of Click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - a Typer on the public Click
+        from click import get_current_context  # type: ignore[no-redef]
+    ctx = get_current_context(silent=True)
+    return getattr(ctx.find_root().obj, "lang", None) if ctx is not None else None
 
 
 class BrokerClient:

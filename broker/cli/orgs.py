@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.cli.client import fail
+from broker.cli.client import cli_locale, fail
+from broker.messages import translate_detail
 from common.errors import InvalidInput
 from common.money import to_minor
 
@@ -19,7 +20,7 @@ def yuan_option(text: str | None, option: str, currency: str | None, minor: int 
     try:
         return to_minor(text, option, currency)
     except InvalidInput as exc:
-        fail(f"{exc.code}: {exc.detail}")
+        fail(f"{exc.code}: {translate_detail(exc.detail, cli_locale())}")
 
 
 def org_line(org: dict[str, Any]) -> str:

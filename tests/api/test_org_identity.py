@@ -110,3 +110,14 @@ def test_cli_issues_a_voucher_in_yuan(live: Live) -> None:
     assert json.loads(result.stdout)["claims"]["credits"] == 1234  # fen
     result = runner.invoke(app, [*args, "--coverage", "8000"])
     assert result.exit_code != 0 and "--yuan" in result.stderr
+
+
+def test_cli_refusals_in_chinese(live: Live) -> None:
+    runner = CliRunner(env={"SBX_URL": live.url})
+    args = ["--token", live.world.tokens["issuer"], "--lang", "zh-CN", "voucher", "issue"]
+    result = runner.invoke(
+        app, [*args, "--sme", live.world.sme.org_id, "--coverage", "8000", "--yuan", "0.001"]
+    )
+    assert result.exit_code != 0 and "invalid_number" in result.stderr and "不是整数分" in result.stderr
+    result = runner.invoke(app, [*args, "--sme", live.world.sme.org_id, "--coverage", "8000"])
+    assert "请给出金额" in result.stderr
