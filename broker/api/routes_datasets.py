@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import Field
@@ -10,6 +10,7 @@ from pydantic import Field
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
 from broker.api.models import JsonObject, Strict, Text
 from broker.api.policy import policy
+from broker.services import query_desk
 from broker.services.datasets import MAX_QUERIES_PER_BATCH, decode_content
 from common.numbers import INT64_MAX
 
@@ -159,9 +160,16 @@ def run_queries(
     principal: PrincipalDep,
     services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Run DP queries within the caller's grant: the cost is reserved before any data is read. A retry
-    with the same ``Idempotency-Key`` and body gets the first answer (same values, charged once)."""
+    with the same ``Idempotency-Key`` and body gets the first answer (same values, charged once).
+    ``?dry_run=true`` validates and prices the batch exactly as a real run (its ε, δ and credit hold, or
+    the same refusal) and reserves, holds and reads nothing."""
+    if dry_run:
+        return query_desk.dry_run(
+            services.datasets, principal, dataset_id=dataset_id, queries=body.queries, version=body.version
+        )
     return services.datasets.query(
         principal,
         dataset_id=dataset_id,
@@ -169,6 +177,18 @@ def run_queries(
         version=body.version,
         idempotency_key=idempotency_key,
     )
+
+
+@router.get("/queries", openapi_extra=policy("sme"))
+def query_history(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    dataset_id: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=query_desk.HISTORY_LIMIT)] = 200,
+) -> list[dict[str, Any]]:
+    """The caller's past DP queries and training runs (newest first): ε and δ charged, credits, status;
+    never a released value."""
+    return query_desk.history(services.datasets, principal, dataset_id=dataset_id, limit=limit)
 
 
 @router.get("/access-requests", openapi_extra=policy("custodian", "sme", "operator"))

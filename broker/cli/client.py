@@ -7,9 +7,9 @@ import os
 import sys
 from typing import Any, NoReturn
 
-import httpx
 import typer
 
+from broker.client import BrokerError, Client, Unreachable
 from broker.i18n import negotiate
 from broker.messages import translate_detail
 
@@ -45,16 +45,16 @@ def _command_lang() -> str | None:
 
 
 class BrokerClient:
-    """Calls the broker's REST API with the caller's bearer token."""
+    """The CLI's view of :class:`broker.client.Client` (every request goes through it, so the CLI and the
+    Python client never drift): refusals become :class:`CliError` with the broker's code, its reason in
+    the CLI's language, and the exit code (1 refused, 2 unreachable)."""
 
     def __init__(
         self, url: str, token: str | None, *, timeout_s: float = 60.0, lang: str | None = None
     ) -> None:
-        self.url = url.rstrip("/")
         self.locale = cli_locale(lang)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        headers["Accept-Language"] = self.locale.replace("_", "-")  # the broker translates error details
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self.client = Client(url, token, timeout_s=timeout_s, language=self.locale)
+        self.url = self.client.url
 
     def call(
         self,
@@ -66,51 +66,30 @@ class BrokerClient:
         idempotency_key: str | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON, or raise :class:`CliError` with the broker's reason."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self._http.request(method, path, json=body, params=clean, headers=headers)
-        except httpx.TransportError as exc:
-            raise CliError(
-                translate_detail(
-                    f"cannot reach the broker at {self.url} ({type(exc).__name__}); is `sbx serve` running? "
-                    "Set --url or SBX_URL.",
-                    self.locale,
-                ),
-                exit_code=2,
-            ) from exc
-        if response.status_code >= 400:
-            try:
-                payload = response.json()
-                message = f"{payload['error']}: {translate_detail(str(payload['detail']), self.locale)}"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.status_code}"
-            raise CliError(message, exit_code=1)
-        if not response.content:
-            return None
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.text
+            return self.client.request(
+                method, path, body=body, params=params, idempotency_key=idempotency_key
+            )
+        except BrokerError as exc:
+            raise self._cli_error(exc) from exc
 
     def download(self, path: str) -> bytes:
         """GET a binary resource (weights, reports); errors as :meth:`call`."""
         try:
-            response = self._http.get(path)
-        except httpx.TransportError as exc:
-            raise CliError(
-                f"cannot reach the broker at {self.url} ({type(exc).__name__})", exit_code=2
-            ) from exc
-        if response.status_code >= 400:
-            try:
-                payload = response.json()
-                raise CliError(f"{payload['error']}: {payload['detail']}")
-            except (ValueError, KeyError, TypeError):
-                raise CliError(f"HTTP {response.status_code}") from None
-        return response.content
+            return self.client.download(path)
+        except BrokerError as exc:
+            raise self._cli_error(exc) from exc
+
+    def _cli_error(self, exc: BrokerError) -> CliError:
+        """One line for stderr: ``code: detail`` (translated), or the bare reason when there is no code."""
+        detail = translate_detail(exc.detail, self.locale)
+        if isinstance(exc, Unreachable):
+            return CliError(detail, exit_code=2)
+        return CliError(f"{exc.code}: {detail}" if exc.structured else detail, exit_code=1)
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._http.close()
+        self.client.close()
 
 
 def emit(data: Any, *, as_json: bool, human: str | None = None) -> None:
