@@ -747,7 +747,24 @@ class JobService:
         return self._admit_all(conn, chosen, now) if chosen else []
 
     def _admit_all(self, conn: Connection, chosen: list[jobs_db.QueuedRow], now: int) -> list[Job]:
-        """Hold and admit each chosen job in its own savepoint; returns the admitted jobs' full rows."""
+        """Hold and admit the chosen jobs; returns the admitted jobs' full rows.
+
+        Optimistic: all of them in one savepoint (a savepoint per job costs two statements each). When one
+        fails — its credit moved, or another replica took it — that savepoint is rolled back and the pass
+        is redone one savepoint per job, so the failed job stays queued without undoing the others.
+        """
+        savepoint = conn.begin_nested()
+        try:
+            for row in chosen:
+                self._hold_and_admit(conn, row, now)
+        except (InsufficientFunds, Conflict):
+            savepoint.rollback()
+            return jobs_db.jobs_by_id(conn, self._admit_each(conn, chosen, now))
+        savepoint.commit()
+        return jobs_db.jobs_by_id(conn, [row.id for row in chosen])
+
+    def _admit_each(self, conn: Connection, chosen: list[jobs_db.QueuedRow], now: int) -> list[str]:
+        """Hold and admit each job in its own savepoint; returns the ids admitted."""
         admitted: list[str] = []
         for row in chosen:
             savepoint = conn.begin_nested()
@@ -758,7 +775,7 @@ class JobService:
                 continue
             savepoint.commit()
             admitted.append(row.id)
-        return jobs_db.jobs_by_id(conn, admitted)
+        return admitted
 
     def _hold_and_admit(self, conn: Connection, row: jobs_db.QueuedRow, now: int) -> None:
         """Hold the job's maximum cost and move it to ADMITTED.

@@ -119,9 +119,12 @@ def test_a_reason_is_written_only_when_it_changes(
         fake.script(launch_name(job["id"]), FakeScript(run_ms=None))
     written: list[int] = []
     real = jobs_db.set_waits
-    monkeypatch.setattr(
-        jobs_db, "set_waits", lambda conn, waits: (written.append(len(waits)), real(conn, waits))
-    )
+
+    def recorded(conn: Any, waits: list[tuple[str, str, str]]) -> None:
+        written.append(len(waits))
+        real(conn, waits)
+
+    monkeypatch.setattr(jobs_db, "set_waits", recorded)
     world.services.jobs.admission_pass()
     assert written == [3]  # three jobs wait behind the running one
     for _ in range(3):
