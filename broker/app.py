@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.deps import PrincipalDep
+from broker.api.formats import publish as publish_formats
 from broker.api.guards import AuthFirst, BodyLimit, InputGuard, SecurityHeaders
 from broker.api.health import (
     RefuseWritesWhenFull,
@@ -77,6 +78,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(core_router)
     for router in _feature_routers():
         app.include_router(router)
+    publish_formats(app)  # the policy and training-spec schemas as OpenAPI components
 
     @app.get("/.well-known/jwks.json", openapi_extra=policy("public"))
     def jwks_endpoint() -> dict[str, Any]:

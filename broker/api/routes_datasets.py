@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 
 from broker.api.deps import IdempotencyKey, PrincipalDep, ServicesDep, rate_limited
+from broker.api.formats import normalise_policy
 from broker.api.models import JsonObject, Strict, Text
 from broker.api.policy import policy
 from broker.services import query_desk
@@ -83,7 +84,7 @@ def register_dataset(body: DatasetRegister, principal: PrincipalDep, services: S
         principal,
         name=body.name,
         description=body.description,
-        policy=body.policy,
+        policy=normalise_policy(body.policy),
         fmt=body.format,
         content=_content(body),
         object_key=body.object_key,
@@ -110,7 +111,7 @@ def add_dataset_version(
     return services.datasets.add_version(
         principal,
         dataset_id=dataset_id,
-        policy=body.policy,
+        policy=normalise_policy(body.policy),
         fmt=body.format,
         content=_content(body),
         object_key=body.object_key,
