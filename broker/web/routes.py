@@ -23,7 +23,7 @@ from broker.i18n import _
 from broker.services.registry import Services
 from broker.web.lang import ROLE_LABELS, live_display, page_locale, page_money, remember
 from broker.web.render import STATIC, render, subsidy_html
-from broker.web.views import current_period, dashboard
+from broker.web.views import current_period, dashboard, programme_zone
 from common.errors import DomainError, InvalidInput
 from common.numbers import check_text, parse_exact
 from privacy.queries import MAX_EPSILON_MICRO
@@ -125,8 +125,10 @@ def report_page(request: Request, services: ServicesDep) -> Response:
     principal = _principal(request, services)
     if principal is None:
         return _to_login()
-    period = request.query_params.get("period") or current_period(services.container.clock.now_ms())
     issuer = request.query_params.get("issuer_org") or None
+    owner = principal.org_id if principal.role == "issuer" else issuer
+    zone = programme_zone(services, owner) if owner else services.container.db.read(page_money).zone
+    period = request.query_params.get("period") or current_period(services.container.clock.now_ms(), zone)
     document = services.reports.subsidy(principal, period=period[:20], issuer_org=issuer)
     locale = page_locale(request, services, principal, services.container.db.read(page_money))
     return remember(request, HTMLResponse(subsidy_html(document, locale, linked_style=True)))

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from sqlalchemy import Connection, select
+
+from broker.db import tables as t
 from broker.db.orgs import Principal
 from broker.services.registry import Services
 
@@ -18,9 +22,20 @@ AUDIT_ROWS = 15
 TOKEN_ROWS = 50
 
 
-def current_period(now_ms: int) -> str:
-    """The calendar month (UTC) that contains ``now_ms``, as ``2026-11``."""
-    return datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m")
+def current_period(now_ms: int, zone: str = "UTC") -> str:
+    """The calendar month in ``zone`` (a programme's) that contains ``now_ms``, as ``2026-11``."""
+    tz = UTC if zone == "UTC" else ZoneInfo(zone)
+    return datetime.fromtimestamp(now_ms / 1000, tz=tz).strftime("%Y-%m")
+
+
+def programme_zone(services: Services, org_id: str) -> str:
+    """An issuer's programme time zone (UTC when it has no programme yet)."""
+
+    def read(conn: Connection) -> str:
+        zone = conn.execute(select(t.programmes.c.time_zone).where(t.programmes.c.org_id == org_id)).scalar()
+        return str(zone or "UTC")
+
+    return services.container.db.read(read)
 
 
 def dashboard(services: Services, principal: Principal) -> dict[str, Any]:
@@ -136,9 +151,10 @@ def _custodian(services: Services, custodian: Principal) -> dict[str, Any]:
 
 def _issuer(services: Services, issuer: Principal) -> dict[str, Any]:
     vouchers = services.vouchers.list(issuer)
-    period = current_period(services.container.clock.now_ms())
+    period = current_period(services.container.clock.now_ms(), programme_zone(services, issuer.org_id))
     report = services.reports.subsidy(issuer, period=period)["report"]
     return {
+        "period": period,  # this month in the programme's zone
         "vouchers": vouchers,
         "report": report,
         "redeemed": report["totals"]["credit_redeemed"],

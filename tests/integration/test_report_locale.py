@@ -26,6 +26,7 @@ from broker.services.registry import Services
 from broker.services.report_exports import MONEY_COLUMNS, subsidy_csv_bytes, subsidy_xlsx
 from broker.services.reports import parse_period
 from broker.web.render import subsidy_html
+from broker.web.views import current_period, programme_zone
 from common.clock import FakeClock
 from common.errors import InvalidInput
 from common.resources import Resources
@@ -189,3 +190,11 @@ def test_xlsx_text_is_never_a_formula(world: World) -> None:
     assert sheet is not None
     cell = next(c for row in sheet.iter_rows() for c in row if c.value == '=HYPERLINK("http://x")')
     assert cell.data_type == "s"
+
+
+def test_the_dashboards_month_is_the_programmes_month(services: Services, world: World) -> None:
+    """At 07:30 Beijing time on 1 December (23:30 UTC on 30 November) the issuer's month is December."""
+    _cny(services, world)
+    moment = int(datetime(2026, 11, 30, 23, 30, tzinfo=UTC).timestamp()) * 1000
+    assert programme_zone(services, world.issuer.org_id) == "Asia/Shanghai"
+    assert current_period(moment, "Asia/Shanghai") == "2026-12" and current_period(moment) == "2026-11"
