@@ -4,7 +4,10 @@ programmes their currency and time zone; ``sbx org show --uscc``."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 
+from openpyxl import load_workbook
 from typer.testing import CliRunner
 
 from broker.cli.main import app
@@ -121,3 +124,26 @@ def test_cli_refusals_in_chinese(live: Live) -> None:
     assert result.exit_code != 0 and "invalid_number" in result.stderr and "不是整数分" in result.stderr
     result = runner.invoke(app, [*args, "--sme", live.world.sme.org_id, "--coverage", "8000"])
     assert "请给出金额" in result.stderr
+
+
+def test_cli_writes_xlsx_and_csv_with_bom(live: Live, tmp_path: Path) -> None:
+    runner = CliRunner(env={"SBX_URL": live.url})
+    live.world.credit(5_000)
+    period = datetime.fromtimestamp(live.world.clock.now_ms() / 1000, tz=UTC).strftime("%Y-%m")
+    args = [
+        "--token",
+        live.world.tokens["issuer"],
+        "--lang",
+        "zh-CN",
+        "report",
+        "subsidy",
+        "--period",
+        period,
+    ]
+    xlsx, csv_file = tmp_path / "r.xlsx", tmp_path / "r.csv"
+    assert runner.invoke(app, [*args, "--format", "xlsx", "--out", str(xlsx)]).exit_code == 0
+    assert load_workbook(xlsx).active.title == "补贴报告"  # type: ignore[union-attr]
+    assert runner.invoke(app, [*args, "--format", "csv", "--out", str(csv_file)]).exit_code == 0
+    assert csv_file.read_bytes().startswith(b"\xef\xbb\xbf")
+    refused = runner.invoke(app, [*args, "--format", "xlsx"])
+    assert refused.exit_code != 0 and "--out" in refused.stderr
