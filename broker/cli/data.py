@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import call, emit, fail
+from broker.cli.client import EXIT_USAGE, call, emit, fail, read_json_input
+from broker.client import delta_e12
+from common.errors import DomainError
 
 dataset_app = typer.Typer(
     help="Datasets (custodians register; everyone lists what they may see).", no_args_is_help=True
@@ -36,6 +38,19 @@ def epsilon_micro(text: str) -> int:
     if not value.is_finite() or value <= 0 or micro != micro.to_integral_value():
         fail(f"epsilon must be positive with at most 6 decimals, got {text!r}")
     return int(micro)
+
+
+def delta_units(text: str) -> int:
+    """Parse a decimal δ (``1e-5``, ``0.00001``) into exact 10⁻¹² units, or a usage error."""
+    try:
+        return delta_e12(text)
+    except DomainError as exc:
+        fail(f"--delta: {exc.detail}", EXIT_USAGE)
+
+
+DeltaOpt = Annotated[
+    str | None, typer.Option(help="δ, e.g. 1e-5 (private training needs one; queries do not).")
+]
 
 
 def _eps(cost: dict[str, Any]) -> str:
@@ -168,14 +183,17 @@ def access_request(
     epsilon: Annotated[str, typer.Option(help="The ε asked for, e.g. 1.5.")],
     kind: Annotated[list[str] | None, typer.Option(help="Release kinds: query, training.")] = None,
     version: Annotated[int | None, typer.Option(help="Dataset version (default: latest).")] = None,
+    delta: DeltaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ask a dataset's custodian for access (SMEs)."""
+    """Ask a dataset's custodian for access (SMEs); private training needs --kind training and --delta."""
     body: dict[str, Any] = {
         "purpose": purpose,
         "epsilon_micro": epsilon_micro(epsilon),
         "kinds": kind or ["query"],
     }
+    if delta is not None:
+        body["delta_e12"] = delta_units(delta)
     if version is not None:
         body["version"] = version
     out, js = call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/access-requests", body=body)
@@ -189,12 +207,15 @@ def access_approve(
     valid_days: Annotated[int, typer.Option(help="Days the approval is valid.")] = 30,
     epsilon: Annotated[str | None, typer.Option(help="Grant less ε than asked.")] = None,
     kind: Annotated[list[str] | None, typer.Option(help="Grant fewer release kinds.")] = None,
+    delta: Annotated[str | None, typer.Option(help="Grant less δ than asked, e.g. 1e-6.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve a request on your dataset (custodians)."""
     body: dict[str, Any] = {"valid_for_s": valid_days * DAY_S}
     if epsilon is not None:
         body["epsilon_micro"] = epsilon_micro(epsilon)
+    if delta is not None:
+        body["delta_e12"] = delta_units(delta)
     if kind:
         body["kinds"] = kind
     out, js = call(ctx, as_json, "POST", f"/api/v1/access-requests/{request_id}/approve", body=body)
@@ -263,11 +284,16 @@ def query_run(
     batch: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="A JSON list of query objects.")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only price it: the exact ε and credit hold, spending nothing.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run one DP query (options) or a batch (--batch file) within your grant (SMEs)."""
     if batch is not None:
-        queries = json.loads(batch.read_text())
+        queries = read_json_input(batch, "the query batch")
+        if not isinstance(queries, list) or not all(isinstance(q, dict) for q in queries):
+            fail(f"the query batch {batch} must be a JSON list of query objects", EXIT_USAGE)
     elif kind is not None and epsilon is not None:
         one: dict[str, Any] = {"kind": kind, "epsilon_micro": epsilon_micro(epsilon)}
         for name, value in (("column", column), ("group_by", group_by)):
@@ -278,7 +304,16 @@ def query_run(
         queries = [one]
     else:
         fail("give --kind and --epsilon, or --batch FILE")
-    out, js = call(ctx, as_json, "POST", f"/api/v1/datasets/{dataset_id}/queries", body={"queries": queries})
+    path = f"/api/v1/datasets/{dataset_id}/queries"
+    params = {"dry_run": "true"} if dry_run else None
+    out, js = call(ctx, as_json, "POST", path, body={"queries": queries}, params=params)
+    if dry_run:
+        human = (
+            f"would charge {_eps(out['charged'])} (grant left after it: {_eps(out['grant_remaining'])}); "
+            f"holds up to {out['credits_hold']} credits; nothing was spent"
+        )
+        emit(out, as_json=js, human=human)
+        return
     lines = []
     for r in out["results"]:
         values = ", ".join(f"{k}={v:.6g}" for k, v in r["values"].items())
@@ -287,3 +322,20 @@ def query_run(
         f"charged {_eps(out['charged'])}; grant left {_eps(out['grant_remaining'])}; {out['credits']} credits"
     )
     emit(out, as_json=js, human="\n".join(lines))
+
+
+@query_app.command("list")
+def query_list(
+    ctx: typer.Context,
+    dataset_id: Annotated[str | None, typer.Option("--dataset", help="Only this dataset.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your past DP queries and training runs: what each cost (ε, δ, credits) and how it ended (SMEs)."""
+    out, js = call(ctx, as_json, "GET", "/api/v1/queries", params={"dataset_id": dataset_id, "limit": limit})
+    lines = [
+        f"{h['id']}  {h['kind']}  {h['dataset_id']} v{h['dataset_version']}  {h['status']}  "
+        f"{_eps(h['charged'])}  {'-' if h['credits'] is None else h['credits']} credits"
+        for h in out
+    ]
+    emit(out, as_json=js, human="\n".join(lines) or "no queries yet")

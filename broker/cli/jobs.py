@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import call, emit, fail, fetch_bytes
+from broker.cli.client import EXIT_VERIFY_FAILED, call, emit, fail, fetch_bytes
 
 job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
 ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-second).", no_args_is_help=True)
@@ -257,4 +257,4 @@ def meter_check(
         ),
     )
     if not data["ok"]:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_VERIFY_FAILED)

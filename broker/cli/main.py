@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.client import CliError, call, emit, fail
+from broker.cli.client import (
+    EXIT_CODES_HELP,
+    EXIT_VERIFY_FAILED,
+    CliError,
+    call,
+    emit,
+    fail,
+    read_input,
+)
 from broker.cli.data import access_app, dataset_app, query_app
 from broker.cli.doctor import doctor
 from broker.cli.jobs import job_app, meter_app, quota_app, ratecard_app
@@ -21,7 +29,9 @@ from broker.cli.reports import report_app
 from broker.cli.training import train_app
 
 app = typer.Typer(
-    help="sandbox-broker: voucher-paid compute and private data access for SMEs.", no_args_is_help=True
+    help="sandbox-broker: voucher-paid compute and private data access for SMEs.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
 )
 org_app = typer.Typer(help="Organisations (operators).", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
@@ -448,7 +458,7 @@ def voucher_register(
 ) -> None:
     """Record a voucher you signed offline; the broker checks its signature, your budget and the SME cap."""
     if file is not None:
-        token = file.read_text().strip()
+        token = read_input(file, "the voucher file").strip()
     if not token:
         fail("give the voucher token as an argument or with --file")
     data, js = call(ctx, as_json, "POST", "/api/v1/vouchers/register", body={"token": token})
@@ -467,7 +477,7 @@ def voucher_redeem(
 ) -> None:
     """Redeem a voucher into a credit grant."""
     if file is not None:
-        token = file.read_text().strip()
+        token = read_input(file, "the voucher file").strip()
     elif token == "-":  # noqa: S105 - "-" means stdin
         token = sys.stdin.read().strip()
     if not token:
@@ -507,6 +517,18 @@ def voucher_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List vouchers you issued or received."""
     data, js = call(ctx, as_json, "GET", "/api/v1/vouchers")
     emit(data, as_json=js)
+
+
+@app.command()
+def whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Who your token belongs to: organisation, role and token id (checks the token and the URL)."""
+    data, js = call(ctx, as_json, "GET", "/api/v1/me")
+    state: CliState = ctx.find_root().obj
+    emit(
+        data,
+        as_json=js,
+        human=f"{data['org_id']} ({data['role']}) via token {data['token_id']} at {state.url}",
+    )
 
 
 # -- money ----------------------------------------------------------------------------------------
@@ -632,7 +654,7 @@ def audit_verify(
         human = f"audit chain BROKEN at entry {data['first_bad_seq']}: {data['reason']}"
     emit(data, as_json=js, human=human)
     if not data["ok"]:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_VERIFY_FAILED)
 
 
 @audit_app.command("checkpoint")
@@ -652,7 +674,7 @@ def _ledger_verify(ctx: typer.Context, as_json: bool) -> None:
     )
     emit(data, as_json=js, human=human)
     if not data["ok"]:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_VERIFY_FAILED)
 
 
 @audit_app.command("prove")
@@ -713,7 +735,8 @@ def audit_check_proof(
         args += ["--witness", key]
     if old_checkpoint is not None:
         args += ["--old-checkpoint", str(old_checkpoint)]
-    raise typer.Exit(verify_main(args))
+    outcome = verify_main(args)  # 3: the proof does not hold
+    raise typer.Exit(EXIT_VERIFY_FAILED if outcome == 3 else outcome)
 
 
 @audit_app.command("witness")

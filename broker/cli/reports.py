@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import typer
 
-from broker.cli.client import cli_locale, fail
+from broker.cli.client import EXIT_VERIFY_FAILED, cli_locale, fail
 from broker.services.report_exports import subsidy_csv_bytes, subsidy_xlsx
 from broker.services.report_signing import load_jwks, load_report
 from broker.services.reports import ReportSignatureInvalid, subsidy_csv, verify_report
@@ -182,7 +182,7 @@ def verify(
     except OSError as exc:
         fail(f"cannot read {file}: {exc}")
     except ReportSignatureInvalid as exc:
-        fail(f"NOT VALID: {exc.detail}")
+        fail(f"NOT VALID: {exc.detail}", EXIT_VERIFY_FAILED)
     report = document["report"]
     who = report.get("programme", {}).get("name") or report.get("custodian_org") or "all datasets"
     typer.echo(

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.note import SIG_COSIGNATURE_V1, vkey
 from broker.audit.witness import Witness, WitnessRefusal
-from broker.cli.client import BrokerClient, CliError, fail
+from broker.cli.client import EXIT_UNAVAILABLE, EXIT_VERIFY_FAILED, BrokerClient, CliError, fail
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -100,11 +100,11 @@ def run_witness(
             typer.echo(f"co-signed the tree of {outcome.size} entries")
         except WitnessRefusal as exc:
             typer.echo(f"REFUSED: {exc.detail}", err=True)
-            raise typer.Exit(3) from exc
+            raise typer.Exit(EXIT_VERIFY_FAILED) from exc
         except CliError as exc:
             typer.echo(f"broker unavailable: {exc}", err=True)
             if once:
-                raise typer.Exit(2) from exc
+                raise typer.Exit(EXIT_UNAVAILABLE) from exc
         if once:
             return
         time.sleep(interval_s)

@@ -100,7 +100,7 @@ def test_witness_cosigns_custodian_checks_offline_and_a_rewrite_is_refused(
     code, out = _run(sbx, None, *check, "--witness", vkey, "--witnesses-required", "1")
     assert code == 0 and "VALID" in out, out
     code, out = _run(sbx, None, *check, "--witnesses-required", "1")  # no witness key given: refused
-    assert code == 3, out
+    assert code == 4, out  # verification failed
     code, out = _run(
         sbx, world.tokens["sme-a"], "audit", "consistency", "1", str(second["tree_size"]), "--json"
     )
@@ -118,8 +118,8 @@ def test_witness_cosigns_custodian_checks_offline_and_a_rewrite_is_refused(
     world.clock.advance(1_000)
     _checkpoint(live)
     code, out = _witness(sbx, live, tmp_path)
-    assert code == 3 and "REFUSED" in out and "rewritten" in out, out
+    assert code == 4 and "REFUSED" in out and "rewritten" in out, out
     world.clock.advance(400_000)
     _checkpoint(live)
     code, out = _run(sbx, world.tokens["op2"], "audit", "verify")
-    assert code == 3 and "witness" in out, out
+    assert code == 4 and "witness" in out, out

@@ -80,7 +80,7 @@ def test_refusals_are_one_line_on_stderr_with_a_nonzero_exit(
 def test_an_unreachable_broker_is_a_clear_error() -> None:
     runner = CliRunner(env={"SBX_URL": "http://127.0.0.1:9"})
     result = runner.invoke(app, ["--token", "t", "balance"])
-    assert result.exit_code == 2 and "cannot reach the broker" in result.stderr
+    assert result.exit_code == 3 and "cannot reach the broker" in result.stderr
 
 
 def test_init_is_idempotent_and_writes_a_private_key(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ def test_cli_writes_verifies_and_detects_tampering(live: Live, tmp_path: Path) -
     doc["report"]["rows"][0]["copay"] -= 1
     signed.write_text(json.dumps(doc))
     bad = _cli(live, "issuer", "verify", str(signed))
-    assert bad.exit_code == 1 and "NOT VALID" in bad.stderr
+    assert bad.exit_code == 4 and "NOT VALID" in bad.stderr  # verification failed
     csv_out = _cli(live, "op2", "subsidy", "--period", period, "--format", "csv")
     assert csv_out.exit_code == 0 and csv_out.stdout.splitlines()[0].startswith("org_id,name,jobs")
     html_file = tmp_path / "r.html"

@@ -1,0 +1,145 @@
+"""The CLI's failures are one clear line (or one JSON object) with a stable exit code (issue 17.2):
+1 refused, 2 usage, 3 unreachable or unavailable, 4 verification failed; never a traceback. And the
+commands the issue found missing: ``whoami``, ``access request --delta``, ``query run --dry-run``,
+``query list``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner, Result
+
+from broker.cli.main import app
+from tests import training_data as td
+from tests.api.conftest import Live
+from tests.integration.test_datasets_service import add_custodian, csv_bytes, energy_frame, energy_policy
+
+
+def _invoke(live: Live | None, who: str | None, *args: str) -> Result:
+    url = live.url if live is not None else "http://127.0.0.1:9"
+    token = live.world.tokens[who] if live is not None and who else "sbx_tok_x"
+    return CliRunner().invoke(app, ["--url", url, "--token", token, *args])
+
+
+def _no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def _json_error(result: Result) -> dict[str, Any]:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    error: dict[str, Any] = json.loads(lines[0])
+    assert set(error) == {"error", "detail"} and result.stdout == ""
+    return error
+
+
+def test_exit_codes_are_documented_in_help() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for words in ("1 refused", "2 usage", "3 broker unreachable or unavailable", "4 verification failed"):
+        assert words in text, text
+
+
+def test_unreadable_inputs_are_usage_errors(live: Live, tmp_path: Path) -> None:
+    missing = _invoke(live, "sme-a", "voucher", "redeem", "--file", str(tmp_path / "missing.jwt"))
+    _no_traceback(missing)
+    assert missing.exit_code == 2 and "cannot read the voucher file" in missing.stderr
+    as_json = _invoke(live, "sme-a", "--json", "voucher", "redeem", "--file", str(tmp_path / "missing.jwt"))
+    assert as_json.exit_code == 2 and _json_error(as_json)["error"] == "usage"
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{not json")
+    broken = _invoke(live, "sme-a", "query", "run", "ds_x", "--batch", str(bad))
+    _no_traceback(broken)
+    assert broken.exit_code == 2 and "is not valid JSON" in broken.stderr
+    bad.write_text('{"kind": "count"}')
+    shaped = _invoke(live, "sme-a", "query", "run", "ds_x", "--batch", str(bad), "--json")
+    assert shaped.exit_code == 2 and "JSON list of query objects" in _json_error(shaped)["detail"]
+    delta = _invoke(
+        live, "sme-a", "access", "request", "ds_x", "--purpose", "p", "--epsilon", "1", "--delta", "x"
+    )
+    assert delta.exit_code == 2 and "--delta" in delta.stderr
+
+
+def test_refusals_and_outages(live: Live) -> None:
+    refused = _invoke(live, "sme-a", "job", "status", "job_nosuch", "--json")
+    assert refused.exit_code == 1
+    assert _json_error(refused)["error"] == "not_found"
+    plain = _invoke(live, "sme-a", "job", "status", "job_nosuch")
+    assert (
+        plain.exit_code == 1
+        and plain.stderr.startswith("error: not_found: ")
+        and plain.stderr.count("\n") == 1
+    )
+    down = _invoke(None, None, "--json", "balance")
+    _no_traceback(down)
+    assert down.exit_code == 3 and _json_error(down)["error"] == "unreachable"
+
+
+def test_whoami_delta_dry_run_and_history(live: Live) -> None:
+    world = live.world
+    add_custodian(world, "custodian")
+    world.credit(1_000_000)
+    me = json.loads(_invoke(live, "sme-a", "whoami", "--json").stdout)
+    assert me["org_id"] == world.sme.org_id and me["role"] == "sme"
+    assert world.sme.org_id in _invoke(live, "sme-a", "whoami").stdout
+    services = world.services
+    cust = world.services.orgs.authenticate(world.tokens["custodian"])
+    assert cust is not None
+    people = services.datasets.register(
+        cust,
+        name="people",
+        description="",
+        policy=td.policy(),
+        fmt="parquet",
+        content=td.parquet_bytes(td.make_frame(400)),
+        object_key=None,
+    )
+    asked = _invoke(
+        live,
+        "sme-a",
+        "--json",
+        "access",
+        "request",
+        people["id"],
+        "--purpose",
+        "churn",
+        "--epsilon",
+        "5",
+        "--delta",
+        "1e-5",
+        "--kind",
+        "training",
+    )
+    assert asked.exit_code == 0, asked.output
+    assert json.loads(asked.stdout)["asked"]["delta_e12"] == 10_000_000
+    energy = services.datasets.register(
+        cust,
+        name="energy",
+        description="",
+        policy=energy_policy(),
+        fmt="csv",
+        content=csv_bytes(energy_frame()),
+        object_key=None,
+    )
+    req = json.loads(
+        _invoke(
+            live, "sme-a", "--json", "access", "request", energy["id"], "--purpose", "p", "--epsilon", "0.5"
+        ).stdout
+    )
+    assert _invoke(live, "custodian", "access", "approve", req["id"], "--epsilon", "0.4").exit_code == 0
+    query = ("query", "run", energy["id"], "--kind", "count", "--epsilon", "0.1")
+    priced = _invoke(live, "sme-a", *query, "--dry-run")
+    assert (
+        priced.exit_code == 0
+        and "would charge ε=0.1" in priced.stdout
+        and "nothing was spent" in priced.stdout
+    )
+    assert json.loads(_invoke(live, "sme-a", "query", "list", "--json").stdout) == []
+    ran = json.loads(_invoke(live, "sme-a", "--json", *query).stdout)
+    listed = json.loads(_invoke(live, "sme-a", "query", "list", "--json").stdout)
+    assert [(h["id"], h["status"]) for h in listed] == [(ran["query_id"], "answered")]
+    assert ran["query_id"] in _invoke(live, "sme-a", "query", "list").stdout
