@@ -279,7 +279,7 @@ def deep_passes(world: ServiceWorld, passes: int = 3) -> list[tuple[float, int, 
     """Time the first passes over a deep queue: (seconds, admitted, still queued) for each.
 
     The first pass fills the cluster and records every waiting job's reason (all of them are new); the
-    later ones run after ten scheduler periods in which some jobs ended, as the loop would.
+    later ones each run one scheduler period later, after a reconcile pass, as the loop would.
     """
     out = []
     for _ in range(passes):
@@ -288,7 +288,7 @@ def deep_passes(world: ServiceWorld, passes: int = 3) -> list[tuple[float, int, 
         seconds = time.perf_counter() - started
         queued = world.container.db.read(lambda conn: len(jobs_db.queued_for_admission(conn)))
         out.append((seconds, count, queued))
-        world.clock.advance(world.work.period_ms * 10)
+        world.clock.advance(world.work.period_ms)
         world.services.jobs.reconcile_pass()
     return out
 
