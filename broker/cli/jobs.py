@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import EXIT_VERIFY_FAILED, call, emit, fail, fetch_bytes
+from broker.cli.client import EXIT_USAGE, EXIT_VERIFY_FAILED, call, emit, fail, fetch_bytes
+from broker.cli.orgs import yuan_option
 
 job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
 ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-second).", no_args_is_help=True)
@@ -212,7 +213,9 @@ def quota_show(
 @quota_app.command("set")
 def quota_set(
     ctx: typer.Context,
-    org: str,
+    org_arg: Annotated[str | None, typer.Argument(metavar="[ORG]", help="SME id (or --org).")] = None,
+    org: Annotated[str | None, typer.Option("--org", help="SME id (the one convention: --org).")] = None,
+    *,
     cpus: Annotated[float, typer.Option(help="Concurrent CPUs.")],
     gpus: Annotated[int, typer.Option(help="Concurrent GPUs.")] = 0,
     memory_mib: Annotated[int, typer.Option(help="Concurrent memory (MiB).")] = 8192,
@@ -221,6 +224,7 @@ def quota_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Set an SME's quota (operators)."""
+    target = _one_org(org_arg, org)
     body = {
         "max_milli_cpu": round(cpus * 1000),
         "max_gpus": gpus,
@@ -228,8 +232,34 @@ def quota_set(
         "max_running_jobs": running,
         "max_queued_jobs": queued,
     }
-    data, js = call(ctx, as_json, "PUT", f"/api/v1/orgs/{org}/quota", body=body)
+    data, js = call(ctx, as_json, "PUT", f"/api/v1/orgs/{target}/quota", body=body)
     emit(data, as_json=js)
+
+
+def _one_org(positional: str | None, option: str | None) -> str:
+    """The organisation a command acts on: ``--org`` (or, as before, the positional argument); one of them."""
+    if positional is not None and option is not None:
+        fail("give the organisation once: --org ORG", EXIT_USAGE)
+    chosen = option or positional
+    if chosen is None:
+        fail("give the organisation: --org ORG", EXIT_USAGE)
+    return chosen
+
+
+@quota_app.command("copay")
+def quota_copay(
+    ctx: typer.Context,
+    org: Annotated[str, typer.Option("--org", help="SME id.")],
+    credits: Annotated[int | None, typer.Option(help="Limit in the smallest unit (fen).")] = None,
+    yuan: Annotated[str | None, typer.Option(help="Limit in yuan (12.34), instead of --credits.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set how much an SME may co-pay beyond its vouchers (operators); refused below what it already uses."""
+    limit = yuan_option(yuan, "--yuan", "CNY", credits)
+    if limit is None:
+        fail("give the limit: --credits (smallest unit) or --yuan", EXIT_USAGE)
+    data, js = call(ctx, as_json, "PUT", f"/api/v1/orgs/{org}/copay-limit", body={"copay_limit": limit})
+    emit(data, as_json=js, human=f"{data['org_id']}: co-payment limit {data['copay_limit']} credits")
 
 
 @meter_app.command("check")

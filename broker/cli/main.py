@@ -600,6 +600,13 @@ def hold_place(
     emit(data, as_json=js)
 
 
+@hold_app.command("show")
+def hold_show(ctx: typer.Context, hold_id: str, as_json: JsonOpt = False) -> None:
+    """One hold: its amount, voucher and co-payment shares, what was settled or released, and its state."""
+    data, js = call(ctx, as_json, "GET", f"/api/v1/holds/{hold_id}")
+    emit(data, as_json=js)
+
+
 @hold_app.command("settle")
 def hold_settle(ctx: typer.Context, hold_id: str, cost: int, as_json: JsonOpt = False) -> None:
     """Settle a hold for its cost (operators)."""
@@ -655,6 +662,13 @@ def audit_verify(
     emit(data, as_json=js, human=human)
     if not data["ok"]:
         raise typer.Exit(EXIT_VERIFY_FAILED)
+
+
+@audit_app.command("checkpoints")
+def audit_checkpoints(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The signed checkpoints of the log (size, root, time, cosignatures)."""
+    data, js = call(ctx, as_json, "GET", "/api/v1/audit/checkpoints")
+    emit(data, as_json=js)
 
 
 @audit_app.command("checkpoint")

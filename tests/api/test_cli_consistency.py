@@ -143,3 +143,24 @@ def test_whoami_delta_dry_run_and_history(live: Live) -> None:
     listed = json.loads(_invoke(live, "sme-a", "query", "list", "--json").stdout)
     assert [(h["id"], h["status"]) for h in listed] == [(ran["query_id"], "answered")]
     assert ran["query_id"] in _invoke(live, "sme-a", "query", "list").stdout
+
+
+def test_new_commands_and_the_org_convention(live: Live) -> None:
+    """``quota set --org`` (the positional form still works, both at once is a usage error), ``quota
+    copay``, ``hold show`` and ``audit checkpoints``."""
+    world = live.world
+    sme = world.sme.org_id
+    world.credit(10_000)
+    for form in (["--org", sme], [sme]):
+        done = _invoke(live, "op2", "--json", "quota", "set", *form, "--cpus", "2")
+        assert done.exit_code == 0 and json.loads(done.stdout)["milli_cpu"] == 2000, done.output
+    both = _invoke(live, "op2", "quota", "set", sme, "--org", sme, "--cpus", "2")
+    assert both.exit_code == 2 and "once" in both.stderr
+    copay = _invoke(live, "op2", "--json", "quota", "copay", "--org", sme, "--yuan", "12.5")
+    assert copay.exit_code == 0 and json.loads(copay.stdout)["copay_limit"] == 1250, copay.output
+    hold = world.services.ledger.place_hold(world.operator, amount=100, org_id=sme)
+    shown = json.loads(_invoke(live, "sme-a", "--json", "hold", "show", hold["id"]).stdout)
+    assert shown["id"] == hold["id"] and shown["state"] == "HELD"
+    world.services.audit.checkpoint(None)
+    checkpoints = _invoke(live, "op2", "--json", "audit", "checkpoints")
+    assert checkpoints.exit_code == 0 and json.loads(checkpoints.stdout), checkpoints.output
