@@ -11,7 +11,14 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import EXIT_USAGE, EXIT_VERIFY_FAILED, call, emit, fail, fetch_bytes
+from broker.cli.client import (
+    EXIT_USAGE,
+    EXIT_VERIFY_FAILED,
+    call,
+    emit,
+    fail,
+    fetch_bytes,
+)
 from broker.cli.orgs import yuan_option
 
 job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
@@ -106,20 +113,56 @@ def job_submit(
     emit(data, as_json=js, human=_bill(data))
 
 
+POLL_S = 0.5
+
+
+class LogTail:
+    """What is new in a job's log tail since the last look (the broker returns the tail, which may slide)."""
+
+    def __init__(self) -> None:
+        self.seen = ""
+
+    def new(self, logs: str) -> str:
+        """The part of ``logs`` not yet printed: after the longest end of what was seen that it starts with."""
+        if logs.startswith(self.seen):
+            fresh = logs[len(self.seen) :]
+        else:
+            overlap = next(
+                (n for n in range(min(len(self.seen), len(logs)), 0, -1) if logs.startswith(self.seen[-n:])),
+                0,
+            )
+            fresh = logs[overlap:]
+        self.seen = logs
+        return fresh
+
+
 def wait_for(ctx: typer.Context, job_id: str, *, as_json: bool, timeout_s: float) -> dict[str, Any]:
-    """Poll a job until it is settled, printing each state change (progress)."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
+    """Poll a job until it is settled, printing (not under --json) each state change with the time elapsed,
+    why it waits and its place in the queue while queued, and its log lines as they arrive."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    last, tail = "", LogTail()
     while True:
         data, _ = call(ctx, True, "GET", f"/api/v1/jobs/{job_id}")
-        if data["state"] != last and not as_json:
-            typer.echo(f"  {job_id}: {data['state']}")
-            last = data["state"]
+        shown = f"{data['state']}{_pending(data)}"
+        if shown != last and not as_json:
+            typer.echo(f"  [{time.monotonic() - started:5.0f} s] {job_id}: {shown}")
+            last = shown
+        if not as_json and data["state"] not in ("queued", "rejected"):
+            _print_new_logs(ctx, job_id, tail)
         if data["state"] in TERMINAL and data.get("settled_ms"):
             return dict(data)
         if time.monotonic() > deadline:
             fail(f"job {job_id} is still {data['state']} after {timeout_s:.0f} s")
-        time.sleep(0.5)
+        time.sleep(POLL_S)
+
+
+def _print_new_logs(ctx: typer.Context, job_id: str, tail: LogTail) -> None:
+    """Print the job's log lines that arrived since the last call."""
+    logs, _ = call(ctx, True, "GET", f"/api/v1/jobs/{job_id}/logs")
+    fresh = tail.new(str(logs.get("logs") or ""))
+    if fresh:
+        typer.echo(fresh, nl=not fresh.endswith("\n"))
 
 
 @job_app.command("status")
@@ -130,10 +173,33 @@ def job_status(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> Non
 
 
 @job_app.command("logs")
-def job_logs(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
-    """The tail of a job's output."""
+def job_logs(
+    ctx: typer.Context,
+    job_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job has finished.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The tail of a job's output (--follow: and what it prints next, until it ends)."""
     data, js = call(ctx, as_json, "GET", f"/api/v1/jobs/{job_id}/logs")
-    emit(data, as_json=js, human=data["logs"])
+    if not follow or js:
+        emit(data, as_json=js, human=data["logs"])
+        return
+    tail = LogTail()
+    while True:
+        fresh = tail.new(str(data.get("logs") or ""))
+        if fresh:
+            typer.echo(fresh, nl=not fresh.endswith("\n"))
+        job, _ = call(ctx, True, "GET", f"/api/v1/jobs/{job_id}")
+        if job["state"] in TERMINAL and job.get("settled_ms"):
+            last, _ = call(ctx, True, "GET", f"/api/v1/jobs/{job_id}/logs")
+            rest = tail.new(str(last.get("logs") or ""))
+            if rest:
+                typer.echo(rest, nl=not rest.endswith("\n"))
+            return
+        time.sleep(POLL_S)
+        data, _ = call(ctx, True, "GET", f"/api/v1/jobs/{job_id}/logs")
 
 
 @job_app.command("output")

@@ -211,10 +211,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default SBX_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default SBX_PORT or 8750).")] = None,
 ) -> None:
-    """Run the broker (uvicorn) on 127.0.0.1:8750 by default."""
+    """Run the broker (uvicorn) on 127.0.0.1:8750 by default; says on stderr where it listens."""
     from broker.server import run
+    from broker.settings import Settings
 
-    run(host=host, port=port)
+    settings = Settings()
+    where = f"http://{host or settings.host}:{port or settings.port}"
+    typer.echo(f"sbx: serving on {where} (state {settings.state_dir}); stop with Ctrl-C", err=True)
+    run(host=host, port=port, settings=settings)
 
 
 # -- organisations and tokens ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner, Result
 
 from broker.cli.main import app
@@ -164,3 +165,45 @@ def test_new_commands_and_the_org_convention(live: Live) -> None:
     world.services.audit.checkpoint(None)
     checkpoints = _invoke(live, "op2", "--json", "audit", "checkpoints")
     assert checkpoints.exit_code == 0 and json.loads(checkpoints.stdout), checkpoints.output
+
+
+def test_wait_and_follow_stream_the_job(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``job submit --wait`` shows the elapsed time and the job's log lines as they arrive; ``job logs
+    --follow`` prints them until the job has finished. The broker's passes run where the CLI sleeps."""
+    from broker.compute import launch_name
+    from broker.compute.fake import FakeBackend, FakeScript
+    from common.resources import Resources
+
+    world = live.world
+    world.credit(100_000)
+    fake = FakeBackend(world.clock, capacity=Resources(milli_cpu=4000, gpus=0, memory_mib=8192))
+    world.services.container.use_compute(fake)
+    scripted: set[str] = set()
+
+    def tick(_seconds: float) -> None:
+        for job in world.services.jobs.list_jobs(world.operator):
+            if job["id"] not in scripted:
+                fake.script(launch_name(job["id"]), FakeScript(run_ms=3_000, output="epoch 1\nepoch 2\n"))
+                scripted.add(job["id"])
+        world.services.jobs.admission_pass()
+        world.clock.advance(1_000)
+        world.services.jobs.reconcile_pass()
+
+    monkeypatch.setattr("broker.cli.jobs.time.sleep", tick)
+    submit = ("job", "submit", "python x.py", "--max-runtime", "60")
+    waited = _invoke(live, "sme-a", *submit, "--wait")
+    assert waited.exit_code == 0, waited.output
+    assert "s] job_" in waited.stdout and "succeeded" in waited.stdout
+    assert waited.stdout.count("epoch 1") == 1 and "epoch 2" in waited.stdout
+    job = json.loads(_invoke(live, "sme-a", "--json", *submit).stdout)
+    followed = _invoke(live, "sme-a", "job", "logs", job["id"], "--follow")
+    assert followed.exit_code == 0 and followed.stdout.count("epoch 2") == 1, followed.output
+
+
+def test_serve_says_where_it_listens(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr("broker.server.run", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("SBX_STATE_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["serve", "--port", "8799"])
+    assert result.exit_code == 0, result.output
+    assert "serving on http://127.0.0.1:8799" in result.stderr and calls[0]["port"] == 8799
