@@ -146,14 +146,15 @@ def keys_rotate(
 
 
 @app.command()
-def migrate() -> None:
+def migrate(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Apply database migrations (SBX_DATABASE_URL or the state directory's SQLite)."""
     from broker.db.migrate import upgrade
     from broker.settings import Settings
 
     settings = Settings()
     upgrade(settings.resolved_database_url)
-    typer.echo("database is at the latest schema")
+    as_json = as_json or bool(getattr(ctx.find_root().obj, "as_json", False))
+    emit({"schema": "latest"}, as_json=as_json, human="database is at the latest schema")
 
 
 @app.command("backup")
@@ -210,14 +211,21 @@ def restore_cmd(
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default SBX_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default SBX_PORT or 8750).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Run the broker (uvicorn) on 127.0.0.1:8750 by default; says on stderr where it listens."""
+    """Run the broker (uvicorn) on 127.0.0.1:8750 by default; says on stderr where it listens (--json: as
+    one object ``{"listening", "state_dir"}``)."""
+    import json
+
     from broker.server import run
     from broker.settings import Settings
 
     settings = Settings()
     where = f"http://{host or settings.host}:{port or settings.port}"
-    typer.echo(f"sbx: serving on {where} (state {settings.state_dir}); stop with Ctrl-C", err=True)
+    if as_json:
+        typer.echo(json.dumps({"listening": where, "state_dir": str(settings.state_dir)}), err=True)
+    else:
+        typer.echo(f"sbx: serving on {where} (state {settings.state_dir}); stop with Ctrl-C", err=True)
     run(host=host, port=port, settings=settings)
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import typer
 
-from broker.cli.client import EXIT_VERIFY_FAILED, cli_locale, fail
+from broker.cli.client import EXIT_VERIFY_FAILED, cli_locale, emit, fail
 from broker.services.report_exports import subsidy_csv_bytes, subsidy_xlsx
 from broker.services.report_signing import load_jwks, load_report
 from broker.services.reports import ReportSignatureInvalid, subsidy_csv, verify_report
@@ -49,6 +49,9 @@ def _broker_error(payload: Any, status: int) -> str:
 
 
 def _progress(event: dict[str, Any]) -> None:
+    """A progress bar on stderr, only when it is a terminal (a log file gets no ``\\r`` lines)."""
+    if not sys.stderr.isatty():
+        return
     done, total, what = event["done"], event["total"], event["what"]
     width = 24
     filled = width * done // max(total, 1)
@@ -172,8 +175,9 @@ def verify(
         list[str] | None,
         typer.Option(help="Pin the broker's report key(s) you trust (repeatable); default: any broker key."),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Check a report's signature by the broker's report key: exit 0 when it verifies, 1 when it was changed,
+    """Check a report's signature by the broker's report key: exit 0 when it verifies, 4 when it was changed,
     carries duplicate members, or was signed by any other key (an issuer's included)."""
     try:
         document = load_report(file.read_bytes())
@@ -185,9 +189,15 @@ def verify(
         fail(f"NOT VALID: {exc.detail}", EXIT_VERIFY_FAILED)
     report = document["report"]
     who = report.get("programme", {}).get("name") or report.get("custodian_org") or "all datasets"
-    typer.echo(
-        f"valid: {result['kind']} for {who}, period {report['period']['label']}, signed by key {result['kid']}"
-    )
+    human = f"valid: {result['kind']} for {who}, period {report['period']['label']}, signed by key {result['kid']}"
+    summary = {
+        "valid": True,
+        "kind": result["kind"],
+        "for": who,
+        "period": report["period"],
+        "kid": result["kid"],
+    }
+    emit(summary, as_json=as_json or bool(getattr(_root(ctx), "as_json", False)), human=human)
 
 
 def _load_jwks(ctx: typer.Context, path: Path | None) -> dict[str, Any]:

@@ -84,8 +84,11 @@ def train_download(
     out: Annotated[Path, typer.Option(help="Where to write the safetensors file.")] = Path(
         "model.safetensors"
     ),
+    as_json: JsonOpt = False,
 ) -> None:
     """Download a finished run's DP weights (safetensors: tensors only)."""
     data = fetch_bytes(ctx, f"/api/v1/training/{run_id}/weights")
     out.write_bytes(data)
-    typer.echo(f"wrote {len(data)} bytes of weights to {out}")
+    summary = {"run_id": run_id, "path": str(out), "bytes": len(data)}
+    as_json = as_json or bool(ctx.find_root().obj.as_json)
+    emit(summary, as_json=as_json, human=f"wrote {len(data)} bytes of weights to {out}")

@@ -207,3 +207,30 @@ def test_serve_says_where_it_listens(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     result = CliRunner().invoke(app, ["serve", "--port", "8799"])
     assert result.exit_code == 0, result.output
     assert "serving on http://127.0.0.1:8799" in result.stderr and calls[0]["port"] == 8799
+
+
+def test_json_everywhere_and_no_progress_bar_in_logs(
+    live: Live, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``migrate``, ``serve``, ``train download``, ``report verify`` take --json; the report's progress bar
+    is drawn only on a terminal."""
+    from broker.cli import reports
+
+    monkeypatch.setenv("SBX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SBX_KEK_FILE", str(tmp_path / "kek"))
+    migrated = CliRunner().invoke(app, ["migrate", "--json"])
+    assert migrated.exit_code == 0 and json.loads(migrated.stdout) == {"schema": "latest"}, migrated.output
+    monkeypatch.setattr("broker.server.run", lambda **_kwargs: None)
+    served = CliRunner().invoke(app, ["serve", "--json"])
+    assert json.loads(served.stderr)["listening"].startswith("http://")
+    missing = _invoke(
+        live, "sme-a", "--json", "train", "download", "job_nosuch", "--out", str(tmp_path / "w")
+    )
+    assert missing.exit_code == 1 and _json_error(missing)["error"] == "not_found"
+    bad = tmp_path / "report.json"
+    bad.write_text("{}")
+    refused = _invoke(live, "op2", "--json", "report", "verify", str(bad), "--jwks", str(bad))
+    _no_traceback(refused)
+    assert refused.exit_code != 0 and set(_json_error(refused)) == {"error", "detail"}
+    reports._progress({"done": 1, "total": 2, "what": "2026-01"})  # capsys' stderr is no terminal
+    assert capsys.readouterr().err == ""
