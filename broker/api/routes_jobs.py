@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 
 from broker.api import models as m
 from broker.api import views as v
@@ -110,9 +112,16 @@ def job_logs(job_id: str, principal: PrincipalDep, services: ServicesDep) -> dic
 )
 def job_output(job_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
     """What a finished job wrote to ``$SBX_OUTPUT``, as a zip with one top-level directory (the job id)."""
-    data = services.jobs.output(principal, job_id=job_id)
+    archive = services.jobs.output(principal, job_id=job_id)
     headers = {"Content-Disposition": f'attachment; filename="{job_id}-output.zip"'}
-    return Response(content=data, media_type="application/zip", headers=headers)
+    return StreamingResponse(_chunks(archive), media_type="application/zip", headers=headers)
+
+
+def _chunks(archive: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
+    """Stream a temporary file and close (so delete) it when done, however the download ends."""
+    with archive:
+        while chunk := archive.read(size):
+            yield chunk
 
 
 @router.post(

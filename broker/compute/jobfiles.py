@@ -19,16 +19,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
+import os
 import shutil
 import stat
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from common.errors import InvalidInput
 
 _CHUNK = 1 << 16
+_MAX_NAME_BYTES = 255  # one path component, as Linux filesystems allow
+_MAX_PATH_BYTES = 4096
 ARCHIVE_ERROR = "invalid_archive"
 
 
@@ -80,8 +87,11 @@ def check_archive(archive_b64: str, limits: ArchiveLimits) -> CheckedArchive:
     if len(infos) > limits.max_entries:
         raise ArchiveRefused(f"the code archive has {len(infos)} entries; at most {limits.max_entries}")
     declared = 0
+    files: set[str] = set()
+    dirs: set[str] = set()
     for info in infos:
         _check_entry(info, limits)
+        _check_no_conflict(PurePosixPath(info.filename), info.is_dir(), files, dirs)
         declared += info.file_size
     if declared > limits.max_unpacked_bytes:
         raise ArchiveRefused(f"the code archive unpacks to more than {limits.max_unpacked_bytes} bytes")
@@ -95,9 +105,30 @@ def _check_entry(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
         raise ArchiveRefused(f"the archive entry {name!r} points outside the working directory")
     if len(path.parts) > limits.max_depth:
         raise ArchiveRefused(f"the archive entry {name!r} is nested deeper than {limits.max_depth} levels")
+    if info.flag_bits & 0x1:
+        raise ArchiveRefused(f"the archive entry {name!r} is encrypted; send it unencrypted")
+    if (
+        any(len(part.encode()) > _MAX_NAME_BYTES for part in path.parts)
+        or len(name.encode()) > _MAX_PATH_BYTES
+    ):
+        raise ArchiveRefused(f"the archive entry {name[:80]!r}… has a name longer than the filesystem allows")
     kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver recorded no Unix file type
     if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         raise ArchiveRefused(f"the archive entry {name!r} is a link or a device; only files and directories")
+
+
+def _check_no_conflict(path: PurePosixPath, is_dir: bool, files: set[str], dirs: set[str]) -> None:
+    """Refuse an archive in which one path is both a file and a directory (or named twice as a file)."""
+    parents = [str(p) for p in path.parents if str(p) != "."]
+    key = str(path)
+    if (
+        any(parent in files for parent in parents)
+        or (is_dir and key in files)
+        or (not is_dir and key in dirs | files)
+    ):
+        raise ArchiveRefused(f"the archive names {key!r} twice, or as both a file and a directory")
+    dirs.update(parents)
+    (dirs if is_dir else files).add(key)
 
 
 class JobFiles:
@@ -153,23 +184,9 @@ class JobFiles:
         written = 0
         with zipfile.ZipFile(io.BytesIO(archive.raw)) as zf:
             for info in zf.infolist():
-                dest = (work / info.filename).resolve()
-                if not dest.is_relative_to(work):
-                    raise ArchiveRefused(
-                        f"the archive entry {info.filename!r} points outside the working directory"
-                    )
-                if info.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    with zf.open(info) as src, open(dest, "xb") as out:
-                        while chunk := src.read(_CHUNK):
-                            written += len(chunk)
-                            if written > budget:
-                                raise ArchiveRefused(f"the code archive unpacks to more than {budget} bytes")
-                            out.write(chunk)
-                except (zipfile.BadZipFile, NotImplementedError, FileExistsError) as exc:
+                    written += _extract_entry(zf, info, work, budget - written)
+                except (zipfile.BadZipFile, NotImplementedError, OSError, RuntimeError, ValueError) as exc:
                     raise ArchiveRefused(
                         f"the archive entry {info.filename!r} cannot be unpacked: {exc}"
                     ) from exc
@@ -177,12 +194,12 @@ class JobFiles:
 
     def remove(self, job_id: str) -> None:
         """Remove everything of the job (a refused or failed submission)."""
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        remove_tree(self.job_dir(job_id))
 
     def expire_work(self, job_id: str) -> None:
         """Remove the job's code dir and staged input after its retention; its log and output stay."""
         for sub in ("work", "input"):
-            shutil.rmtree(self.job_dir(job_id) / sub, ignore_errors=True)
+            remove_tree(self.job_dir(job_id) / sub)
 
     def keep_log(self, job_id: str, text: str) -> None:
         """Keep a finished job's log (already capped by the backend) as ``log.txt`` in its directory."""
@@ -199,14 +216,108 @@ class JobFiles:
         except OSError:
             return None
 
-    def output_zip(self, job_id: str) -> bytes:
-        """The job's ``output/`` as a zip (one top-level directory named after the job)."""
+    def output_zip(self, job_id: str) -> BinaryIO:
+        """The job's ``output/`` as a zip (one top-level directory named after the job), in an anonymous
+        temporary file positioned at its start: the caller streams it and closes it (memory stays small
+        whatever the output's size).
+
+        The job's tree is hostile input: it is walked without recursion (any depth), links, FIFOs and devices
+        are skipped, each file is read once by descriptor with ``O_NOFOLLOW`` (a hard-linked file is zipped
+        once, not once per name) and names that are not UTF-8 are escaped, never an error.
+        """
         out = self.output_dir(job_id)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-            if out.is_dir():
-                for path in sorted(out.rglob("*")):
-                    if path.is_symlink() or not (path.is_file() or path.is_dir()):
-                        continue  # the job's own links never lead the broker out of its directory
-                    zf.write(path, f"{job_id}/{path.relative_to(out)}")
-        return buffer.getvalue()
+        target = tempfile.TemporaryFile(prefix="sbx-output-")  # noqa: SIM115 - handed to the caller
+        try:
+            with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+                seen: set[tuple[int, int]] = set()
+                for rel, entry in walk_tree(out):
+                    _zip_entry(zf, f"{job_id}/{rel}", entry, seen)
+        except BaseException:
+            target.close()
+            raise
+        target.seek(0)
+        return target
+
+
+def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, work: Path, budget: int) -> int:
+    """Write one entry below ``work``; returns its bytes. Refuses past ``budget`` whatever the header said."""
+    dest = (work / info.filename).resolve()
+    if not dest.is_relative_to(work):
+        raise ArchiveRefused(f"the archive entry {info.filename!r} points outside the working directory")
+    if info.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        return 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with zf.open(info) as src, open(dest, "xb") as out:
+        while chunk := src.read(_CHUNK):
+            written += len(chunk)
+            if written > budget:
+                raise ArchiveRefused("the code archive unpacks to more than its cap")
+            out.write(chunk)
+    return written
+
+
+def walk_tree(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry below ``root`` with its relative path, depth first, sorted, never following a link and
+    never recursing (a tree nested thousands of levels deep is walked like any other)."""
+    stack: list[tuple[str, Path]] = [("", root)]
+    while stack:
+        prefix, directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in reversed(entries):
+            rel = f"{prefix}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((f"{rel}/", Path(entry.path)))
+        for entry in entries:
+            yield f"{prefix}{entry.name}", entry
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything below it without recursion and without following links (a job's tree
+    may be nested deeper than Python's recursion limit); what cannot be removed is left, never an error."""
+    dirs: list[str] = []
+    try:
+        if not path.is_dir() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            return
+    except OSError:
+        return
+    dirs.append(str(path))
+    for _rel, entry in walk_tree(path):
+        if entry.is_dir(follow_symlinks=False):
+            dirs.append(entry.path)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    for directory in reversed(dirs):  # children were listed after their parents
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
+def _zip_entry(zf: zipfile.ZipFile, name: str, entry: os.DirEntry[str], seen: set[tuple[int, int]]) -> None:
+    """Add one entry of a job's output: directories as such, regular files once each, nothing else."""
+    safe = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if entry.is_dir(follow_symlinks=False):
+        zf.writestr(zipfile.ZipInfo(f"{safe}/"), b"")
+        return
+    if not entry.is_file(follow_symlinks=False):
+        return  # links, FIFOs, sockets, devices: never followed, never read
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) in seen:
+            return  # swapped for something else meanwhile, or another name of a file already zipped
+        seen.add((info.st_dev, info.st_ino))
+        zinfo = zipfile.ZipInfo(safe)
+        zinfo.compress_type = zipfile.ZIP_DEFLATED
+        zinfo.external_attr = 0o644 << 16
+        with zf.open(zinfo, "w") as dest:
+            shutil.copyfileobj(src, dest, _CHUNK)

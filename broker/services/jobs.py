@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Connection
 
@@ -493,8 +493,9 @@ class JobService:
             return tail_bytes(kept, max_bytes)
         return self.c.compute.logs(job.name, max_bytes=max_bytes)
 
-    def output(self, principal: Principal, *, job_id: str) -> bytes:
-        """A finished job's ``$SBX_OUTPUT`` as a zip (its SME, operators); size-capped by the sandbox."""
+    def output(self, principal: Principal, *, job_id: str) -> BinaryIO:
+        """A finished job's ``$SBX_OUTPUT`` as a zip in a temporary file the caller streams and closes (its
+        SME, operators); size-capped by the sandbox."""
         job = self._visible(principal, job_id)
         if not job.state.is_terminal():
             raise Conflict(

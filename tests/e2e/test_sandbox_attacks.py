@@ -14,7 +14,6 @@ No probe sends a packet off this machine: the route-out check is a UDP ``connect
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -205,7 +204,7 @@ def _job(services: Services, world: World, job_id: str) -> dict[str, Any]:
 def _everything_returned(services: Services, world: World, job_id: str) -> str:
     """All a job hands back to its SME: its log and every file of its output."""
     logs = services.jobs.logs(world.sme, job_id=job_id, max_bytes=1 << 20)
-    with zipfile.ZipFile(io.BytesIO(services.jobs.output(world.sme, job_id=job_id))) as zf:
+    with zipfile.ZipFile(services.jobs.output(world.sme, job_id=job_id)) as zf:
         files = "\n".join(zf.read(n).decode("utf-8", "replace") for n in zf.namelist() if not n.endswith("/"))
     return logs + "\n" + files
 
@@ -246,7 +245,7 @@ def _run_probe(
     )
     _run_until(services, lambda: _job(services, world, probe)["settled_ms"] is not None)
     assert _job(services, world, probe)["state"] == "succeeded", services.jobs.logs(world.sme, job_id=probe)
-    with zipfile.ZipFile(io.BytesIO(services.jobs.output(world.sme, job_id=probe))) as zf:
+    with zipfile.ZipFile(services.jobs.output(world.sme, job_id=probe)) as zf:
         found = json.loads(zf.read(f"{probe}/found.json"))
     return _everything_returned(services, world, probe), found
 

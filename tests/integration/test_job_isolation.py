@@ -171,7 +171,7 @@ def test_output_is_downloadable_once_the_job_ended(world: World, fake: FakeBacke
         world.clock.advance(1_000)
         world.services.jobs.reconcile_pass()
         world.services.jobs.admission_pass()
-    with zipfile.ZipFile(io.BytesIO(world.services.jobs.output(world.sme, job_id=job["id"]))) as zf:
+    with zipfile.ZipFile(world.services.jobs.output(world.sme, job_id=job["id"])) as zf:
         assert zf.read(f"{job['id']}/model.txt") == b"weights"
     # The log is kept beside the output: it outlives the backend's copy.
     assert (_jobs_dir(world.services) / job["id"] / "log.txt").read_text() == "trained\n"

@@ -101,7 +101,7 @@ def test_output_zip_has_one_top_level_directory_and_skips_links(tmp_path: Path) 
     out = files.output_dir("job_o")
     (out / "model.txt").write_text("weights")
     (out / "leak").symlink_to("/etc/passwd")
-    with zipfile.ZipFile(io.BytesIO(files.output_zip("job_o"))) as zf:
+    with zipfile.ZipFile(files.output_zip("job_o")) as zf:
         assert zf.namelist() == ["job_o/model.txt"]
 
 

@@ -308,7 +308,11 @@ def test_generated_etc_names_only_the_sandbox_user() -> None:
 
 def test_rlimits_with_and_without_cgroup() -> None:
     with_cg = dict(rlimits(LIMITS, cgroup=True))
-    assert with_cg == {resource.RLIMIT_FSIZE: 100 << 20, resource.RLIMIT_CORE: 0}
+    assert with_cg == {
+        resource.RLIMIT_FSIZE: 100 << 20,
+        resource.RLIMIT_CORE: 0,
+        resource.RLIMIT_NOFILE: 1024,  # unlinked-but-open files count as disk: few descriptors to look at
+    }
     fallback = dict(rlimits(LIMITS, cgroup=False))
     assert fallback[resource.RLIMIT_AS] == 512 << 20 and fallback[resource.RLIMIT_NPROC] == 64
 
@@ -374,7 +378,9 @@ def test_watchdog_interval_shrinks_as_a_fast_writer_nears_the_cap() -> None:
     assert next_interval(remaining=1 << 30, rate=0.0, scan_s=0.001) == 0.025
     assert next_interval(remaining=5 << 20, rate=1e9, scan_s=0.0001) == 0.005  # 1 GB/s, 5 MiB left
     assert 0.01 < next_interval(remaining=30 << 20, rate=1e9, scan_s=0.0001) < 0.02
-    assert next_interval(remaining=1 << 20, rate=1e9, scan_s=0.5) == 5.0  # a slow scan is not repeated
+    assert next_interval(remaining=1 << 20, rate=0.0, scan_s=0.005) == 0.05  # a slower scan runs less often
+    # ...but never less often than every 100 ms: a flood of files cannot stretch the watch (red-team finding)
+    assert next_interval(remaining=1 << 20, rate=1e9, scan_s=0.5) == 0.1
 
 
 def test_stale_groups_of_dead_launchers_are_swept(tmp_path: Path) -> None:

@@ -58,6 +58,8 @@ from .stage import Stage, enter_private_mount_namespace
 WATCH_INTERVAL_S = 0.025
 MIN_WATCH_INTERVAL_S = 0.005
 SCAN_COST_FACTOR = 10
+MAX_WATCH_INTERVAL_S = 0.1  # however large the tree, the disk is checked at least this often
+MAX_ENTRIES = 100_000  # files and directories a job may keep: a bigger tree is refused as disk_quota
 REAP_TIMEOUT_S = 5.0
 PR_SET_CHILD_SUBREAPER = 36
 LAUNCHER_NICE_BOOST = -10
@@ -90,10 +92,11 @@ def _chown_tree(root: str, uid: int, gid: int) -> None:
             os.chown(path, uid, gid, follow_symlinks=False)
 
 
-def disk_usage(roots: tuple[str, ...]) -> int:
+def disk_usage(roots: tuple[str, ...], max_entries: int = MAX_ENTRIES) -> int:
     """Bytes used under ``roots``: each inode once, ``max(size, blocks)`` (sparse files count in full),
     at least 512 per entry (so a flood of empty files counts). Entries vanishing mid-scan are skipped one
-    by one (never a whole directory); a directory the job made unreadable is opened up and scanned."""
+    by one (never a whole directory); a directory the job made unreadable is opened up and scanned.
+    More than ``max_entries`` entries raise :class:`TooManyFiles` (the scan's cost must stay bounded)."""
     seen: set[tuple[int, int]] = set()
     total = 0
     stack = list(roots)
@@ -106,9 +109,40 @@ def disk_usage(roots: tuple[str, ...]) -> int:
             if (info.st_dev, info.st_ino) in seen:
                 continue
             seen.add((info.st_dev, info.st_ino))
+            if len(seen) > max_entries:
+                raise TooManyFiles(f"the job's files number more than {max_entries}")
             total += max(info.st_size, info.st_blocks * 512, 512)
             if stat.S_ISDIR(info.st_mode):
                 stack.append(entry.path)
+    return total
+
+
+class TooManyFiles(Exception):
+    """The job keeps more files than the watchdog scans: refused as ``disk_quota``."""
+
+
+def deleted_open_bytes(pids: set[int], devices: set[int], proc: str = "/proc") -> int:
+    """Bytes of files the job unlinked but still holds open on the job dir's filesystem (each once): they take
+    disk like any other file, and ``disk_usage`` cannot see them by name."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"{proc}/{pid}/fd")
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            path = f"{proc}/{pid}/fd/{fd}"
+            try:
+                if not os.readlink(path).endswith(" (deleted)"):
+                    continue
+                info = os.stat(path)  # the open file itself, through the descriptor
+            except OSError:
+                continue
+            key = (info.st_dev, info.st_ino)
+            if stat.S_ISREG(info.st_mode) and info.st_dev in devices and key not in seen:
+                seen.add(key)
+                total += max(info.st_size, info.st_blocks * 512)
     return total
 
 
@@ -195,21 +229,39 @@ def _check(watch: _Watch) -> tuple[tuple[str, str] | None, int]:
             return (TOO_MANY_PROCESSES, "the process limit was reached (the pids cgroup refused a fork)"), 0
     if watch.uid_to_count is not None and lim.processes_of_uid(watch.uid_to_count) >= watch.max_pids:
         return (TOO_MANY_PROCESSES, "the process limit was reached (RLIMIT_NPROC of the job's uid)"), 0
-    used = disk_usage(watch.roots)
+    try:
+        used = disk_usage(watch.roots) + deleted_open_bytes(_job_pids(watch), _devices(watch.roots))
+    except TooManyFiles as exc:
+        return (DISK_QUOTA, str(exc)), watch.disk_bytes
     if used > watch.disk_bytes:
         return (DISK_QUOTA, f"the job's files reached {used} bytes, over the cap of {watch.disk_bytes}"), used
     return None, used
 
 
+def _job_pids(watch: _Watch) -> set[int]:
+    """The job's processes: its cgroup's, or those of its host uid under the rlimit fallback."""
+    if watch.cgroup is not None:
+        return watch.cgroup.pids()
+    return set() if watch.uid_to_count is None else lim.pids_of_uid(watch.uid_to_count)
+
+
+def _devices(roots: tuple[str, ...]) -> set[int]:
+    devices = set()
+    for root in roots:
+        with contextlib.suppress(OSError):
+            devices.add(os.stat(root).st_dev)
+    return devices
+
+
 def next_interval(remaining: int, rate: float, scan_s: float) -> float:
     """Seconds to the next check: 25 ms, sooner when the disk use grows fast enough (``rate``, bytes/s) to
-    reach the cap (``remaining`` bytes away) within two intervals; never below 5 ms, and never less than
-    ten times a scan's own duration, so scanning takes at most ~10% of a core even for a huge tree (a
-    small tree scans in well under a millisecond)."""
+    reach the cap (``remaining`` bytes away) within two intervals; never below 5 ms; ten times a scan's
+    own duration for a large tree (scanning then takes ~10% of a core), but never more than 100 ms, so a
+    job cannot stretch the interval with a flood of files (their number is capped too)."""
     interval = WATCH_INTERVAL_S
     if rate > 0:
         interval = min(interval, max(MIN_WATCH_INTERVAL_S, remaining / rate / 2))
-    return max(interval, SCAN_COST_FACTOR * scan_s)
+    return min(max(interval, SCAN_COST_FACTOR * scan_s), MAX_WATCH_INTERVAL_S)
 
 
 def _watchdog(watch: _Watch, run: _Run) -> None:

@@ -287,7 +287,11 @@ def usable_controllers(root: Path = CGROUP_ROOT) -> tuple[str, ...]:
 
 def rlimits(limits: SandboxLimits, *, cgroup: bool) -> list[tuple[int, int]]:
     """The (resource, value) pairs a sandbox gets: file size and core always; AS and NPROC without cgroup."""
-    pairs = [(resource.RLIMIT_FSIZE, limits.disk_mib << 20), (resource.RLIMIT_CORE, 0)]
+    pairs = [
+        (resource.RLIMIT_FSIZE, limits.disk_mib << 20),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, MAX_OPEN_FILES),  # bounds files held open (unlinked ones count as disk)
+    ]
     if not cgroup:
         pairs += [(resource.RLIMIT_AS, limits.memory_mib << 20), (resource.RLIMIT_NPROC, limits.max_pids)]
     return pairs
@@ -297,6 +301,7 @@ def rlimit_names(limits: SandboxLimits, *, cgroup: bool) -> tuple[str, ...]:
     """The ``enforced`` labels of :func:`rlimits`."""
     names = {
         resource.RLIMIT_FSIZE: "rlimit:fsize",
+        resource.RLIMIT_NOFILE: "rlimit:nofile",
         resource.RLIMIT_CORE: "rlimit:core",
         resource.RLIMIT_AS: "rlimit:as",
         resource.RLIMIT_NPROC: "rlimit:nproc",
@@ -318,14 +323,24 @@ def cpu_set(milli_cpu: int, available: Iterable[int], key: int) -> set[int]:
     return {cores[(start + i) % len(cores)] for i in range(want)}
 
 
-def processes_of_uid(uid: int, proc: Path = Path("/proc")) -> int:
-    """How many processes run with real uid ``uid`` (the rlimit fallback's process watchdog)."""
-    count = 0
+#: Descriptors each sandboxed process may hold open: enough for ordinary programs (torch, multiprocessing),
+#: few enough that the watchdog can look at every one of them each round.
+MAX_OPEN_FILES = 1024
+
+
+def pids_of_uid(uid: int, proc: Path = Path("/proc")) -> set[int]:
+    """The processes running with uid ``uid`` (the rlimit fallback's view of a job's processes)."""
+    found: set[int] = set()
     for entry in proc.iterdir():
         if entry.name.isdigit():
             try:
                 if entry.stat().st_uid == uid:
-                    count += 1
+                    found.add(int(entry.name))
             except FileNotFoundError:
                 continue
-    return count
+    return found
+
+
+def processes_of_uid(uid: int, proc: Path = Path("/proc")) -> int:
+    """How many processes run with real uid ``uid`` (the rlimit fallback's process watchdog)."""
+    return len(pids_of_uid(uid, proc))
