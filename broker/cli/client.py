@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from broker.cli import render
 from broker.client import BrokerError, Client, Unreachable
 from broker.i18n import negotiate
 from broker.messages import translate_detail
@@ -159,22 +160,12 @@ def emit(data: Any, *, as_json: bool, human: str | None = None) -> None:
         typer.echo(human)
         return
     if isinstance(data, list):
-        for item in data:
-            typer.echo(_line(item))
-        if not data:
-            typer.echo("(none)")
+        render.print_list(data)  # a rich table, dates and amounts readable
         return
     if isinstance(data, dict):
-        for key, value in data.items():
-            typer.echo(f"{key}: {value if not isinstance(value, dict | list) else json.dumps(value)}")
+        render.print_object(data)
         return
     typer.echo(str(data))
-
-
-def _line(item: Any) -> str:
-    if isinstance(item, dict):
-        return "  ".join(f"{k}={v}" for k, v in item.items() if not isinstance(v, dict | list))
-    return str(item)
 
 
 def call(ctx: typer.Context, as_json: bool, method: str, path: str, **kwargs: Any) -> tuple[Any, bool]:

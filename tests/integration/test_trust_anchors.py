@@ -153,7 +153,7 @@ def test_duplicate_members_are_refused(world: World, tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["report", "verify", str(tmp_path / "r.json"), "--jwks", str(tmp_path / "jwks.json")]
     result = runner.invoke(app, args)
-    assert result.exit_code == 1 and "twice" in result.stderr
+    assert result.exit_code == 4 and "twice" in result.stderr  # verification failed
     (tmp_path / "r.json").write_text(text)
     assert runner.invoke(app, args).exit_code == 0
 
