@@ -84,6 +84,7 @@ def run_worker(settings: Settings, world: World, *, seed: int, target: str, kill
         "SBX_CRASH_OPERATOR_TOKEN": world.tokens["op2"],
         "SBX_CRASH_ISSUER_TOKEN": world.tokens["issuer"],
         "SBX_CRASH_SME_TOKEN": world.tokens["sme-a"],
+        "SBX_KEK_FILE": str(settings.kek_file),  # the worker opens the same state dir: the same KEK
     }
     argv = [str(settings.state_dir), settings.resolved_database_url, str(seed), target, str(kill_after)]
     done = subprocess.run(
