@@ -333,12 +333,12 @@ jobs = Table(
     Column("ended_ms", BigInteger, nullable=True),  # the backend's end time
     Column("settled_ms", BigInteger, nullable=True),
     Column("stop_requested", Boolean, nullable=False, default=False),
-    Column("wait_reason", String(16), nullable=True),  # queued: the limit that stops it; rejected: why
-    Column("wait_detail", Text, nullable=True),  # that reason with its amounts (written only when it changes)
     Column("reason", String(32), nullable=True),  # why the sandbox ended it (out_of_memory, disk_quota, ...)
     Column("code_bytes", BigInteger, nullable=False, default=0),  # its unpacked code: the SME's disk quota
     Column("files_expired_ms", BigInteger, nullable=True),  # when its code dir was removed (retention)
     Column("last_seen_ms", BigInteger, nullable=True),  # the last reconcile that saw it running (LOST bills to it)
+    Column("wait_reason", String(16), nullable=True),  # queued: the limit that stops it; rejected: why
+    Column("wait_detail", Text, nullable=True),  # that reason with its amounts (written only when it changes)
     CheckConstraint(
         "state IN ('queued','admitted','running','succeeded','failed','stopped','timed_out','lost','rejected')",
         name="state",
