@@ -39,6 +39,7 @@ from broker.container import build_container
 from broker.server import free_port
 from broker.services.registry import build_services
 from broker.settings import Settings
+from quotas.jobs import TERMINAL_STATES
 from tests.conftest import psycopg_url
 from tests.helpers import DAY_S, bootstrap_world
 from vouchers import generate_private_pem
@@ -46,7 +47,9 @@ from vouchers import generate_private_pem
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[2]
 VOUCHERS, HOLDS, JOBS, LATE_JOBS, EXPIRING = 12, 12, 10, 3, 6
-TERMINAL = {"succeeded", "failed", "stopped", "timed_out", "rejected"}
+TERMINAL = {
+    state.value for state in TERMINAL_STATES
+}  # `lost` too: a killed replica's fake backend loses its jobs
 
 
 @pytest.fixture
