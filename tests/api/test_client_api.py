@@ -144,3 +144,21 @@ def test_unreachable_and_numbers() -> None:
         with pytest.raises(DomainError) as refused:
             epsilon_micro(bad)
         assert getattr(refused.value, "code", None), bad
+
+
+def test_history_and_dry_run_are_the_smes_own(live: Live) -> None:
+    """Only an SME has a query history and may price a query: others are refused before anything is read;
+    a fresh SME sees an empty history."""
+    world = live.world
+    add_custodian(world, "custodian")
+    with live.client(None) as anonymous:
+        assert anonymous.get("/api/v1/queries").status_code == 401
+    for who in ("op2", "issuer", "custodian"):
+        with live.client(who) as other:
+            assert other.get("/api/v1/queries").json()["error"] == "forbidden"
+            priced = other.post(
+                "/api/v1/datasets/ds_x/queries?dry_run=true", json={"queries": [{"kind": "count"}]}
+            )
+            assert priced.status_code == 403, priced.text
+    with _client(live, "sme-b") as other:
+        assert other.query_history() == []
