@@ -20,6 +20,7 @@ from broker.cli.client import (
     fetch_bytes,
 )
 from broker.cli.orgs import yuan_option
+from broker.cli.render import credits
 
 job_app = typer.Typer(help="Training jobs paid with voucher credit.", no_args_is_help=True)
 ratecard_app = typer.Typer(help="The rate card (credits per CPU-, GPU-, GiB-second).", no_args_is_help=True)
@@ -43,13 +44,15 @@ def zip_dir(path: Path) -> str:
 
 
 def _bill(job: dict[str, Any]) -> str:
+    """One line: the job, its state and what it cost (or may cost), amounts grouped."""
     if job.get("reason"):
-        return f"job {job['id']}: {job['state']} ({job['reason']}: {job.get('message') or ''}) — cost {job.get('cost')} credits"
+        why = f"{job['reason']}: {job.get('message') or ''}"
+        return f"job {job['id']}: {job['state']} ({why}) — cost {credits(job.get('cost'))}"
     if job.get("cost") is None:
-        return f"job {job['id']}: {job['state']} (holds up to {job['max_cost']} credits)" + _pending(job)
+        return f"job {job['id']}: {job['state']} (holds up to {credits(job['max_cost'])})" + _pending(job)
     return (
-        f"job {job['id']}: {job['state']} — cost {job['cost']} credits "
-        f"(vouchers paid {job['voucher_paid']}, co-payment {job['copaid']})"
+        f"job {job['id']}: {job['state']} — cost {credits(job['cost'])} "
+        f"(vouchers paid {credits(job['voucher_paid'])}, co-payment {credits(job['copaid'])})"
     )
 
 

@@ -36,8 +36,15 @@ def value_text(key: str, value: Any) -> str:
     if key.endswith("delta_e12"):
         return "δ 0" if value == 0 else f"δ {value / 10**12:.2e}"
     if key in ("amount", "balance", "cost", "credits", "held", "available", "copay_limit", "copay_used"):
-        return f"{value:,} credit" + ("" if value == 1 else "s")
+        return credits(value)
     return str(value)
+
+
+def credits(amount: object) -> str:
+    """An amount of credits, grouped, with the right plural (``1 credit``, ``12,500 credits``)."""
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        return f"{amount} credits"
+    return f"{amount:,} credit" + ("" if amount == 1 else "s")
 
 
 def print_list(items: list[Any]) -> None:
