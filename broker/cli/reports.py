@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import httpx
 import typer
 
-from broker.cli.client import EXIT_VERIFY_FAILED, cli_locale, emit, fail
+from broker.cli.client import EXIT_UNAVAILABLE, EXIT_VERIFY_FAILED, cli_locale, emit, fail
 from broker.services.report_exports import subsidy_csv_bytes, subsidy_xlsx
 from broker.services.report_signing import load_jwks, load_report
 from broker.services.reports import ReportSignatureInvalid, subsidy_csv, verify_report
@@ -41,11 +41,13 @@ def _http(ctx: typer.Context) -> httpx.Client:
     return httpx.Client(base_url=state.url.rstrip("/"), headers=headers, timeout=600)
 
 
-def _broker_error(payload: Any, status: int) -> str:
+def _refuse(payload: Any, status: int) -> NoReturn:
+    """Exit with the broker's refusal: its code and reason (--json: as one object), 3 for a 5xx, else 1."""
+    exit_code = EXIT_UNAVAILABLE if status >= 500 else 1
     try:
-        return f"{payload['error']}: {payload['detail']}"
+        fail(str(payload["detail"]), exit_code, code=str(payload["error"]))
     except (KeyError, TypeError):
-        return f"HTTP {status}"
+        fail(f"HTTP {status}", exit_code, code=f"http_{status}")
 
 
 def _progress(event: dict[str, Any]) -> None:
@@ -68,7 +70,7 @@ def fetch_subsidy(ctx: typer.Context, period: str, issuer: str | None) -> dict[s
         with _http(ctx) as client, client.stream("GET", "/api/v1/reports/subsidy", params=params) as response:
             if response.status_code >= 400:
                 response.read()
-                fail(_broker_error(_json_or_none(response), response.status_code))
+                _refuse(_json_or_none(response), response.status_code)
             for line in response.iter_lines():
                 if not line.strip():
                     continue
@@ -76,13 +78,15 @@ def fetch_subsidy(ctx: typer.Context, period: str, issuer: str | None) -> dict[s
                 if "progress" in event:
                     _progress(event["progress"])
                 elif "error" in event:
-                    fail(_broker_error(event["error"], int(event.get("status", 500))))
+                    _refuse(event["error"], int(event.get("status", 500)))
                 elif "result" in event:
                     result: dict[str, Any] = event["result"]
                     return result
     except httpx.TransportError as exc:
         fail(
-            f"cannot reach the broker at {_root(ctx).url} ({type(exc).__name__}); is `sbx serve` running?", 2
+            f"cannot reach the broker at {_root(ctx).url} ({type(exc).__name__}); is `sbx serve` running?",
+            EXIT_UNAVAILABLE,
+            code="unreachable",
         )
     fail("the broker closed the report stream before sending the report")
 
@@ -119,8 +123,11 @@ def subsidy(
     ] = "json",
     issuer: Annotated[str | None, typer.Option(help="Operators: the programme (issuer org id).")] = None,
     out: OutOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The signed JSON (as --format json).")] = False,
 ) -> None:
     """A programme's subsidy report for a period: per SME jobs, hours, cost, voucher share, co-payment, credit."""
+    if as_json:
+        format = "json"
     document = fetch_subsidy(ctx, period, issuer)
     locale = cli_locale(getattr(ctx.find_root().obj, "lang", None))
     if format == "csv" and out is not None:
@@ -145,18 +152,23 @@ def data_access(
     custodian: Annotated[str | None, typer.Option(help="Operators: one custodian's datasets.")] = None,
     time_zone: Annotated[str, typer.Option(help="IANA zone of the period's months.")] = "UTC",
     out: OutOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The signed JSON (as --format json).")] = False,
 ) -> None:
     """The data-access report: per dataset and SME, releases and ε spent in the period."""
+    if as_json:
+        format = "json"
     params = {"period": period, "time_zone": time_zone} | ({"custodian_org": custodian} if custodian else {})
     try:
         with _http(ctx) as client:
             response = client.get("/api/v1/reports/data-access", params=params)
     except httpx.TransportError as exc:
         fail(
-            f"cannot reach the broker at {_root(ctx).url} ({type(exc).__name__}); is `sbx serve` running?", 2
+            f"cannot reach the broker at {_root(ctx).url} ({type(exc).__name__}); is `sbx serve` running?",
+            EXIT_UNAVAILABLE,
+            code="unreachable",
         )
     if response.status_code >= 400:
-        fail(_broker_error(_json_or_none(response), response.status_code))
+        _refuse(_json_or_none(response), response.status_code)
     document = response.json()
     if format == "html":
         _write(access_html(document, cli_locale(getattr(ctx.find_root().obj, "lang", None))), out)

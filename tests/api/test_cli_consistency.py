@@ -234,3 +234,11 @@ def test_json_everywhere_and_no_progress_bar_in_logs(
     assert refused.exit_code != 0 and set(_json_error(refused)) == {"error", "detail"}
     reports._progress({"done": 1, "total": 2, "what": "2026-01"})  # capsys' stderr is no terminal
     assert capsys.readouterr().err == ""
+
+
+def test_reports_fail_like_every_other_command(live: Live) -> None:
+    """The report commands stream over their own HTTP client: the same exit codes and JSON errors."""
+    down = _invoke(None, None, "--json", "report", "access", "--period", "2026-01")
+    assert down.exit_code == 3 and _json_error(down)["error"] == "unreachable"
+    refused = _invoke(live, "sme-a", "--json", "report", "subsidy", "--period", "2026-01")
+    assert refused.exit_code == 1 and _json_error(refused)["error"] == "forbidden"

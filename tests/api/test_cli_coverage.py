@@ -77,3 +77,27 @@ def test_the_check_catches_a_route_without_a_command() -> None:
     assert not covered(("DELETE", "/api/v1/jobs/{}"), calls, paths)
     assert not covered(("GET", "/api/v1/no-such-route"), calls, paths)
     assert covered(("POST", "/api/v1/access-requests/{}/revoke"), calls, paths)
+
+
+# Commands without --json, and why: the demo narrates a walkthrough for a person; check-proof's output is
+# broker.audit.verify_proof's; the witness is a long-running daemon that logs.
+NO_JSON = {"demo", "audit check-proof", "audit witness"}
+
+
+def test_every_command_takes_json() -> None:
+    from typer.main import get_command
+
+    from broker.cli.main import app
+
+    def leaves(command: object, prefix: tuple[str, ...]) -> list[tuple[str, object]]:
+        subs: dict[str, object] = getattr(command, "commands", {}) or {}
+        if not subs:
+            return [(" ".join(prefix), command)]
+        return [leaf for name, sub in subs.items() for leaf in leaves(sub, (*prefix, name))]
+
+    without = {
+        name
+        for name, command in leaves(get_command(app), ())
+        if not any("--json" in (getattr(p, "opts", None) or []) for p in getattr(command, "params", []))
+    }
+    assert without == NO_JSON, f"commands without --json: {sorted(without - NO_JSON)}"
