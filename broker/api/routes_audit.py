@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from broker.api.deps import PrincipalDep, ServicesDep
+from broker.api.models import Strict
 from broker.api.policy import policy
 from common.numbers import INT64_MAX
 
@@ -86,7 +87,7 @@ class ConsistencyProofOut(BaseModel):
     old_checkpoint: str | None
 
 
-class CosignatureIn(BaseModel):
+class CosignatureIn(Strict):
     """A witness's C2SP tlog-cosignature line over checkpoint ``checkpoint_seq``."""
 
     checkpoint_seq: int = Field(ge=1, le=INT64_MAX)

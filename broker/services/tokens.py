@@ -66,7 +66,13 @@ class TokenService:
         """Tokens of the caller's organisation (operators: of ``org_id``, or of all when it is ``None``)."""
         scope = read_scope(principal) if org_id is None else own_or_operator(principal, org_id)
         now = self.c.clock.now_ms()
-        rows = self.c.db.read(lambda conn: orgs.list_tokens(conn, org_id=scope))
+
+        def tx(conn: Connection) -> list[orgs.TokenInfo]:
+            if scope is not None:
+                orgs.get_org(conn, scope)  # a missing organisation is a 404, not an empty list
+            return orgs.list_tokens(conn, org_id=scope)
+
+        rows = self.c.db.read(tx)
         return [self._view(row, principal, now) for row in rows]
 
     def revoke(self, principal: Principal, *, token_id: str) -> dict[str, Any]:

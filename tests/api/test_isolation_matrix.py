@@ -33,7 +33,7 @@ from broker.api.policy import KNOWN, POLICY_KEY
 from broker.app import create_app
 from broker.server import RunningServer
 from tests import training_data as td
-from tests.api.world_full import EXPIRED, FullWorld, b64, served_full_world, sqlite_services
+from tests.api.world_full import EXPIRED, UNUSED_USCC, FullWorld, b64, served_full_world, sqlite_services
 from tests.integration.test_datasets_service import csv_bytes, energy_frame, energy_policy
 from vouchers import generate_private_pem, public_jwk
 
@@ -70,6 +70,8 @@ ENTITLED: dict[str, set[str]] = {
     "dataset": {OPERATOR, OWNER, "sme-b"},
     "issuer_org": {OPERATOR},
     "custodian_org": {OPERATOR},
+    "uscc": {OPERATOR, OWNER},
+    "token": {OPERATOR, OWNER},
 }
 # Path parameter → kind of object, per route prefix where one name means two kinds.
 PATH_KINDS = {
@@ -79,6 +81,8 @@ PATH_KINDS = {
     "hold_id": "hold",
     "dataset_id": "dataset",
     "request_id": "access_request",
+    "uscc": "uscc",
+    "token_id": "token",
 }
 QUERY_KINDS = {
     "org_id": "org",
@@ -250,6 +254,7 @@ def _json_body(route: Route, ids: dict[str, str], full: FullWorld) -> dict[str, 
         ("POST", "/api/v1/access-requests/{request_id}/refuse"): {"reason": "matrix"},
         ("POST", "/api/v1/access-requests/{request_id}/revoke"): {"reason": "matrix"},
         ("POST", "/api/v1/audit/cosignatures"): {"checkpoint_seq": 1, "cosignature": "\u2014 w AAAAAAAA"},
+        ("PUT", "/api/v1/orgs/{org_id}/locale"): {"locale": "en"},
     }
     if route.key in bodies:
         return bodies[route.key]
@@ -260,6 +265,7 @@ def _json_body(route: Route, ids: dict[str, str], full: FullWorld) -> dict[str, 
 
 
 NO_BODY: set[Key] = {
+    ("POST", "/api/v1/tokens/{token_id}/revoke"),
     ("POST", "/api/v1/issuer/keys"),
     ("POST", "/api/v1/vouchers/{jti}/revoke"),
     ("POST", "/api/v1/holds/{hold_id}/release"),
@@ -492,6 +498,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     """Build the world, serve it, and run every route × caller × (A's ids, missing ids) once."""
     with served_full_world(tmp_path_factory.mktemp("matrix")) as (full, server):
         missing = {kind: _missing_like(value) for kind, value in full.ids.items()}
+        missing["uscc"] = UNUSED_USCC  # a missing code must still be a valid one (else 422, not 404)
         before = _snapshot(full)
         findings: dict[Key, list[str]] = {}
         with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -534,7 +541,13 @@ def test_no_caller_changed_the_objects_of_a(matrix: Matrix) -> None:
 # ------------------------------------------------------------------------------------------- mass assignment
 
 # An admitted caller per role, entitled to A's objects, so an honoured extra field would take effect.
-ADMITTED_CALLER = {"operator": OPERATOR, "sme": OWNER, "issuer": "issuer", "custodian": "custodian"}
+ADMITTED_CALLER = {
+    "operator": OPERATOR,
+    "sme": OWNER,
+    "issuer": "issuer",
+    "custodian": "custodian",
+    "any": OPERATOR,  # any authenticated caller (a witness posting a cosignature)
+}
 
 
 def _mass_cases() -> list[Any]:

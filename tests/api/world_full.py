@@ -20,6 +20,7 @@ from typing import Any
 
 from broker.bootstrap import initialise
 from broker.container import build_container
+from broker.db import tables as t
 from broker.db.orgs import Principal
 from broker.server import RunningServer, serve_in_thread
 from broker.services.jobs import JobRequest
@@ -132,6 +133,28 @@ def _ledger_and_jobs(world: World, full: FullWorld) -> None:
     full.ids["job"] = job["id"]
 
 
+#: SME A's unified social credit code (a real published one: Baidu's, see tests/unit/test_uscc.py).
+A_USCC = "91110000802100433B"
+#: A valid code no organisation has (Huawei's): what a "missing" uscc looks like.
+UNUSED_USCC = "914403001922038216"
+
+
+def _give_uscc(world: World, org_id: str, code: str) -> str:
+    """Record ``code`` as the organisation's identity (the matrix's fixture; the API sets it at creation)."""
+
+    def tx(conn: Any) -> None:
+        conn.execute(t.organisations.update().where(t.organisations.c.id == org_id).values(uscc=code))
+
+    world.services.container.db.write(tx)
+    return code
+
+
+def _spare_token(world: World) -> str:
+    """The id of a second token of SME A that the matrix may revoke without locking A out."""
+    world.services.orgs.create_token(world.operator, org_id=world.sme.org_id)
+    return str(world.services.tokens.list(world.sme)[-1]["id"])
+
+
 def build_full_world(world: World) -> FullWorld:
     """Give SME A a voucher, a grant, a hold, a job, an approved access request, a query and a training run."""
     full = FullWorld(world, marker=secrets.token_hex(6))
@@ -144,13 +167,26 @@ def build_full_world(world: World) -> FullWorld:
     _expired_token(world, world.sme.org_id)
     full.ids["org"] = world.sme.org_id
     full.ids["issuer_org"] = world.issuer.org_id
+    full.ids["uscc"] = _give_uscc(world, world.sme.org_id, A_USCC)
+    full.ids["token"] = _spare_token(world)
     full.private = sorted(
         {full.marker, world.sme.org_id, *(v for k, v in full.ids.items() if k in _A_OWNED and v)}
     )
     return full
 
 
-_A_OWNED = {"voucher", "voucher_unredeemed", "grant", "hold", "job", "access_request", "training", "org"}
+_A_OWNED = {
+    "voucher",
+    "voucher_unredeemed",
+    "grant",
+    "hold",
+    "job",
+    "access_request",
+    "training",
+    "org",
+    "uscc",
+    "token",
+}
 
 
 def b64(data: bytes) -> str:
