@@ -7,7 +7,6 @@ than six decimals is refused rather than rounded.
 from __future__ import annotations
 
 import base64
-import json
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,15 +59,15 @@ def _eps(cost: dict[str, Any]) -> str:
 def _upload_body(file: Path | None, object_key: str | None, policy: Path, fmt: str | None) -> dict[str, Any]:
     if (file is None) == (object_key is None):
         fail("give exactly one of --file (upload) or --object-key (an object under incoming/<your org>/)")
-    try:
-        body: dict[str, Any] = {"policy": json.loads(policy.read_text())}
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read the policy {policy}: {type(exc).__name__}")
+    body: dict[str, Any] = {"policy": read_json_input(policy, "the policy")}
     source = str(file or object_key)
     chosen = fmt or ("csv" if source.endswith(".csv") else "parquet")
     body["format"] = chosen
     if file is not None:
-        body["content_b64"] = base64.b64encode(file.read_bytes()).decode()
+        try:
+            body["content_b64"] = base64.b64encode(file.read_bytes()).decode()
+        except OSError as exc:
+            fail(f"cannot read the data file {file}: {exc.strerror or type(exc).__name__}", EXIT_USAGE)
     else:
         body["object_key"] = object_key
     return body

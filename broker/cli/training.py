@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import call, emit, fail, fetch_bytes
+from broker.cli.client import call, emit, fetch_bytes, read_json_input
 from broker.cli.jobs import wait_for
 
 train_app = typer.Typer(
@@ -45,10 +44,7 @@ def train_submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a training spec; its privacy cost is reserved now, its compute billed like any job."""
-    try:
-        spec_body = json.loads(spec.read_text())
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read the spec {spec}: {exc}")
+    spec_body = read_json_input(spec, "the spec")
     body = {
         "dataset_id": dataset,
         "spec": spec_body,

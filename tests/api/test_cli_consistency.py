@@ -242,3 +242,22 @@ def test_reports_fail_like_every_other_command(live: Live) -> None:
     assert down.exit_code == 3 and _json_error(down)["error"] == "unreachable"
     refused = _invoke(live, "sme-a", "--json", "report", "subsidy", "--period", "2026-01")
     assert refused.exit_code == 1 and _json_error(refused)["error"] == "forbidden"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("train", "submit", "--dataset", "ds_x", "--spec", "{missing}"),
+        ("dataset", "register", "x", "--policy", "{missing}", "--file", "{missing}"),
+        ("dataset", "register", "x", "--policy", "{bad}", "--file", "{bad}"),
+    ],
+)
+def test_every_input_file_is_a_usage_error(live: Live, tmp_path: Path, args: tuple[str, ...]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    paths = {"{missing}": str(tmp_path / "missing.json"), "{bad}": str(bad)}
+    result = _invoke(live, "sme-a", *(paths.get(a, a) for a in args))
+    _no_traceback(result)
+    assert result.exit_code == 2 and ("missing.json" in result.stderr or "bad.json" in result.stderr), (
+        result.output
+    )
