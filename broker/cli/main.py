@@ -821,6 +821,13 @@ def main() -> None:
     except CliError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug of ours: one line, not a traceback (SBX_DEBUG=1 shows it)
+        if os.environ.get("SBX_DEBUG"):
+            raise
+        typer.echo(
+            f"error: sbx failed unexpectedly ({type(exc).__name__}: {exc}); SBX_DEBUG=1 shows where", err=True
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -261,3 +261,22 @@ def test_every_input_file_is_a_usage_error(live: Live, tmp_path: Path, args: tup
     assert result.exit_code == 2 and ("missing.json" in result.stderr or "bad.json" in result.stderr), (
         result.output
     )
+
+
+def test_a_bug_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console entry point turns an unexpected exception into one line and exit 1."""
+    from broker.cli import main as cli_main
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli_main, "call", broken)
+    monkeypatch.setattr("sys.argv", ["sbx", "--token", "t", "whoami"])
+    monkeypatch.delenv("SBX_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and "Traceback" not in err
+    assert err.startswith("error: sbx failed unexpectedly (RuntimeError: boom)") and err.count("\n") == 1
