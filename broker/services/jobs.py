@@ -652,8 +652,9 @@ class JobService:
         Positions change with every admission ahead of a job, so they are kept in memory for this
         replica's views (:meth:`pending_view`) rather than rewritten on thousands of rows per pass. A
         changed reason is written at once; a reason whose amounts alone moved (the free capacity left, the
-        SME a job waits behind: they move with every pass on a busy cluster) at most every
-        ``WAIT_DETAIL_REFRESH_MS``. A sentence is formatted once per distinct (reason, amounts, behind).
+        SME a job waits behind: they move with every pass on a busy cluster), or that swapped between the
+        cluster's two reasons (``capacity`` when the pass began full, ``fair_share`` when others took the
+        room it began with), at most every ``WAIT_DETAIL_REFRESH_MS``. A sentence is formatted once per distinct (reason, amounts, behind).
         """
         texts, described = self._described, {}
         positions: dict[str, int] = {}
@@ -667,11 +668,12 @@ class JobService:
                 text = p.detail()
             described[key] = text
             row = rows[p.job_id]
-            if row.wait_reason == p.reason.value and (
-                row.wait_detail == text
-                or now - written.get(p.job_id, -WAIT_DETAIL_REFRESH_MS) < WAIT_DETAIL_REFRESH_MS
-            ):
-                continue  # unchanged, or only its amounts moved and they were written moments ago
+            reason = p.reason.value
+            if reason == row.wait_reason and text == row.wait_detail:
+                continue  # unchanged
+            recent = now - written.get(p.job_id, -WAIT_DETAIL_REFRESH_MS) < WAIT_DETAIL_REFRESH_MS
+            if recent and _same_limit(row.wait_reason, reason):
+                continue  # only its amounts moved (or the cluster's two reasons swapped), written moments ago
             changed.append((p.job_id, p.reason.value, text))
             written[p.job_id] = now
         self._described, self._positions = described, positions
@@ -1073,6 +1075,15 @@ def _check_request(request: JobRequest) -> None:
         raise InvalidInput("priority must be between -100 and 100")
     if request.resources.is_zero:
         raise InvalidInput("a job must ask for some CPU or memory")
+
+
+_CLUSTER_REASONS = frozenset({WaitReason.CAPACITY.value, WaitReason.FAIR_SHARE.value})
+
+
+def _same_limit(stored: str | None, current: str) -> bool:
+    """Whether a stored pending reason names the same limit as the current one (the cluster's two count as
+    one: which of them applies flips with every pass that starts with some room)."""
+    return stored == current or (stored in _CLUSTER_REASONS and current in _CLUSTER_REASONS)
 
 
 def _tenant_state(

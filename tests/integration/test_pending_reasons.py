@@ -95,7 +95,10 @@ def test_cluster_and_fair_share_behind_whom(world: World, fake: FakeBackend) -> 
         and f"behind {world.sme_b.org_id}" in behind["pending_detail"]
     )
     assert _view(world, huge)["pending_reason"] == "fair_share"  # 4 CPUs were free when the pass began
-    world.services.jobs.admission_pass()  # now the cluster is full before the pass: the cluster stops it
+    world.services.jobs.admission_pass()  # full from the start now: `capacity`, but the swap is not yet written
+    assert _view(world, huge)["pending_reason"] == "fair_share"
+    world.clock.advance(10_000)  # past the refresh interval (no reconcile: the jobs still hold the cluster)
+    world.services.jobs.admission_pass()
     full = _view(world, huge)
     assert full["pending_reason"] == "capacity"
     assert full["pending_detail"] == "cluster: needs 4 CPU, 0 CPU left free in the cluster (4 CPU short)"
