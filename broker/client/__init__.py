@@ -6,5 +6,19 @@ from __future__ import annotations
 
 from broker.client.client import Client, Json, Transport, delta_e12, epsilon_micro
 from broker.client.errors import BrokerError, Unreachable
+from broker.client.types import Cost, DryRunAnswer, HistoryEntry, Me, QueryAnswer
 
-__all__ = ["BrokerError", "Client", "Json", "Transport", "Unreachable", "delta_e12", "epsilon_micro"]
+__all__ = [
+    "BrokerError",
+    "Client",
+    "Cost",
+    "DryRunAnswer",
+    "HistoryEntry",
+    "Json",
+    "Me",
+    "QueryAnswer",
+    "Transport",
+    "Unreachable",
+    "delta_e12",
+    "epsilon_micro",
+]

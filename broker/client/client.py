@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import httpx
 
 from broker.client.errors import BrokerError, Unreachable
+from broker.client.types import DryRunAnswer, HistoryEntry, Me, QueryAnswer
 from common.errors import InvalidInput
 from common.numbers import parse_exact
 
@@ -162,9 +163,9 @@ class Client:
         return self.request("POST", API + path, body=body, idempotency_key=key)
 
     # -- who and what -----------------------------------------------------------------------------
-    def me(self) -> Json:
+    def me(self) -> Me:
         """The caller's organisation and role."""
-        result: Json = self._get("/me")
+        result: Me = self._get("/me")
         return result
 
     def balance(self, org_id: str | None = None) -> Json:
@@ -341,6 +342,39 @@ class Client:
         return result
 
     # -- DP queries -------------------------------------------------------------------------------
+    @overload
+    def query(
+        self,
+        dataset_id: str,
+        queries: Sequence[Mapping[str, Any]],
+        *,
+        dry_run: Literal[False] = False,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> QueryAnswer: ...
+
+    @overload
+    def query(
+        self,
+        dataset_id: str,
+        queries: Sequence[Mapping[str, Any]],
+        *,
+        dry_run: Literal[True],
+        version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> DryRunAnswer: ...
+
+    @overload
+    def query(
+        self,
+        dataset_id: str,
+        queries: Sequence[Mapping[str, Any]],
+        *,
+        dry_run: bool,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> QueryAnswer | DryRunAnswer: ...
+
     def query(
         self,
         dataset_id: str,
@@ -349,7 +383,7 @@ class Client:
         dry_run: bool = False,
         version: int | None = None,
         idempotency_key: str | None = None,
-    ) -> Json:
+    ) -> QueryAnswer | DryRunAnswer:
         """Run a batch of DP queries within the caller's grant; ``dry_run=True`` answers the exact ε and δ
         it would be charged and the credit it would hold, spending nothing. A query may give ``epsilon``
         as a decimal (converted here) or ``epsilon_micro``."""
@@ -357,7 +391,7 @@ class Client:
         if version is not None:
             body["version"] = version
         path = f"{API}/datasets/{dataset_id}/queries"
-        result: Json = self.request(
+        result: QueryAnswer | DryRunAnswer = self.request(
             "POST",
             path,
             body=body,
@@ -366,9 +400,9 @@ class Client:
         )
         return result
 
-    def query_history(self, *, dataset_id: str | None = None, limit: int = 200) -> list[Json]:
+    def query_history(self, *, dataset_id: str | None = None, limit: int = 200) -> list[HistoryEntry]:
         """The caller's past queries and training runs (newest first): cost, credits, status."""
-        result: list[Json] = self._get("/queries", dataset_id=dataset_id, limit=limit)
+        result: list[HistoryEntry] = self._get("/queries", dataset_id=dataset_id, limit=limit)
         return result
 
     # -- private training -------------------------------------------------------------------------
