@@ -33,7 +33,7 @@ from common.resources import Resources
 
 POLL_S = 0.02
 TIMEOUT_S = 120.0
-RESOURCES = Resources(milli_cpu=100, memory_mib=256)
+RESOURCES = Resources(milli_cpu=1000, memory_mib=512)  # a whole CPU: the cgroup quota never throttles the start
 FIRST_LINE = "sbx-bench-first-line"
 ENTRYPOINT = f"python -c \"print('{FIRST_LINE}', flush=True); import time; time.sleep(1)\""
 

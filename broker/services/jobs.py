@@ -36,6 +36,7 @@ from broker.compute.jobfiles import CheckedArchive, check_archive, code_key
 from broker.container import Container
 from broker.db import jobs as jobs_db
 from broker.db import orgs
+from broker.db.database import after_commit
 from broker.db.jobs import Job
 from broker.db.orgs import Principal
 from broker.services.access import own_or_operator, read_scope, require_role
@@ -57,7 +58,7 @@ from quotas.admission import (
 )
 from quotas.jobs import JobState
 from quotas.ledger import GrantBalance, HoldState, eligible_grants, plan_hold, split_settlement
-from quotas.metering import conservation_violations, meter
+from quotas.metering import UsageRecord, conservation_violations, meter
 from quotas.pricing import RateCard, max_cost, price
 from quotas.quota import DEFAULT_QUOTA, Quota
 
@@ -1013,11 +1014,16 @@ class JobService:
                 org_id=current.org_id,
                 details={"state": final.value, "cost": cost, "voucher_paid": voucher_paid},
             )
-            self.c.metrics.record_usage(records)
-            if status.reason is not None:
-                self.c.metrics.sandbox_kill(status.reason)
+            after_commit(conn, lambda: self._count_settled(records, status.reason))
 
         self.c.db.write(tx)
+
+    def _count_settled(self, records: list[UsageRecord], reason: str | None) -> None:
+        """Process counters of one settlement, once its transaction committed (a rolled-back or retried
+        settlement counts nothing)."""
+        self.c.metrics.record_usage(records)
+        if reason is not None:
+            self.c.metrics.sandbox_kill(reason)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _visible(self, principal: Principal, job_id: str) -> Job:
