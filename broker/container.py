@@ -14,8 +14,8 @@ from typing import Any
 from broker.compute import ComputeBackend
 from broker.compute.factory import build_backend
 from broker.compute.jobfiles import ArchiveLimits, JobFiles
-from broker.compute.ray_local import SandboxDefaults
 from broker.compute.kuberay import ArchiveUploader, PodHardening
+from broker.compute.ray_local import SandboxDefaults
 from broker.db.audit import AuditRepo
 from broker.db.database import Database
 from broker.db.engine import make_engine

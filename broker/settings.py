@@ -127,7 +127,9 @@ class Settings(BaseSettings):
         default=30, ge=1, description="How often the background loop signs an audit checkpoint."
     )
     audit_checkpoint_window_s: int = Field(
-        default=300, ge=1, description="`audit verify` fails when the latest signed checkpoint is older than this."
+        default=300,
+        ge=1,
+        description="`audit verify` fails when the latest signed checkpoint is older than this.",
     )
     audit_log_origin: str = Field(
         default="sandbox-broker.local/audit",
@@ -139,7 +141,9 @@ class Settings(BaseSettings):
         description="Witness verifier keys (`name+keyid+base64`, from `sbx audit witness --init`), a JSON list.",
     )
     audit_witnesses_required: int = Field(
-        default=0, ge=0, description="Witness cosignatures a checkpoint needs before `audit verify` accepts it."
+        default=0,
+        ge=0,
+        description="Witness cosignatures a checkpoint needs before `audit verify` accepts it.",
     )
     audit_verify_interval_s: int = Field(
         default=600,
@@ -154,14 +158,19 @@ class Settings(BaseSettings):
     max_token_bytes: int = 8192
     # --- HTTP connection limits of `sbx serve` (issue 13; broker.http_limits, docs/deploy.md) -----------
     http_max_header_bytes: int = Field(
-        default=16 * 1024, ge=1024, le=1 << 20, description="Largest request head (line + headers); over: 431."
+        default=16 * 1024,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request head (line + headers); over: 431.",
     )
     http_header_timeout_s: float = Field(
         default=10.0, ge=0, le=600, description="Deadline to receive a request head (0: none); over: 408."
     )
     http_keep_alive_s: int = Field(default=5, ge=1, le=600, description="Idle keep-alive connections close.")
     http_max_concurrency: int = Field(
-        default=1000, ge=0, description="Open connections and tasks before uvicorn answers 503 (0: unlimited)."
+        default=1000,
+        ge=0,
+        description="Open connections and tasks before uvicorn answers 503 (0: unlimited).",
     )
     http_max_connections_per_client: int = Field(
         default=64, ge=0, description="Open connections per client address (0: off, e.g. behind an ingress)."
@@ -179,7 +188,10 @@ class Settings(BaseSettings):
         default=1024, ge=1, le=1 << 20, description="Sandbox: cap on a job's writable dirs (/job, /output)."
     )
     sandbox_tmp_mib: int = Field(
-        default=256, ge=1, le=1 << 20, description="Sandbox: size of the job's /tmp (tmpfs, counted as memory)."
+        default=256,
+        ge=1,
+        le=1 << 20,
+        description="Sandbox: size of the job's /tmp (tmpfs, counted as memory).",
     )
     sandbox_max_pids: int = Field(default=256, ge=8, le=1 << 20, description="Sandbox: processes per job.")
     sandbox_log_bytes: int = Field(
@@ -230,7 +242,9 @@ class Settings(BaseSettings):
         if self.compute == "ray" and (self.ray_token or "") in DEFAULT_SECRETS:
             problems.append("SBX_RAY_TOKEN is missing or a well-known default")
         if not self.training_secure_mode:
-            problems.append("SBX_TRAINING_SECURE_MODE must be true (DP-SGD noise and sampling from the CSPRNG)")
+            problems.append(
+                "SBX_TRAINING_SECURE_MODE must be true (DP-SGD noise and sampling from the CSPRNG)"
+            )
         if self.training_seed is not None:
             problems.append("SBX_TRAINING_SEED is for tests only")
         if self.test_unsafe_no_sandbox:

@@ -336,7 +336,7 @@ jobs = Table(
     Column("reason", String(32), nullable=True),  # why the sandbox ended it (out_of_memory, disk_quota, ...)
     Column("code_bytes", BigInteger, nullable=False, default=0),  # its unpacked code: the SME's disk quota
     Column("files_expired_ms", BigInteger, nullable=True),  # when its code dir was removed (retention)
-    Column("last_seen_ms", BigInteger, nullable=True),  # the last reconcile that saw it running (LOST bills to it)
+    Column("last_seen_ms", BigInteger, nullable=True),  # last seen running by a reconcile: LOST bills to it
     Column("wait_reason", String(16), nullable=True),  # queued: the limit that stops it; rejected: why
     Column("wait_detail", Text, nullable=True),  # that reason with its amounts (written only when it changes)
     CheckConstraint(
