@@ -631,13 +631,16 @@ class JobService:
             used = used + res
         tenants: dict[str, TenantState] = {}
         plans: dict[tuple[str, frozenset[str], int], tuple[int, int]] = {}
+        class_of: dict[Resources, frozenset[str]] = {}
         queued: list[QueuedJob] = []
         for row in rows:
             org = row.org_id
             tenant = tenants.get(org)
             if tenant is None:
                 tenant = tenants[org] = _tenant_state(org, now, use, served, quotas, accounts)
-            classes = _classes(row.resources)
+            classes = class_of.get(row.resources)
+            if classes is None:  # a few shapes among many jobs: their resource classes computed once
+                classes = class_of[row.resources] = _classes(row.resources)
             key = (org, classes, row.max_cost)
             split = plans.get(key)
             if split is None:
