@@ -86,6 +86,7 @@ def _rows(
                 MONTH_START,
                 "redeemed",
                 MONTH_START,
+                "{}",  # the issued record's claims (redemption reads them; the report does not)
             )
         )
         out["grants"].append(
@@ -164,7 +165,7 @@ _INSERTS = {
     "orgs": "INSERT INTO organisations (id, name, role, created_ms) VALUES (?,?,?,?)",
     "accounts": "INSERT INTO accounts (id, kind, org_id, grant_id, balance, floor) VALUES (?,?,?,?,?,?)",
     "vouchers": "INSERT INTO vouchers (jti, issuer_org, sme_org, kid, credits, coverage_bps, resources, nbf, exp, "
-    "credit_exp, year, issued_ms, status, changed_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    "credit_exp, year, issued_ms, status, changed_ms, claims) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "grants": "INSERT INTO grants (id, org_id, issuer_org, voucher_jti, account_id, amount, coverage_bps, resources, "
     "expires_ms, created_ms, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "jobs": "INSERT INTO jobs (id, org_id, kind, name, state, entrypoint, requirements, milli_cpu, gpus, memory_mib, "

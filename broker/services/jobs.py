@@ -60,7 +60,7 @@ from quotas.jobs import JobState
 from quotas.ledger import GrantBalance, HoldState, eligible_grants, plan_hold, split_settlement
 from quotas.metering import UsageRecord, conservation_violations, meter
 from quotas.pricing import RateCard, max_cost, price
-from quotas.quota import DEFAULT_QUOTA, Quota
+from quotas.quota import DEFAULT_QUOTA, Quota, QuotaExceeded
 
 MAX_RUNTIME_S = 7 * 24 * 3600
 HOLD_GRACE_S = 3600
@@ -267,7 +267,14 @@ class JobService:
             return earlier
         cluster_total = self._cluster_total()
         declared = archive.declared_bytes if archive else 0
-        self.c.db.read(lambda conn: self._check_admissible(conn, principal, request, cluster_total, declared))
+        try:
+            self.c.db.read(
+                lambda conn: self._check_admissible(conn, principal, request, cluster_total, declared)
+            )
+        except (
+            QuotaExceeded
+        ) as exc:  # kept as a REJECTED record with its reason (no files), so its id answers
+            raise self.record_rejection(principal, request, exc) from exc
         job_id = new_id("job")
         code_bytes = self._keep_code(job_id, archive) if archive else 0
         workdir = self.c.job_files.work_dir(job_id) if archive else None

@@ -259,3 +259,27 @@ def test_a_remote_backend_gets_the_code_from_whichever_replica_admits_the_job(
     with pytest.raises(QuotaExceeded):
         _submit(world, _archive({"main.py": b"x"}))
     assert [k for k in storage.list("jobs/") if k != code_key(job["id"])] == []
+
+
+def test_a_submission_over_quota_is_kept_as_a_rejected_job_through_submit(
+    world: World, fake: FakeBackend
+) -> None:
+    """The submit path itself keeps the refusal (issue 17.1): its id answers, with no files and no hold."""
+    world.credit(1_000_000)
+    world.services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={
+            "max_milli_cpu": 500,
+            "max_gpus": 0,
+            "max_memory_mib": 4096,
+            "max_running_jobs": 4,
+            "max_queued_jobs": 10,
+        },
+    )
+    with pytest.raises(QuotaExceeded) as exc:
+        _submit(world, _archive({"main.py": b"x"}))
+    job_id = exc.value.detail.split("kept as rejected job ")[1].split(":")[0]
+    kept = world.services.jobs.get(world.sme, job_id=job_id)
+    assert kept["state"] == "rejected" and kept["hold_id"] is None
+    assert _left_on_disk(world.services) == []
