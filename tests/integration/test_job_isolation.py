@@ -47,6 +47,16 @@ def _submit(world: World, code: str | None = None, **extra: Any) -> dict[str, An
     return world.services.jobs.submit(world.sme, request, idempotency_key=None)
 
 
+def _cpu_quota(world: World, milli_cpu: int) -> None:
+    """Give SME A a quota of ``milli_cpu`` (everything else roomy)."""
+    values = {"max_milli_cpu": milli_cpu, "max_gpus": 0, "max_memory_mib": 4096}
+    world.services.jobs.set_quota(
+        world.operator,
+        org_id=world.sme.org_id,
+        values={**values, "max_running_jobs": 4, "max_queued_jobs": 10},
+    )
+
+
 def _jobs_dir(services: Services) -> Path:
     return services.container.settings.state_dir / "jobs"
 
@@ -87,32 +97,12 @@ def test_a_shared_ray_cluster_refuses_sme_code_and_stores_nothing(
 
 def test_a_refused_submission_leaves_no_files(world: World, fake: FakeBackend) -> None:
     world.credit(1_000_000)
-    world.services.jobs.set_quota(
-        world.operator,
-        org_id=world.sme.org_id,
-        values={
-            "max_milli_cpu": 500,
-            "max_gpus": 0,
-            "max_memory_mib": 4096,
-            "max_running_jobs": 4,
-            "max_queued_jobs": 10,
-        },
-    )
+    _cpu_quota(world, 500)
     with pytest.raises(QuotaExceeded):
         _submit(world, _archive({"main.py": b"x" * 1000}))
     assert _left_on_disk(world.services) == []
     # Negative control: an admissible submission does unpack its code.
-    world.services.jobs.set_quota(
-        world.operator,
-        org_id=world.sme.org_id,
-        values={
-            "max_milli_cpu": 4000,
-            "max_gpus": 0,
-            "max_memory_mib": 4096,
-            "max_running_jobs": 4,
-            "max_queued_jobs": 10,
-        },
-    )
+    _cpu_quota(world, 4000)
     job = _submit(world, _archive({"main.py": b"x" * 1000}))
     assert _left_on_disk(world.services) == [job["id"]]
     assert (_jobs_dir(world.services) / job["id"] / "work" / "main.py").stat().st_size == 1000
@@ -245,17 +235,7 @@ def test_a_remote_backend_gets_the_code_from_whichever_replica_admits_the_job(
     world.services.jobs.admission_pass()
     assert (_jobs_dir(world.services) / job["id"] / "work" / "main.py").read_text() == "print('hi')\n"
     assert world.services.jobs.get(world.sme, job_id=job["id"])["state"] in ("admitted", "running")
-    world.services.jobs.set_quota(
-        world.operator,
-        org_id=world.sme.org_id,
-        values={
-            "max_milli_cpu": 500,
-            "max_gpus": 0,
-            "max_memory_mib": 4096,
-            "max_running_jobs": 4,
-            "max_queued_jobs": 10,
-        },
-    )
+    _cpu_quota(world, 500)
     with pytest.raises(QuotaExceeded):
         _submit(world, _archive({"main.py": b"x"}))
     assert [k for k in storage.list("jobs/") if k != code_key(job["id"])] == []
@@ -266,17 +246,7 @@ def test_a_submission_over_quota_is_kept_as_a_rejected_job_through_submit(
 ) -> None:
     """The submit path itself keeps the refusal (issue 17.1): its id answers, with no files and no hold."""
     world.credit(1_000_000)
-    world.services.jobs.set_quota(
-        world.operator,
-        org_id=world.sme.org_id,
-        values={
-            "max_milli_cpu": 500,
-            "max_gpus": 0,
-            "max_memory_mib": 4096,
-            "max_running_jobs": 4,
-            "max_queued_jobs": 10,
-        },
-    )
+    _cpu_quota(world, 500)
     with pytest.raises(QuotaExceeded) as exc:
         _submit(world, _archive({"main.py": b"x"}))
     job_id = exc.value.detail.split("kept as rejected job ")[1].split(":")[0]
