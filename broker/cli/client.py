@@ -195,3 +195,15 @@ def fetch_bytes(ctx: typer.Context, path: str) -> bytes:
         fail(exc.detail, exc.exit_code, code=exc.code)
     finally:
         client.close()
+
+
+def download_to(
+    ctx: typer.Context, path: str, out: Path, *, as_json: bool, ident: tuple[str, str], what: str
+) -> None:
+    """Fetch ``path`` into ``out`` and report it (``ident``: the id's JSON name and value; ``what`` names the
+    content in the human line): the one download command body the CLI's download commands share."""
+    data = fetch_bytes(ctx, path)
+    out.write_bytes(data)
+    summary = {ident[0]: ident[1], "path": str(out), "bytes": len(data)}
+    as_json = as_json or bool(ctx.find_root().obj.as_json)
+    emit(summary, as_json=as_json, human=f"wrote {len(data)} bytes of {what} to {out}")

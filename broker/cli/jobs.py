@@ -15,9 +15,9 @@ from broker.cli.client import (
     EXIT_USAGE,
     EXIT_VERIFY_FAILED,
     call,
+    download_to,
     emit,
     fail,
-    fetch_bytes,
 )
 from broker.cli.orgs import yuan_option
 from broker.cli.render import credits
@@ -215,11 +215,9 @@ def job_output(
     as_json: JsonOpt = False,
 ) -> None:
     """Download what a finished job wrote to ``$SBX_OUTPUT`` (a zip with one top-level directory)."""
-    data = fetch_bytes(ctx, f"/api/v1/jobs/{job_id}/output")
-    out.write_bytes(data)
-    summary = {"job_id": job_id, "path": str(out), "bytes": len(data)}
-    as_json = as_json or bool(ctx.find_root().obj.as_json)
-    emit(summary, as_json=as_json, human=f"wrote {len(data)} bytes of output to {out}")
+    download_to(
+        ctx, f"/api/v1/jobs/{job_id}/output", out, as_json=as_json, ident=("job_id", job_id), what="output"
+    )
 
 
 @job_app.command("stop")

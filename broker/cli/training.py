@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.client import call, emit, fetch_bytes, read_json_input
+from broker.cli.client import call, download_to, emit, read_json_input
 from broker.cli.jobs import wait_for
 
 train_app = typer.Typer(
@@ -83,8 +83,5 @@ def train_download(
     as_json: JsonOpt = False,
 ) -> None:
     """Download a finished run's DP weights (safetensors: tensors only)."""
-    data = fetch_bytes(ctx, f"/api/v1/training/{run_id}/weights")
-    out.write_bytes(data)
-    summary = {"run_id": run_id, "path": str(out), "bytes": len(data)}
-    as_json = as_json or bool(ctx.find_root().obj.as_json)
-    emit(summary, as_json=as_json, human=f"wrote {len(data)} bytes of weights to {out}")
+    path = f"/api/v1/training/{run_id}/weights"
+    download_to(ctx, path, out, as_json=as_json, ident=("run_id", run_id), what="weights")
